@@ -1,0 +1,96 @@
+# Helpers for every rule file: config validation, wildcard constraints, input functions, target lists.
+import re
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+import loraforge
+from loraforge.errors import PipelineError
+from loraforge.hashing import HashCache, tree_fingerprint
+from loraforge.merge import validate_inputs
+
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+DEMO = config["demo"]["enabled"]
+BASE = config["base_model"]
+QUANTS = config["quantize"]["types"]
+FLOAT = config["convert"]["outtype"].upper()
+THREADS = config["threads"]
+
+
+def adapter_specs(name):
+    """The adapter stack of one configured name: [{path, weight}, ...]."""
+    entry = config["adapters"][name]
+    if isinstance(entry, str):
+        return [{"path": entry, "weight": 1.0}]
+    return [{"path": e["path"], "weight": float(e.get("weight", 1.0))} for e in entry]
+
+
+ADAPTERS = list(config["adapters"])
+DEMO_BASE = "results/demo/base"
+DEMO_ADAPTERS = {f"results/demo/adapters/{d}": d for d in ("code", "prose")}
+
+# Bad input fails here, in a second, before any job runs: headers and JSON only, no weights.
+if not DEMO:
+    try:
+        for _name in ADAPTERS:
+            validate_inputs(BASE, adapter_specs(_name))
+    except PipelineError as e:
+        raise WorkflowError(f"config adapter {_name!r}: {e}") from None
+else:
+    for _name in ADAPTERS:
+        for _s in adapter_specs(_name):
+            if _s["path"] not in DEMO_ADAPTERS:
+                raise WorkflowError(f"demo.enabled is true but adapter {_name!r} is {_s['path']} "
+                                    f"(demo adapters: {', '.join(DEMO_ADAPTERS)})")
+    if BASE != DEMO_BASE:
+        raise WorkflowError(f"demo.enabled is true but base_model is {BASE} (demo base: {DEMO_BASE})")
+
+
+wildcard_constraints:
+    adapter="|".join(re.escape(a) for a in ADAPTERS),
+    quant="|".join(QUANTS),
+    domain="code|prose",
+
+
+# Content fingerprints of external inputs, passed as params: Snakemake reruns a job when a param changes,
+# so a touched adapter (same bytes, new mtime) reruns nothing and a changed one reruns its chain, whatever
+# its size. Hashes are cached per (path, size, mtime, inode): the base is hashed once, not on every run.
+_HASHES = HashCache(".snakemake/loraforge/hashes.json")
+
+
+def fingerprint(path):
+    if DEMO:
+        return "built by rules/demo.smk"
+    digest = tree_fingerprint(path, _HASHES)
+    _HASHES.save()
+    return digest
+
+
+def merge_inputs(wildcards):
+    paths = [s["path"] for s in adapter_specs(wildcards.adapter)]
+    if DEMO:
+        return {"base": DEMO_BASE, "adapters": paths}
+    return {"base": ancient(BASE), "adapters": [ancient(p) for p in paths]}
+
+
+def input_fingerprints(wildcards):
+    return {
+        "base": fingerprint(BASE),
+        "adapters": [fingerprint(s["path"]) for s in adapter_specs(wildcards.adapter)],
+    }
+
+
+def dir_size_mb(path):
+    p = Path(path)
+    if not p.exists():
+        return 0
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) / 2**20
+
+
+def all_targets():
+    return expand(
+        "results/gguf/{adapter}/{adapter}-{quant}.gguf", adapter=ADAPTERS, quant=QUANTS
+    ) + expand(f"results/gguf/{{adapter}}/{{adapter}}-{FLOAT}.gguf", adapter=ADAPTERS)

@@ -1,0 +1,43 @@
+# The self-contained demo: a tiny Llama and two LoRA adapters trained locally (nothing downloaded).
+
+
+rule build_demo_base:
+    output:
+        model_dir=directory("results/demo/base"),
+    params:
+        seed=config["demo"]["seed"],
+        steps=config["demo"]["base_steps"],
+    log:
+        "logs/build_demo_base/base.log",
+    benchmark:
+        "benchmarks/build_demo_base/base.tsv"
+    threads: 2
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    conda:
+        "../envs/loraforge.yaml"
+    script:
+        "../scripts/build_demo_base.py"
+
+
+rule train_demo_adapter:
+    input:
+        base=rules.build_demo_base.output.model_dir,
+    output:
+        adapter_dir=directory("results/demo/adapters/{domain}"),
+    params:
+        seed=config["demo"]["seed"],
+        steps=config["demo"]["adapter_steps"],
+    log:
+        "logs/train_demo_adapter/{domain}.log",
+    benchmark:
+        "benchmarks/train_demo_adapter/{domain}.tsv"
+    threads: 2
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    conda:
+        "../envs/loraforge.yaml"
+    script:
+        "../scripts/train_demo_adapter.py"

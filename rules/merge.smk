@@ -1,0 +1,32 @@
+# adapter(s) + base -> merged Hugging Face model directory, checked against PEFT.
+
+
+rule merge_adapter:
+    input:
+        unpack(merge_inputs),
+    output:
+        model_dir=directory("results/merged/{adapter}"),
+        check="results/merged/{adapter}.merge.json",
+    params:
+        base_dir=BASE,
+        adapters=lambda w: adapter_specs(w.adapter),
+        fingerprints=input_fingerprints,
+        method=config["merge"]["method"],
+        shard_size_mb=config["merge"]["shard_size_mb"],
+        check=config["merge"]["check"],
+        tolerance=config["merge"]["tolerance"],
+        check_text=config["checks"]["text"],
+        version=loraforge.__version__,
+    log:
+        "logs/merge_adapter/{adapter}.log",
+    benchmark:
+        "benchmarks/merge_adapter/{adapter}.tsv"
+    threads: THREADS
+    resources:
+        # streaming: largest tensor + constant; the PEFT check (and method peft) holds the model twice
+        mem_mb=lambda w, input: int(1500 + (3 if config["merge"]["check"] or config["merge"]["method"] == "peft" else 0.2) * dir_size_mb(input.base)),
+        runtime=60,
+    conda:
+        "../envs/loraforge.yaml"
+    script:
+        "../scripts/merge_adapter.py"

@@ -1,0 +1,68 @@
+"""Shared pieces of the in-pipeline checks: a fixed check text, HF logits, comparison numbers."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .atomic import write_text_atomic
+from .errors import PipelineError
+
+# A fixed text mixing prose and code, so every check sees both kinds of tokens.
+CHECK_TEXT = """The quick brown fox jumps over the lazy dog. Python is a programming language that lets you work
+quickly and integrate systems more effectively. A function is defined with the def keyword:
+
+def fibonacci(n):
+    \"\"\"Return the n-th Fibonacci number.\"\"\"
+    a, b = 0, 1
+    for _ in range(n):
+        a, b = b, a + b
+    return a
+
+The for statement is used to iterate over the elements of a sequence (such as a string, tuple or list)
+or other iterable object. If the sequence is empty, the loop body is not executed at all.
+
+class Stack:
+    def __init__(self):
+        self.items = []
+
+    def push(self, item):
+        self.items.append(item)
+"""
+
+
+def check_token_ids(tokenizer_dir: str | os.PathLike, text_file: str | None = None, max_tokens: int = 256) -> list[int]:
+    """BOS + tokens of the check text, as the model's own HF tokenizer produces them."""
+    from transformers import AutoTokenizer
+
+    text = Path(text_file).read_text() if text_file else CHECK_TEXT
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+    ids = tok(text, add_special_tokens=False).input_ids
+    if tok.bos_token_id is not None:
+        ids = [tok.bos_token_id] + ids
+    if len(ids) < 8:
+        raise PipelineError(f"{text_file or 'check text'}: too short to check logits ({len(ids)} tokens)")
+    return ids[:max_tokens]
+
+
+def hf_logits(model, ids: list[int]) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].float().numpy()
+
+
+def compare_logits(test: np.ndarray, ref: np.ndarray) -> dict:
+    n = min(len(test), len(ref))
+    test, ref = test[:n, : ref.shape[1]], ref[:n, : test.shape[1]]
+    return {
+        "tokens": int(n),
+        "max_abs_logit_diff": float(np.abs(test - ref).max()),
+        "top1_agreement": float((test.argmax(-1) == ref.argmax(-1)).mean()),
+    }
+
+
+def write_sidecar(path: str | os.PathLike, data: dict) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")

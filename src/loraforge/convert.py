@@ -1,0 +1,74 @@
+"""HF model directory -> float GGUF with llama.cpp's converter, checked against the HF model's logits."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from .atomic import atomic_file
+from .checks import check_token_ids, compare_logits, hf_logits, write_sidecar
+from .errors import PipelineError
+from .llamacpp import FLOAT_TYPES, GGUFModel, convert_hf_to_gguf, gguf_info
+from .modelfiles import inspect_base
+
+log = logging.getLogger(__name__)
+
+
+def convert(model_dir: str | os.PathLike, out_gguf: str | os.PathLike, outtype: str = "f16") -> dict:
+    """Convert an HF model directory to a float GGUF (f16, bf16 or f32). The file appears only when complete."""
+    model = inspect_base(model_dir)
+    outtype = outtype.lower()
+    if outtype not in FLOAT_TYPES:
+        raise PipelineError(f"unsupported outtype {outtype!r} (one of {', '.join(FLOAT_TYPES)})")
+    if model.dtype == "BF16" and outtype == "f16":
+        log.warning("%s holds bfloat16 weights; writing F16 changes their precision (range and mantissa). "
+                    "Set convert.outtype: bf16 to keep them exactly.", model_dir)
+    elif model.dtype == "F32" and outtype != "f32":
+        log.info("%s holds float32 weights; writing %s as configured", model_dir, FLOAT_TYPES[outtype])
+    with atomic_file(out_gguf) as tmp:
+        convert_hf_to_gguf(Path(model_dir), tmp, outtype)
+    return {"source_dtype": model.dtype, "outtype": FLOAT_TYPES[outtype]}
+
+
+def check_conversion(model_dir, gguf, text_file: str | None = None, threads: int = 1) -> dict:
+    """llama.cpp logits of the GGUF vs. the HF model's float32 logits on the fixed check text."""
+    from transformers import AutoModelForCausalLM
+
+    import torch
+
+    ids = check_token_ids(model_dir, text_file)
+    hf = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, local_files_only=True)
+    ref = hf_logits(hf, ids)
+    del hf
+    g = GGUFModel(Path(gguf), n_ctx=len(ids), threads=threads)
+    try:
+        got = g.logits(ids)
+    finally:
+        g.close()
+    return {**compare_logits(got, ref), "reference": "HF model, float32"}
+
+
+def convert_artifact(model_dir, out_gguf, check_json, outtype: str = "f16", check: bool = True,
+                     min_top1: float = 0.98, max_abs_logit_diff: float = 1.0, check_text: str | None = None,
+                     threads: int = 1) -> dict:
+    """The convert_to_gguf rule: convert, compare logits with the HF model, publish GGUF and sidecar."""
+    out_gguf = Path(out_gguf)
+    with atomic_file(out_gguf) as tmp:
+        summary = convert(model_dir, tmp, outtype)
+        if check:
+            res = check_conversion(model_dir, tmp, check_text, threads)
+            res.update(min_top1=min_top1, max_abs_logit_diff_allowed=max_abs_logit_diff)
+            summary["check"] = res
+            if res["top1_agreement"] < min_top1 or not res["max_abs_logit_diff"] <= max_abs_logit_diff:
+                raise PipelineError(
+                    f"{out_gguf}: llama.cpp logits disagree with the HF model (top-1 agreement "
+                    f"{res['top1_agreement']:.3f}, min {min_top1}; max abs diff {res['max_abs_logit_diff']:.4g}, "
+                    f"max {max_abs_logit_diff})"
+                )
+            log.info("conversion check passed: %s", res)
+        else:
+            log.warning("conversion check disabled in config: GGUF logits were not compared with HF")
+        summary.update(gguf_info(tmp))
+    write_sidecar(check_json, summary)
+    return summary

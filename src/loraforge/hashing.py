@@ -1,0 +1,85 @@
+"""Content hashes of files and model directories, with a stat-keyed cache.
+
+Snakemake compares checksums only for inputs under ``--max-checksum-file-size`` (1 MB by default), so a
+touched multi-hundred-MB adapter would rebuild everything. The workflow instead passes a content
+fingerprint as a rule parameter; this module computes it and remembers it per (path, size, mtime, inode),
+so an unchanged file is hashed once, a touched one is re-hashed once, and the base model is never
+re-hashed on an ordinary run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+from .atomic import write_text_atomic
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 8 * 1024 * 1024
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class HashCache:
+    """sha256 per file, cached on disk keyed by the file's stat; safe to share between processes."""
+
+    def __init__(self, cache_file: str | os.PathLike | None):
+        self.cache_file = Path(cache_file) if cache_file else None
+        self._entries: dict[str, dict] = {}
+        self._dirty = False
+        if self.cache_file and self.cache_file.exists():
+            try:
+                self._entries = json.loads(self.cache_file.read_text())
+            except (OSError, ValueError):
+                log.warning("ignoring unreadable hash cache %s", self.cache_file)
+                self._entries = {}
+
+    def sha256(self, path: str | os.PathLike) -> str:
+        p = Path(path).resolve()
+        st = p.stat()
+        key = str(p)
+        stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
+        entry = self._entries.get(key)
+        if entry and entry.get("stat") == stamp:
+            return entry["sha256"]
+        digest = sha256_file(p)
+        self._entries[key] = {"stat": stamp, "sha256": digest}
+        self._dirty = True
+        return digest
+
+    def save(self) -> None:
+        if self.cache_file and self._dirty:
+            self.cache_file.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(self.cache_file, json.dumps(self._entries, indent=0, sort_keys=True))
+            self._dirty = False
+
+
+def tree_files(root: str | os.PathLike) -> list[Path]:
+    """Regular files below ``root`` (hidden ones excluded), sorted, for stable fingerprints."""
+    root = Path(root)
+    return sorted(
+        p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+
+
+def tree_fingerprint(root: str | os.PathLike, cache: HashCache | None = None) -> str:
+    """sha256 over (relative path, file sha256) of every file in a directory: its content identity."""
+    root = Path(root)
+    cache = cache or HashCache(None)
+    h = hashlib.sha256()
+    for f in tree_files(root):
+        h.update(f.relative_to(root).as_posix().encode())
+        h.update(b"\0")
+        h.update(cache.sha256(f).encode())
+        h.update(b"\n")
+    return h.hexdigest()

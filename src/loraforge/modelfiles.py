@@ -1,0 +1,282 @@
+"""Cheap inspection of base model and adapter directories: headers and JSON only, never the weights.
+
+Everything here runs before heavy work, so bad input fails in a second with one line naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import PipelineError
+
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+ADAPTER_PREFIX = "base_model.model."
+WEIGHT_FILES_RE = re.compile(r"(\.safetensors|\.bin|\.pt|\.pth|\.gguf)$|^(model|pytorch_model)\..*index\.json$")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "vocab.json",
+    "merges.txt",
+)
+
+
+def check_safe_name(name: str, what: str = "adapter name") -> str:
+    if not isinstance(name, str) or not SAFE_NAME.match(name) or name in {".", ".."}:
+        raise PipelineError(
+            f"{what} {name!r} is not a safe path component (letters, digits, '.', '_', '-'; "
+            "must not start with '.' or '-')"
+        )
+    return name
+
+
+def read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: missing") from None
+    except (OSError, ValueError) as e:
+        raise PipelineError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise PipelineError(f"{path}: expected a JSON object")
+    return data
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    dtype: str  # safetensors dtype name: F32, F16, BF16, ...
+    shape: tuple[int, ...]
+    file: Path
+    start: int  # absolute byte offset of the data in ``file``
+    end: int
+
+
+def safetensors_header(path: Path) -> dict[str, TensorInfo]:
+    """Parse a .safetensors header without touching tensor data."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(8)
+            if len(raw) != 8:
+                raise PipelineError(f"{path}: not a safetensors file (too short)")
+            (n,) = struct.unpack("<Q", raw)
+            if n > 100_000_000:
+                raise PipelineError(f"{path}: not a safetensors file (header length {n})")
+            header = json.loads(f.read(n))
+    except (OSError, ValueError) as e:
+        raise PipelineError(f"{path}: unreadable safetensors header ({e})") from None
+    base = 8 + n
+    out = {}
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        s, e = meta["data_offsets"]
+        out[name] = TensorInfo(meta["dtype"], tuple(meta["shape"]), path, base + s, base + e)
+    return out
+
+
+@dataclass
+class BaseModel:
+    path: Path
+    config: dict
+    tensors: dict[str, TensorInfo]
+    weight_files: list[Path]
+
+    @property
+    def tied_embeddings(self) -> bool:
+        tied = self.config.get("tie_word_embeddings")
+        if tied is None:
+            tied = (self.config.get("text_config") or {}).get("tie_word_embeddings", False)
+        return bool(tied) and "lm_head.weight" not in self.tensors
+
+    @property
+    def dtype(self) -> str:
+        """The dominant floating dtype of the weights (safetensors name)."""
+        counts: dict[str, int] = {}
+        for t in self.tensors.values():
+            n = 1
+            for d in t.shape:
+                n *= d
+            counts[t.dtype] = counts.get(t.dtype, 0) + n
+        return max(counts, key=counts.get) if counts else "F32"
+
+
+def inspect_base(path: str | Path) -> BaseModel:
+    p = Path(path)
+    if not p.is_dir():
+        raise PipelineError(f"{p}: base model directory does not exist")
+    cfg = read_json(p / "config.json")
+    if "quantization_config" in cfg:
+        method = cfg["quantization_config"].get("quant_method", "unknown")
+        raise PipelineError(
+            f"{p / 'config.json'}: base model is quantized ({method}); merging into quantized weights "
+            "is lossy and not supported: use the unquantized base"
+        )
+    index = p / "model.safetensors.index.json"
+    if index.exists():
+        files = sorted({p / f for f in read_json(index).get("weight_map", {}).values()})
+    else:
+        files = sorted(p.glob("*.safetensors"))
+    if not files:
+        if list(p.glob("*.bin")):
+            raise PipelineError(f"{p}: base weights are pytorch .bin files; re-save them as safetensors")
+        raise PipelineError(f"{p}: base model directory has no .safetensors weights")
+    tensors: dict[str, TensorInfo] = {}
+    for f in files:
+        if not f.exists():
+            raise PipelineError(f"{f}: listed in {index.name} but missing")
+        tensors.update(safetensors_header(f))
+    return BaseModel(p, cfg, tensors, files)
+
+
+@dataclass
+class LoraModule:
+    """The LoRA factors an adapter holds for one base weight."""
+
+    module: str  # e.g. model.layers.0.self_attn.q_proj
+    a_key: str
+    b_key: str
+    a_shape: tuple[int, ...]
+    b_shape: tuple[int, ...]
+    embedding: bool = False
+    magnitude_key: str | None = None
+
+
+@dataclass
+class Adapter:
+    path: Path
+    config: dict
+    weights_file: Path
+    tensors: dict[str, TensorInfo]
+    lora: dict[str, LoraModule] = field(default_factory=dict)
+    replaced: dict[str, str] = field(default_factory=dict)  # base tensor name -> adapter key
+
+    @property
+    def has_tokenizer(self) -> bool:
+        return (self.path / "tokenizer_config.json").exists() or (self.path / "tokenizer.json").exists()
+
+
+_LORA_KEY = re.compile(
+    r"^(?P<module>.+)\.(?:(?P<ab>lora_[AB])\.weight|(?P<eab>lora_embedding_[AB])|(?P<mag>lora_magnitude_vector))$"
+)
+
+
+def inspect_adapter(path: str | Path) -> Adapter:
+    """Read an adapter's config and tensor names; refuse what the merge cannot reproduce exactly."""
+    p = Path(path)
+    if not p.is_dir():
+        raise PipelineError(f"{p}: adapter directory does not exist")
+    cfg_path = p / "adapter_config.json"
+    if not cfg_path.exists():
+        raise PipelineError(f"{cfg_path}: missing (not a PEFT adapter directory)")
+    cfg = read_json(cfg_path)
+    ptype = cfg.get("peft_type")
+    if ptype != "LORA":
+        raise PipelineError(f"{cfg_path}: peft_type {ptype!r} is not supported (only LORA, incl. DoRA/rsLoRA)")
+    for key in ("r", "lora_alpha"):
+        if not isinstance(cfg.get(key), int | float) or cfg[key] <= 0:
+            raise PipelineError(f"{cfg_path}: {key} must be a positive number, got {cfg.get(key)!r}")
+    for key, what in (
+        ("trainable_token_indices", "trainable token indices"),
+        ("layer_replication", "layer replication"),
+        ("target_parameters", "LoRA on parameters (target_parameters)"),
+    ):
+        if cfg.get(key):
+            raise PipelineError(f"{cfg_path}: {what} is not supported by the merge")
+    if cfg.get("lora_bias") or cfg.get("bias", "none") != "none":
+        raise PipelineError(f"{cfg_path}: adapters with trained biases (bias/lora_bias) are not supported")
+    weights = p / "adapter_model.safetensors"
+    if not weights.exists():
+        if (p / "adapter_model.bin").exists():
+            raise PipelineError(f"{p / 'adapter_model.bin'}: .bin adapters are not supported; re-save as safetensors")
+        raise PipelineError(f"{weights}: missing (adapter has no weights)")
+    tensors = safetensors_header(weights)
+    if not tensors:
+        raise PipelineError(f"{weights}: contains no tensors")
+    ad = Adapter(p, cfg, weights, tensors)
+    parts: dict[str, dict[str, str]] = {}
+    for key in tensors:
+        if not key.startswith(ADAPTER_PREFIX):
+            raise PipelineError(f"{weights}: unexpected tensor name {key!r} (expected '{ADAPTER_PREFIX}...')")
+        m = _LORA_KEY.match(key)
+        if m:
+            module = m["module"][len(ADAPTER_PREFIX):]
+            kind = m["ab"] or m["eab"] or m["mag"]
+            parts.setdefault(module, {})[kind] = key
+        else:
+            name = key[len(ADAPTER_PREFIX):]
+            name = name.replace(".modules_to_save.default.", ".").replace(".base_layer.", ".")
+            ad.replaced[name] = key
+    for module, kinds in parts.items():
+        emb = "lora_embedding_A" in kinds or "lora_embedding_B" in kinds
+        a = kinds.get("lora_embedding_A" if emb else "lora_A")
+        b = kinds.get("lora_embedding_B" if emb else "lora_B")
+        if not a or not b:
+            raise PipelineError(f"{weights}: module {module} has only one of the LoRA A/B factors")
+        mag = kinds.get("lora_magnitude_vector")
+        if mag and emb:
+            raise PipelineError(f"{weights}: DoRA on embedding layer {module} is not supported by the streaming merge")
+        ad.lora[module] = LoraModule(module, a, b, tensors[a].shape, tensors[b].shape, emb, mag)
+    if not ad.lora and not ad.replaced:
+        raise PipelineError(f"{weights}: no LoRA tensors found")
+    return ad
+
+
+def check_adapter_against_base(ad: Adapter, base: BaseModel) -> None:
+    """Shapes and module names of the adapter must fit the base (after any replaced tensors)."""
+    shapes = {k: v.shape for k, v in base.tensors.items()}
+    if base.tied_embeddings:
+        emb = next((k for k in shapes if k.endswith("embed_tokens.weight")), None)
+        if emb:
+            shapes.setdefault("lm_head.weight", shapes[emb])
+    for name, key in ad.replaced.items():
+        if name not in shapes:
+            raise PipelineError(f"{ad.weights_file}: replaces {name}, which the base model does not have")
+        shapes[name] = ad.tensors[key].shape
+    fifo = bool(ad.config.get("fan_in_fan_out"))
+    for module, lm in ad.lora.items():
+        wname = f"{module}.weight"
+        if wname not in shapes:
+            raise PipelineError(
+                f"{ad.weights_file}: targets module {module}, which the base model does not have"
+            )
+        w = shapes[wname]
+        r = lm.a_shape[0]
+        if len(w) != 2 or len(lm.a_shape) != 2 or len(lm.b_shape) != 2 or lm.b_shape[1] != r:
+            raise PipelineError(f"{ad.weights_file}: {module}: LoRA factor shapes {lm.a_shape}, {lm.b_shape} are invalid")
+        if lm.embedding:
+            expected = (lm.a_shape[1], lm.b_shape[0])  # (num_embeddings, dim)
+        else:
+            expected = (lm.b_shape[0], lm.a_shape[1])  # (out, in)
+            if fifo:
+                expected = expected[::-1]
+        if tuple(w) != expected:
+            raise PipelineError(
+                f"{ad.weights_file}: {module}: adapter shape {expected} does not match base weight {tuple(w)}"
+            )
+        if lm.magnitude_key:
+            out_dim = expected[1] if fifo else expected[0]
+            if ad.tensors[lm.magnitude_key].shape != (out_dim,):
+                raise PipelineError(f"{ad.weights_file}: {module}: DoRA magnitude shape does not match base weight")
+    if base.tied_embeddings and "lm_head.weight" in ad.replaced or (
+        base.tied_embeddings and "lm_head" in ad.lora
+    ):
+        raise PipelineError(
+            f"{ad.weights_file}: changes lm_head, but the base ties lm_head to embed_tokens; "
+            "this would silently change the embeddings too"
+        )
+
+
+def tokenizer_source(base: BaseModel, adapters: list[Adapter]) -> Path:
+    """The tokenizer comes from the last adapter that ships one (added tokens), else from the base."""
+    for ad in reversed(adapters):
+        if ad.has_tokenizer:
+            return ad.path
+    return base.path
