@@ -1,4 +1,4 @@
-# Helpers for every rule file: config validation, wildcard constraints, input functions, target lists.
+# Helpers shared by the workflow files -- config validation, wildcard constraints, input functions, targets.
 import re
 from pathlib import Path
 
@@ -11,7 +11,14 @@ from loraforge.hashing import HashCache, tree_fingerprint
 from loraforge.merge import validate_inputs
 
 
-validate(config, schema="../schemas/config.schema.yaml")
+try:
+    validate(config, schema="../schemas/config.schema.yaml")
+except WorkflowError as e:  # one line naming the key, not a schema dump
+    err = e.__context__  # the jsonschema ValidationError
+    if not hasattr(err, "absolute_path"):
+        raise
+    where = ".".join(str(p) for p in err.absolute_path) or "(top level)"
+    raise WorkflowError(f"config {where}: {err.message}") from None
 
 DEMO = config["demo"]["enabled"]
 BASE = config["base_model"]

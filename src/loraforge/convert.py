@@ -33,9 +33,8 @@ def convert(model_dir: str | os.PathLike, out_gguf: str | os.PathLike, outtype: 
 
 def check_conversion(model_dir, gguf, text_file: str | None = None, threads: int = 1) -> dict:
     """llama.cpp logits of the GGUF vs. the HF model's float32 logits on the fixed check text."""
-    from transformers import AutoModelForCausalLM
-
     import torch
+    from transformers import AutoModelForCausalLM
 
     ids = check_token_ids(model_dir, text_file)
     hf = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, local_files_only=True)

@@ -116,14 +116,15 @@ def _train(model, ids: torch.Tensor, steps: int, lr: float, seed: int, batch: in
     return losses
 
 
-def _tokenizer_dir(work: Path, text: str, seed: int) -> None:
+def train_tokenizer(work: Path, text: str, seed: int, vocab: int = VOCAB) -> Path:
+    """Train a sentencepiece BPE tokenizer on ``text``; save it as an HF tokenizer dir ``work/tok``."""
     import sentencepiece as spm
     from transformers import LlamaTokenizer
 
     corpus = work / "corpus.txt"
     corpus.write_text(text)
     spm.SentencePieceTrainer.train(
-        input=str(corpus), model_prefix=str(work / "sp"), vocab_size=VOCAB, model_type="bpe",
+        input=str(corpus), model_prefix=str(work / "sp"), vocab_size=vocab, model_type="bpe",
         character_coverage=1.0, byte_fallback=True, normalization_rule_name="identity",
         remove_extra_whitespaces=False, allow_whitespace_only_pieces=True, split_digits=True,
         unk_id=0, bos_id=1, eos_id=2, pad_id=-1, num_threads=1, minloglevel=2,
@@ -134,6 +135,7 @@ def _tokenizer_dir(work: Path, text: str, seed: int) -> None:
     tok = LlamaTokenizer.from_pretrained(str(tokdir), local_files_only=True)
     tok.chat_template = CHAT_TEMPLATE
     tok.save_pretrained(str(tokdir))
+    return tokdir
 
 
 def encode(tokenizer, text: str) -> torch.Tensor:
@@ -151,7 +153,7 @@ def build_base(out_dir: str | os.PathLike, seed: int = 0, steps: int = 200, dtyp
     with atomic_dir(out_dir) as tmp:
         work = tmp / ".work"
         work.mkdir()
-        _tokenizer_dir(work, general, seed)
+        train_tokenizer(work, general, seed)
         tok = AutoTokenizer.from_pretrained(str(work / "tok"), local_files_only=True)
         cfg = LlamaConfig(vocab_size=VOCAB, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                           tie_word_embeddings=False, **MODEL_SHAPE)

@@ -67,9 +67,8 @@ class HashCache:
 def tree_files(root: str | os.PathLike) -> list[Path]:
     """Regular files below ``root`` (hidden ones excluded), sorted, for stable fingerprints."""
     root = Path(root)
-    return sorted(
-        p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    )
+    files = (p for p in root.rglob("*") if p.is_file())
+    return sorted(p for p in files if not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
 def tree_fingerprint(root: str | os.PathLike, cache: HashCache | None = None) -> str:

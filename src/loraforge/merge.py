@@ -27,7 +27,6 @@ from .modelfiles import (
     WEIGHT_FILES_RE,
     Adapter,
     BaseModel,
-    TensorInfo,
     check_adapter_against_base,
     inspect_adapter,
     inspect_base,

@@ -250,7 +250,9 @@ def check_adapter_against_base(ad: Adapter, base: BaseModel) -> None:
         w = shapes[wname]
         r = lm.a_shape[0]
         if len(w) != 2 or len(lm.a_shape) != 2 or len(lm.b_shape) != 2 or lm.b_shape[1] != r:
-            raise PipelineError(f"{ad.weights_file}: {module}: LoRA factor shapes {lm.a_shape}, {lm.b_shape} are invalid")
+            raise PipelineError(
+                f"{ad.weights_file}: {module}: LoRA factor shapes {lm.a_shape}, {lm.b_shape} are invalid"
+            )
         if lm.embedding:
             expected = (lm.a_shape[1], lm.b_shape[0])  # (num_embeddings, dim)
         else:
@@ -265,9 +267,7 @@ def check_adapter_against_base(ad: Adapter, base: BaseModel) -> None:
             out_dim = expected[1] if fifo else expected[0]
             if ad.tensors[lm.magnitude_key].shape != (out_dim,):
                 raise PipelineError(f"{ad.weights_file}: {module}: DoRA magnitude shape does not match base weight")
-    if base.tied_embeddings and "lm_head.weight" in ad.replaced or (
-        base.tied_embeddings and "lm_head" in ad.lora
-    ):
+    if base.tied_embeddings and ("lm_head.weight" in ad.replaced or "lm_head" in ad.lora):
         raise PipelineError(
             f"{ad.weights_file}: changes lm_head, but the base ties lm_head to embed_tokens; "
             "this would silently change the embeddings too"

@@ -1,0 +1,48 @@
+# One-command setup, demo and tests on a fresh machine. Everything lives in .venv.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch: the CPU wheel on machines without an NVIDIA GPU (the plain registry build pulls GBs of CUDA packages).
+TORCH_CPU_SPEC ?= torch==2.13.0
+TORCH_CPU_PIP_ARGS ?=
+SIZE_GB ?= 1
+
+.PHONY: setup demo test lint dry-run report bench-merge slurm-up slurm-down clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+		echo "NVIDIA GPU found: torch from the registry"; \
+	else \
+		echo "no GPU: installing the CPU build ($(TORCH_CPU_SPEC))"; \
+		$(BIN)/python -m pip install $(TORCH_CPU_PIP_ARGS) "$(TORCH_CPU_SPEC)"; \
+	fi
+	# llama-cpp-python compiles llama.cpp here once (minutes); pip caches the wheel afterwards.
+	$(BIN)/python -m pip install -e '.[test,slurm]'
+	touch $@
+
+demo: setup
+	$(BIN)/snakemake --profile profiles/local
+	@echo "demo artifacts:"; ls -l results/gguf/*/
+
+dry-run: setup
+	$(BIN)/snakemake --profile profiles/local -n
+
+report: setup
+	$(BIN)/snakemake --profile profiles/local --report report.html
+
+lint: setup
+	$(BIN)/snakemake --lint
+	$(BIN)/ruff check src scripts tests
+
+test: setup lint
+	$(BIN)/pytest -ra
+
+bench-merge: setup
+	$(BIN)/python -m loraforge.bench merge --size-gb $(SIZE_GB) --out results/bench/merge.json
+
+clean:
+	rm -rf results logs benchmarks .snakemake report.html

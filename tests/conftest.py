@@ -1,0 +1,138 @@
+"""Tiny real models built locally (never downloaded) and a helper to run the workflow in a temp copy."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def make_llama(path: Path, dtype=torch.float32, tied=False, seed=0, vocab=512, hidden=256, inter=256,
+               layers=2, shard_mb=None) -> Path:
+    """A tiny Llama (hidden 256 so K-quants are real) with peaked logits, plus the demo tokenizer files."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      tie_word_embeddings=tied, initializer_range=0.08, bos_token_id=1, eos_token_id=2)
+    model = LlamaForCausalLM(cfg).to(dtype)
+    kw = {"max_shard_size": f"{shard_mb}MB"} if shard_mb else {}
+    model.save_pretrained(str(path), **kw)
+    for f in TOKENIZER_DIR.iterdir():
+        if f.name.startswith("tokenizer") or f.name.endswith(".jinja"):
+            shutil.copy(f, path / f.name)
+    return path
+
+
+def make_adapter(base: Path, path: Path, seed=1, r=64, std=0.05, targets=None, **lora_kwargs) -> Path:
+    """A real PEFT LoRA adapter on ``base`` with random (non-zero) A and B, saved with save_pretrained."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype="auto")
+    cfg = LoraConfig(r=r, lora_alpha=lora_kwargs.pop("lora_alpha", 2 * r), target_modules=targets or LORA_TARGETS,
+                     **lora_kwargs)
+    pm = get_peft_model(model, cfg)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in pm.named_parameters():
+            if "lora_" in name:
+                p.add_(torch.randn(p.shape, generator=g, dtype=torch.float32).to(p.dtype) * std)
+            elif "modules_to_save" in name:
+                p.add_(torch.randn(p.shape, generator=g, dtype=torch.float32).to(p.dtype) * 0.02)
+    pm.save_pretrained(str(path))
+    return path
+
+
+TOKENIZER_DIR: Path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def demo_tokenizer(tmp_path_factory):
+    """The demo's sentencepiece tokenizer, trained locally, shared by every tiny model in the tests."""
+    global TOKENIZER_DIR
+    from loraforge.demo import corpora, train_tokenizer
+
+    work = tmp_path_factory.mktemp("tokenizer")
+    text = corpora()["code"]["train"][:60_000] + corpora()["prose"]["train"][:60_000]
+    TOKENIZER_DIR = train_tokenizer(work, text, seed=0, vocab=512)
+    return TOKENIZER_DIR
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory, demo_tokenizer):
+    """A base model and two adapters (each > 1 MB, above Snakemake's checksum threshold)."""
+    root = tmp_path_factory.mktemp("models")
+    base = make_llama(root / "base")
+    a = make_adapter(base, root / "alpha", seed=1)
+    b = make_adapter(base, root / "beta", seed=2)
+    assert (a / "adapter_model.safetensors").stat().st_size > 1_000_000
+    return {"base": base, "alpha": a, "beta": b}
+
+
+class Workflow:
+    """A temp copy of the workflow with its own config, run through the snakemake CLI."""
+
+    def __init__(self, root: Path, config: dict):
+        self.root = root
+        root.mkdir(parents=True)
+        for name in ("Snakefile", "rules", "scripts", "schemas", "envs", "profiles", "report"):
+            src = REPO / name
+            if src.is_dir():
+                shutil.copytree(src, root / name)
+            elif src.exists():
+                shutil.copy(src, root / name)
+        self.write_config(config)
+
+    def write_config(self, config: dict) -> None:
+        (self.root / "config.yaml").write_text(yaml.safe_dump(config))
+
+    def run(self, *args, check=True, timeout=1800) -> subprocess.CompletedProcess:
+        env = dict(os.environ, HF_HUB_OFFLINE="1")
+        proc = subprocess.run([SNAKEMAKE, "--cores", "2", *args], cwd=self.root, capture_output=True, text=True,
+                              env=env, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-5000:]}\n{proc.stderr[-5000:]}")
+        return proc
+
+    def planned(self, *args) -> list[tuple[str, dict]]:
+        """(rule, wildcards) of every job a dry run would execute."""
+        out = self.run("-n", *args).stdout
+        jobs = []
+        for line in out.splitlines():
+            s = line.strip()
+            if s.startswith(("rule ", "localrule ")) and s.endswith(":"):
+                jobs.append((s.split()[1][:-1], {}))
+            elif s.startswith("wildcards:") and jobs:
+                jobs[-1] = (jobs[-1][0], dict(kv.split("=", 1) for kv in s[len("wildcards:"):].strip().split(", ")))
+        return jobs
+
+
+def user_config(models: dict, **extra) -> dict:
+    cfg = {
+        "base_model": str(models["base"]),
+        "adapters": {"alpha": str(models["alpha"]), "beta": str(models["beta"])},
+        "quantize": {"types": ["Q8_0"]},
+    }
+    for k, v in extra.items():
+        cfg[k] = v
+    return cfg
+
+
+@pytest.fixture
+def workflow(tmp_path):
+    def make(config: dict) -> Workflow:
+        return Workflow(tmp_path / "wf", config)
+
+    return make

@@ -1,0 +1,64 @@
+"""Unit tests of package pieces that need no workflow run."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from loraforge.atomic import atomic_dir, atomic_file
+from loraforge.hashing import HashCache, tree_fingerprint
+from loraforge.llamacpp import IMATRIX_REQUIRED, file_types
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_schema_quant_types_are_llama_cpp_types():
+    schema = yaml.safe_load((REPO / "schemas" / "config.schema.yaml").read_text())
+    offered = set(schema["$defs"]["quant_type"]["enum"])
+    available = set(file_types())
+    assert offered <= available, offered - available
+    # everything llama.cpp can make without an importance matrix is offered, except plain float types
+    assert available - offered - IMATRIX_REQUIRED == {"F16", "BF16", "F32"}
+
+
+def test_atomic_file_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.bin"
+    with pytest.raises(RuntimeError), atomic_file(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_dir_replaces_only_when_complete(tmp_path):
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "old").write_text("old")
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "new").write_text("new")
+        raise RuntimeError("boom")
+    assert [p.name for p in target.iterdir()] == ["old"]
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+    with atomic_dir(target) as tmp:
+        (tmp / "new").write_text("new")
+    assert [p.name for p in target.iterdir()] == ["new"]
+
+
+def test_hash_cache_rehashes_only_changed_stat(tmp_path):
+    d = tmp_path / "m"
+    d.mkdir()
+    f = d / "w.bin"
+    f.write_bytes(b"a" * 1000)
+    cache = HashCache(tmp_path / "cache.json")
+    fp1 = tree_fingerprint(d, cache)
+    cache.save()
+    entries = json.loads((tmp_path / "cache.json").read_text())
+    assert list(entries) == [str(f.resolve())]
+    st = f.stat()
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched: same content, same fingerprint
+    assert tree_fingerprint(d, HashCache(tmp_path / "cache.json")) == fp1
+    f.write_bytes(b"b" * 1000)
+    assert tree_fingerprint(d, HashCache(tmp_path / "cache.json")) != fp1
