@@ -12,6 +12,7 @@ include: "rules/demo.smk"
 include: "rules/merge.smk"
 include: "rules/convert.smk"
 include: "rules/quantize.smk"
+include: "rules/evaluate.smk"
 
 
 rule all:

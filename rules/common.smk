@@ -25,6 +25,15 @@ BASE = config["base_model"]
 QUANTS = config["quantize"]["types"]
 FLOAT = config["convert"]["outtype"].upper()
 THREADS = config["threads"]
+EVAL = config["evaluation"]["enabled"]
+# what gets evaluated for each adapter: PEFT-applied, merged, the float GGUF, every quantized GGUF
+ARTIFACTS = ["adapter", "merged", FLOAT] + QUANTS
+if EVAL and not config["evaluation"]["texts"]:
+    raise WorkflowError("config evaluation.texts is empty: name at least one text file, "
+                        "or set evaluation.enabled: false")
+for _gate in config["evaluation"]["gates"]:
+    if _gate not in ARTIFACTS:
+        raise WorkflowError(f"config evaluation.gates.{_gate}: no such artifact (one of {', '.join(ARTIFACTS)})")
 
 
 def adapter_specs(name):
@@ -60,6 +69,7 @@ wildcard_constraints:
     adapter="|".join(re.escape(a) for a in ADAPTERS),
     quant="|".join(QUANTS),
     domain="code|prose",
+    artifact="|".join(re.escape(a) for a in ARTIFACTS),
 
 
 # Content fingerprints of external inputs, passed as params: Snakemake reruns a job when a param changes,
@@ -76,11 +86,31 @@ def fingerprint(path):
     return digest
 
 
+def base_input():
+    return DEMO_BASE if DEMO else ancient(BASE)
+
+
 def merge_inputs(wildcards):
     paths = [s["path"] for s in adapter_specs(wildcards.adapter)]
-    if DEMO:
-        return {"base": DEMO_BASE, "adapters": paths}
-    return {"base": ancient(BASE), "adapters": [ancient(p) for p in paths]}
+    return {"base": base_input(), "adapters": paths if DEMO else [ancient(p) for p in paths]}
+
+
+def eval_texts():
+    return list(config["evaluation"]["texts"].values())
+
+
+def artifact_kind(artifact):
+    return {"adapter": "peft", "merged": "hf"}.get(artifact, "gguf")
+
+
+def evaluation_inputs(wildcards):
+    """What evaluate_artifact scores: base + adapters (PEFT), the merged dir, or a GGUF."""
+    a, art = wildcards.adapter, wildcards.artifact
+    if art == "adapter":
+        return merge_inputs(wildcards)
+    if art == "merged":
+        return {"artifact": f"results/merged/{a}"}
+    return {"artifact": f"results/gguf/{a}/{a}-{art}.gguf"}
 
 
 def input_fingerprints(wildcards):
@@ -98,6 +128,8 @@ def dir_size_mb(path):
 
 
 def all_targets():
-    return expand(
-        "results/gguf/{adapter}/{adapter}-{quant}.gguf", adapter=ADAPTERS, quant=QUANTS
-    ) + expand(f"results/gguf/{{adapter}}/{{adapter}}-{FLOAT}.gguf", adapter=ADAPTERS)
+    targets = expand("results/gguf/{adapter}/{adapter}-{quant}.gguf", adapter=ADAPTERS, quant=QUANTS)
+    targets += expand(f"results/gguf/{{adapter}}/{{adapter}}-{FLOAT}.gguf", adapter=ADAPTERS)
+    if EVAL:
+        targets += ["results/report/metrics.html"]
+    return targets

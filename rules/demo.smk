@@ -41,3 +41,20 @@ rule train_demo_adapter:
         "../envs/loraforge.yaml"
     script:
         "../scripts/train_demo_adapter.py"
+
+
+rule write_demo_texts:
+    output:
+        code="results/demo/texts/code.txt",
+        prose="results/demo/texts/prose.txt",
+        general="results/demo/texts/general.txt",
+    log:
+        "logs/write_demo_texts/texts.log",
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    conda:
+        "../envs/loraforge.yaml"
+    script:
+        "../scripts/write_demo_texts.py"

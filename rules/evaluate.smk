@@ -1,0 +1,114 @@
+# Measured quality: reference log-probs once per adapter, then PPL / KLD / top-1 for every artifact.
+
+
+rule compute_reference:
+    input:
+        model_dir=rules.merge_adapter.output.model_dir,
+        texts=eval_texts(),
+    output:
+        reference="results/eval/{adapter}/reference.safetensors",
+    params:
+        texts=config["evaluation"]["texts"],
+        n_ctx=config["evaluation"]["n_ctx"],
+        max_tokens=config["evaluation"]["max_tokens"],
+        batch=config["evaluation"]["batch"],
+    log:
+        "logs/compute_reference/{adapter}.log",
+    benchmark:
+        "benchmarks/compute_reference/{adapter}.tsv"
+    threads: THREADS
+    resources:
+        mem_mb=lambda w, input: int(2000 + 3 * dir_size_mb(input.model_dir)),
+        runtime=60,
+    conda:
+        "../envs/loraforge.yaml"
+    script:
+        "../scripts/compute_reference.py"
+
+
+rule evaluate_artifact:
+    input:
+        unpack(evaluation_inputs),
+        reference=rules.compute_reference.output.reference,
+    output:
+        metrics="results/eval/{adapter}/{artifact}.json",
+    params:
+        kind=lambda w: artifact_kind(w.artifact),
+        base_dir=BASE,
+        adapters=lambda w: adapter_specs(w.adapter),
+        gates=lambda w: config["evaluation"]["gates"].get(w.artifact, {}),
+        batch=config["evaluation"]["batch"],
+    log:
+        "logs/evaluate_artifact/{adapter}-{artifact}.log",
+    benchmark:
+        "benchmarks/evaluate_artifact/{adapter}-{artifact}.tsv"
+    threads: THREADS
+    resources:
+        mem_mb=lambda w, input: int(2000 + 3 * input.size_mb),
+        runtime=60,
+    conda:
+        "../envs/loraforge.yaml"
+    script:
+        "../scripts/evaluate_artifact.py"
+
+
+rule evaluate_base:
+    input:
+        base=base_input(),
+        texts=eval_texts(),
+    output:
+        metrics="results/eval/base.json",
+    params:
+        base_dir=BASE,
+        texts=config["evaluation"]["texts"],
+        n_ctx=config["evaluation"]["n_ctx"],
+        max_tokens=config["evaluation"]["max_tokens"],
+        batch=config["evaluation"]["batch"],
+    log:
+        "logs/evaluate_base/base.log",
+    benchmark:
+        "benchmarks/evaluate_base/base.tsv"
+    threads: THREADS
+    resources:
+        mem_mb=lambda w, input: int(2000 + 2 * input.size_mb),
+        runtime=60,
+    conda:
+        "../envs/loraforge.yaml"
+    script:
+        "../scripts/evaluate_base.py"
+
+
+rule report_quality:
+    input:
+        base=rules.evaluate_base.output.metrics,
+        metrics=expand("results/eval/{adapter}/{artifact}.json", adapter=ADAPTERS, artifact=ARTIFACTS),
+    output:
+        table=report(
+            "results/report/metrics.html",
+            caption="../report/metrics.rst",
+            category="Quality",
+            labels={"figure": "all artifacts x metrics"},
+        ),
+        tsv="results/report/metrics.tsv",
+        size_kld=report(
+            "results/report/size_vs_kld.svg",
+            caption="../report/size_vs_kld.rst",
+            category="Quality",
+            labels={"figure": "size vs mean KLD"},
+        ),
+        ppl=report(
+            "results/report/ppl_by_domain.svg",
+            caption="../report/ppl_by_domain.rst",
+            category="Quality",
+            labels={"figure": "perplexity per text"},
+        ),
+    log:
+        "logs/report_quality/report.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../envs/loraforge.yaml"
+    script:
+        "../scripts/report_quality.py"

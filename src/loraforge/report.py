@@ -1,0 +1,128 @@
+"""Quality report: one table of all artifacts x metrics and two plots, from the evaluation JSONs."""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import os
+from pathlib import Path
+
+from .atomic import atomic_file, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+COLUMNS = [
+    ("adapter", "adapter"), ("artifact", "artifact"), ("size_mb", "size (MB)"), ("bits_per_weight", "bits/weight"),
+    ("mean_kld", "mean KLD"), ("median_kld", "median KLD"), ("p99_kld", "p99 KLD"),
+    ("top1_agreement", "top-1 agreement"), ("max_delta_ppl", "max ΔPPL"), ("tokens_per_second", "tokens/s"),
+]
+
+
+def _rows(base_json, metric_jsons) -> tuple[list[dict], list[str]]:
+    rows, texts = [], []
+    base = json.loads(Path(base_json).read_text())
+    entries = [("(base)", "base", base)]
+    for p in metric_jsons:
+        m = json.loads(Path(p).read_text())
+        adapter, artifact = m["label"].split("/", 1)
+        entries.append((adapter, artifact, m))
+    for adapter, artifact, m in entries:
+        row = {"adapter": adapter, "artifact": artifact}
+        for key, _ in COLUMNS[2:]:
+            if key == "size_mb":
+                if "size_bytes" in m:
+                    row[key] = m["size_bytes"] / 1e6
+            elif key in m and m[key] is not None:
+                row[key] = m[key]
+        for t, r in m["texts"].items():
+            row[f"ppl:{t}"] = r["ppl"]
+            if t not in texts:
+                texts.append(t)
+        rows.append(row)
+    return rows, texts
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "—"  # not measured for this artifact
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return html.escape(str(v))
+
+
+def _table_html(rows, cols) -> str:
+    head = "".join(f"<th>{html.escape(label)}</th>" for _, label in cols)
+    body = "\n".join("<tr>" + "".join(f"<td>{_fmt(r.get(k))}</td>" for k, _ in cols) + "</tr>" for r in rows)
+    return (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>loraforge quality</title><style>"
+        "body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:3px 8px;"
+        "text-align:right}td:nth-child(-n+2){text-align:left}</style></head><body>"
+        "<h2>Quality of every artifact</h2><p>KLD and top-1 agreement are against the merged model in float32; "
+        "— means not measured for that artifact (the base has no reference).</p>"
+        f"<table id='metrics'><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table></body></html>\n"
+    )
+
+
+def _plot_size_kld(rows, out) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for adapter in sorted({r["adapter"] for r in rows if "mean_kld" in r and "size_mb" in r}):
+        pts = sorted((r["size_mb"], r["mean_kld"], r["artifact"]) for r in rows
+                     if r["adapter"] == adapter and "mean_kld" in r and "size_mb" in r and r["artifact"] != "merged")
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=adapter)
+        for x, y, name in pts:
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_yscale("symlog", linthresh=1e-5)
+    ax.set_xlabel("file size (MB)")
+    ax.set_ylabel("mean KL-divergence vs. reference (nats)")
+    ax.set_title("Size vs. quality loss per GGUF type")
+    ax.grid(True, alpha=0.3)
+    ax.legend(title="adapter")
+    fig.tight_layout()
+    with atomic_file(out) as tmp:
+        fig.savefig(tmp, format="svg")
+    plt.close(fig)
+
+
+def _plot_ppl(rows, texts, out) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    adapters = [a for a in dict.fromkeys(r["adapter"] for r in rows) if a != "(base)"]
+    base = next(r for r in rows if r["artifact"] == "base")
+    fig, axes = plt.subplots(1, len(adapters), figsize=(6 * len(adapters), 4.5), squeeze=False)
+    for ax, adapter in zip(axes[0], adapters, strict=True):
+        series = [("base", base)] + [(r["artifact"], r) for r in rows if r["adapter"] == adapter]
+        width = 0.8 / len(series)
+        for i, (name, r) in enumerate(series):
+            xs = [j + i * width for j in range(len(texts))]
+            ax.bar(xs, [r.get(f"ppl:{t}", float("nan")) for t in texts], width, label=name)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(texts))], texts)
+        ax.set_title(f"adapter {adapter}")
+        ax.set_ylabel("perplexity (lower is better)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_file(out) as tmp:
+        fig.savefig(tmp, format="svg")
+    plt.close(fig)
+
+
+def report_quality(base_json, metric_jsons, table_html, tsv, size_kld_svg, ppl_svg) -> list[dict]:
+    rows, texts = _rows(base_json, metric_jsons)
+    cols = COLUMNS + [(f"ppl:{t}", f"PPL {t}") for t in texts]
+    write_text_atomic(table_html, _table_html(rows, cols))
+    lines = ["\t".join(k for k, _ in cols)] + [
+        "\t".join("" if r.get(k) is None else str(r.get(k)) for k, _ in cols) for r in rows
+    ]
+    write_text_atomic(tsv, "\n".join(lines) + "\n")
+    _plot_size_kld(rows, size_kld_svg)
+    _plot_ppl(rows, texts, ppl_svg)
+    log.info("report of %d artifacts written to %s", len(rows), os.path.dirname(table_html))
+    return rows
