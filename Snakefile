@@ -13,6 +13,7 @@ include: "rules/merge.smk"
 include: "rules/convert.smk"
 include: "rules/quantize.smk"
 include: "rules/evaluate.smk"
+include: "rules/registry.smk"
 
 
 rule all:

@@ -26,6 +26,8 @@ QUANTS = config["quantize"]["types"]
 FLOAT = config["convert"]["outtype"].upper()
 THREADS = config["threads"]
 EVAL = config["evaluation"]["enabled"]
+REGISTER = config["registry"]["enabled"]
+GGUF_TYPES = [FLOAT] + QUANTS
 # what gets evaluated for each adapter: PEFT-applied, merged, the float GGUF, every quantized GGUF
 ARTIFACTS = ["adapter", "merged", FLOAT] + QUANTS
 if EVAL and not config["evaluation"]["texts"]:
@@ -70,6 +72,7 @@ wildcard_constraints:
     quant="|".join(QUANTS),
     domain="code|prose",
     artifact="|".join(re.escape(a) for a in ARTIFACTS),
+    gguf_type="|".join(GGUF_TYPES),
 
 
 # Content fingerprints of external inputs, passed as params: Snakemake reruns a job when a param changes,
@@ -132,4 +135,25 @@ def all_targets():
     targets += expand(f"results/gguf/{{adapter}}/{{adapter}}-{FLOAT}.gguf", adapter=ADAPTERS)
     if EVAL:
         targets += ["results/report/metrics.html"]
+    if REGISTER:
+        targets += expand("results/registry/{adapter}/{gguf_type}.json", adapter=ADAPTERS, gguf_type=GGUF_TYPES)
     return targets
+
+
+def register_inputs(wildcards):
+    a, t = wildcards.adapter, wildcards.gguf_type
+    gguf = f"results/gguf/{a}/{a}-{t}.gguf"
+    inputs = {"gguf": gguf, "check": f"{gguf}.json"}
+    if EVAL:  # registration waits for the evaluation, so a failing quality gate blocks it
+        inputs["metrics"] = f"results/eval/{a}/{t}.json"
+    return inputs
+
+
+def lineage_settings(wildcards):
+    """The config values that shaped an artifact, recorded in the registry."""
+    return {
+        "merge": config["merge"],
+        "convert": {"outtype": config["convert"]["outtype"]},
+        "quant_type": wildcards.gguf_type,
+        "evaluation": {k: config["evaluation"][k] for k in ("texts", "n_ctx", "max_tokens")},
+    }

@@ -59,7 +59,6 @@ rule evaluate_base:
     output:
         metrics="results/eval/base.json",
     params:
-        base_dir=BASE,
         texts=config["evaluation"]["texts"],
         n_ctx=config["evaluation"]["n_ctx"],
         max_tokens=config["evaluation"]["max_tokens"],

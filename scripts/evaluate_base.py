@@ -7,4 +7,4 @@ if __name__ == "__main__":
     sm = snakemake  # noqa: F821 - injected by Snakemake
     p = sm.params
     run(sm.log[0], evaluate_artifact, threads=sm.threads, out_json=sm.output.metrics, label="base",
-        kind="hf", path=p.base_dir, texts=dict(p.texts), n_ctx=p.n_ctx, max_tokens=p.max_tokens, batch=p.batch)
+        kind="hf", path=sm.input.base, texts=dict(p.texts), n_ctx=p.n_ctx, max_tokens=p.max_tokens, batch=p.batch)

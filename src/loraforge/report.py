@@ -71,13 +71,14 @@ def _plot_size_kld(rows, out) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for adapter in sorted({r["adapter"] for r in rows if "mean_kld" in r and "size_mb" in r}):
+    for i, adapter in enumerate(sorted({r["adapter"] for r in rows if "mean_kld" in r and "size_mb" in r})):
+        # a log axis cannot show an exact 0; GGUFs are never exact, and the merged dir is the reference itself
         pts = sorted((r["size_mb"], r["mean_kld"], r["artifact"]) for r in rows
-                     if r["adapter"] == adapter and "mean_kld" in r and "size_mb" in r and r["artifact"] != "merged")
+                     if r["adapter"] == adapter and r.get("mean_kld", 0) > 0 and "size_mb" in r)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=adapter)
         for x, y, name in pts:
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set_yscale("symlog", linthresh=1e-5)
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4 - 11 * i), fontsize=8)
+    ax.set_yscale("log")
     ax.set_xlabel("file size (MB)")
     ax.set_ylabel("mean KL-divergence vs. reference (nats)")
     ax.set_title("Size vs. quality loss per GGUF type")
