@@ -212,8 +212,13 @@ def inspect_adapter(path: str | Path) -> Adapter:
             parts.setdefault(module, {})[kind] = key
         else:
             name = key[len(ADAPTER_PREFIX):]
-            name = name.replace(".modules_to_save.default.", ".").replace(".base_layer.", ".")
-            ad.replaced[name] = key
+            if ".original_module." in name:
+                continue  # PEFT's copy of the layer that modules_to_save replaces wholesale: never effective
+            plain = ".modules_to_save." not in name
+            for infix in (".modules_to_save.default.", ".modules_to_save.", ".base_layer."):
+                name = name.replace(infix, ".")
+            if plain or name not in ad.replaced:  # X.weight and X.modules_to_save.weight are the same copy
+                ad.replaced[name] = key
     for module, kinds in parts.items():
         emb = "lora_embedding_A" in kinds or "lora_embedding_B" in kinds
         a = kinds.get("lora_embedding_A" if emb else "lora_A")
