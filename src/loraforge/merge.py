@@ -1,8 +1,10 @@
 """Fold LoRA/DoRA adapters into a base model.
 
-``method="streaming"`` (default) reads base tensors one at a time from memory-mapped safetensors, adds each
-adapter's delta computed in float32, casts back to the tensor's own dtype and writes output shards as it goes;
-tensors no adapter touches are copied byte for byte. Peak memory is the largest tensor plus a constant.
+``method="streaming"`` (default) reads base tensors one at a time (plain reads of their byte ranges, not mmap,
+whose touched pages would count as resident memory), adds each adapter's delta computed in float32, casts back
+to the tensor's own dtype and writes output shards as it goes; tensors no adapter touches are copied byte for
+byte in 64 MiB chunks. It needs only numpy, not torch. Peak memory is a few copies of the largest merged tensor
+plus a constant, whatever the model size.
 ``method="peft"`` is PEFT's ``merge_and_unload`` on the whole model, kept as the reference.
 """
 
@@ -12,13 +14,13 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from safetensors import safe_open
+import numpy as np
 
 from .atomic import atomic_dir
 from .errors import PipelineError
@@ -27,6 +29,7 @@ from .modelfiles import (
     WEIGHT_FILES_RE,
     Adapter,
     BaseModel,
+    TensorInfo,
     check_adapter_against_base,
     inspect_adapter,
     inspect_base,
@@ -35,12 +38,8 @@ from .modelfiles import (
 
 log = logging.getLogger(__name__)
 
-ST_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-TORCH_TO_ST = {v: k for k, v in ST_DTYPES.items()}
+# safetensors dtype -> numpy dtype of its raw storage (bfloat16 is handled as uint16 bits)
+ST_NUMPY = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16}
 ST_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 
 
@@ -67,15 +66,12 @@ def _as_specs(adapters) -> list[AdapterSpec]:
 
 
 def _pattern_value(pattern: dict, module: str, default):
-    """PEFT's rank_pattern / alpha_pattern lookup (regex match on the module name suffix)."""
-    try:
-        from peft.utils.other import get_pattern_key
-    except ImportError:  # older PEFT keeps the same rule here
-        from peft.tuners.tuners_utils import get_pattern_key  # type: ignore
-    if not pattern:
-        return default
-    key = get_pattern_key(pattern.keys(), module)
-    return pattern.get(key, default)
+    """PEFT's rank_pattern / alpha_pattern rule (peft.utils.other.get_pattern_key): the first key that matches
+    the end of the module name at a dot boundary wins."""
+    for key in pattern:
+        if re.match(rf"(.*\.)?({key})$", module):
+            return pattern[key]
+    return default
 
 
 def lora_scaling(cfg: dict, module: str) -> float:
@@ -98,35 +94,120 @@ def validate_inputs(base_dir, adapters) -> tuple[BaseModel, list[tuple[AdapterSp
 # ---------------------------------------------------------------- streaming merge
 
 
-def _tensor(reader_handles: dict, path: Path, key: str) -> torch.Tensor:
-    if path not in reader_handles:
-        reader_handles[path] = safe_open(str(path), framework="pt")
-    return reader_handles[path].get_tensor(key)
+BLOCK_ELEMS = 1 << 20  # rows of a merged tensor are processed in blocks of ~4 MiB of float32
 
 
-def _delta(handles, ad: Adapter, module: str, weight: float) -> torch.Tensor:
-    lm = ad.lora[module]
-    a = _tensor(handles, ad.weights_file, lm.a_key).float()
-    b = _tensor(handles, ad.weights_file, lm.b_key).float()
-    d = (b @ a) * (lora_scaling(ad.config, module) * weight)
-    if lm.embedding or ad.config.get("fan_in_fan_out"):
-        d = d.T
-    return d
+def _pread(fd: int, offset: int, n: int, path) -> bytearray:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = os.preadv(fd, [view[got:]], offset + got)
+        if not k:
+            raise PipelineError(f"{path}: truncated tensor data")
+        got += k
+    return buf
 
 
-def _apply_adapter(handles, ad: Adapter, module: str, w: torch.Tensor, weight: float) -> torch.Tensor:
-    """w (float32) -> w with this adapter's delta, exactly as PEFT's LoraLayer.merge does it."""
-    lm = ad.lora[module]
-    d = _delta(handles, ad, module, weight)
-    if not lm.magnitude_key:
-        return w + d
-    fifo = bool(ad.config.get("fan_in_fan_out"))
-    mag = _tensor(handles, ad.weights_file, lm.magnitude_key).float()
-    combined = w + d
-    rows = combined.T if fifo else combined  # DoRA norms are per output feature
-    norm = torch.linalg.norm(rows, dim=1)
-    factor = (mag / norm).view(-1, 1)
-    return (factor * rows).T if fifo else factor * rows
+class _Files:
+    """Open file descriptors for reading tensor byte ranges (plain reads, no mmap)."""
+
+    def __init__(self):
+        self.fds: dict[Path, int] = {}
+
+    def rows(self, info: TensorInfo, r0: int, r1: int) -> np.ndarray:
+        """Rows r0:r1 of a tensor (viewed as 2-D: first dim x the rest), as stored."""
+        if info.dtype not in ST_NUMPY:
+            raise PipelineError(f"{info.file}: cannot merge into a tensor of dtype {info.dtype}")
+        cols = math.prod(info.shape[1:]) if len(info.shape) > 1 else (info.shape[0] if info.shape else 1)
+        item = ST_ITEMSIZE[info.dtype]
+        if info.file not in self.fds:
+            self.fds[info.file] = os.open(info.file, os.O_RDONLY)
+        buf = _pread(self.fds[info.file], info.start + r0 * cols * item, (r1 - r0) * cols * item, info.file)
+        return np.frombuffer(buf, dtype=ST_NUMPY[info.dtype]).reshape(r1 - r0, cols)
+
+    def whole(self, info: TensorInfo) -> np.ndarray:
+        return self.rows(info, 0, info.shape[0] if len(info.shape) > 1 else 1).reshape(info.shape)
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+
+
+def _to_f32(raw: np.ndarray, dtype: str) -> np.ndarray:
+    """Stored values -> a new float32 array."""
+    if dtype == "BF16":
+        out = raw.astype(np.uint32)
+        out <<= 16
+        return out.view(np.float32)
+    return raw.astype(np.float32)
+
+
+def _from_f32(x: np.ndarray, dtype: str) -> np.ndarray:
+    """float32 -> storage of ``dtype``, rounding to nearest even (as torch's casts do). Consumes ``x``."""
+    if dtype == "BF16":
+        bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+        lsb = bits >> 16
+        lsb &= 1
+        bits += 0x7FFF
+        bits += lsb
+        bits >>= 16
+        return bits.astype(np.uint16)
+    return x.astype(ST_NUMPY[dtype])
+
+
+class _Delta:
+    """One adapter's contribution to one weight, applied to any block of the weight's rows.
+
+    PEFT merges W' = W + s*B@A (fan_in_fan_out and embeddings store W transposed: W' = W + s*(B@A).T) and, for
+    DoRA, W' = m / ||W + s*B@A||_row * (W + s*B@A) with norms per output feature. Output rows only need the
+    matching rows of the small factors, so a block of rows is merged on its own.
+    """
+
+    def __init__(self, files: _Files, ad: Adapter, module: str, weight: float):
+        lm = ad.lora[module]
+        a = _to_f32(files.whole(ad.tensors[lm.a_key]), ad.tensors[lm.a_key].dtype)  # [r, in]
+        b = _to_f32(files.whole(ad.tensors[lm.b_key]), ad.tensors[lm.b_key].dtype)  # [out, r]
+        b *= np.float32(lora_scaling(ad.config, module) * weight)
+        self.transposed = bool(lm.embedding or ad.config.get("fan_in_fan_out"))
+        if self.transposed:  # stored W is [in, out]: rows of W are columns of A
+            self.left, self.right = np.ascontiguousarray(a.T), np.ascontiguousarray(b.T)
+        else:
+            self.left, self.right = b, a
+        self.mag = None
+        if lm.magnitude_key:
+            info = ad.tensors[lm.magnitude_key]
+            self.mag = _to_f32(files.whole(info), info.dtype).reshape(-1)
+        # DoRA norms run along stored rows unless W is stored transposed: then the whole tensor is needed
+        self.needs_whole = self.mag is not None and self.transposed
+
+    def apply(self, w: np.ndarray, r0: int, r1: int) -> np.ndarray:
+        w += self.left[r0:r1] @ self.right
+        if self.mag is not None:
+            if self.transposed:
+                w *= (self.mag / np.linalg.norm(w, axis=0))[None, :]
+            else:
+                w *= (self.mag[r0:r1] / np.linalg.norm(w, axis=1))[:, None]
+        return w
+
+
+def _merge_tensor(files: _Files, out_f, name: str, out_dtype: str, src: TensorInfo, deltas: list[_Delta]) -> None:
+    """Write ``src`` (+ deltas) in ``out_dtype``, a block of rows at a time."""
+    rows = src.shape[0] if len(src.shape) > 1 else 1
+    cols = math.prod(src.shape) // rows if rows else 0
+    step = rows if any(d.needs_whole for d in deltas) else max(1, BLOCK_ELEMS // max(cols, 1))
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        w = _to_f32(files.rows(src, r0, r1), src.dtype)
+        for d in deltas:
+            w = d.apply(w, r0, r1)
+        if not np.isfinite(w).all():
+            raise PipelineError(f"merged tensor {name} has non-finite values")
+        stored = _from_f32(w, out_dtype)
+        if out_dtype in ("BF16", "F16") and not np.isfinite(_to_f32(stored, out_dtype)).all():
+            raise PipelineError(f"merged tensor {name} overflows {out_dtype}")
+        out_f.write(memoryview(stored).cast("B"))
 
 
 def _out_tensors(base: BaseModel, loaded) -> dict[str, tuple[str, tuple[int, ...]]]:
@@ -166,75 +247,69 @@ def _write_header(f, names, tensors) -> None:
 
 
 def _copy_range(src: Path, start: int, end: int, dst) -> None:
-    with open(src, "rb") as s:
-        s.seek(start)
-        left = end - start
-        while left:
-            chunk = s.read(min(left, 64 << 20))
-            if not chunk:
-                raise PipelineError(f"{src}: truncated tensor data")
-            dst.write(chunk)
-            left -= len(chunk)
+    """Append bytes start:end of ``src`` to the unbuffered file ``dst``, in the kernel where it can."""
+    with open(src, "rb", buffering=0) as s:
+        left, offset = end - start, start
+        try:
+            while left:
+                k = os.copy_file_range(s.fileno(), dst.fileno(), min(left, 1 << 30), offset)
+                if not k:
+                    raise PipelineError(f"{src}: truncated tensor data")
+                left, offset = left - k, offset + k
+        except OSError:  # no copy_file_range between these files: plain reads, same bytes
+            s.seek(offset)
+            while left:
+                chunk = s.read(min(left, 8 << 20))
+                if not chunk:
+                    raise PipelineError(f"{src}: truncated tensor data") from None
+                dst.write(chunk)
+                left -= len(chunk)
 
 
-def _write_tensor(f, t: torch.Tensor) -> None:
-    t = t.contiguous().view(-1)
-    f.write(t.view(torch.uint8).numpy().data if t.numel() else b"")
+BLOCK_ELEMS = 1 << 20  # rows of a merged tensor are processed in blocks of ~4 MiB of float32
 
 
 def _streaming(base: BaseModel, loaded, out: Path, shard_bytes: int) -> dict:
-    handles: dict = {}
     tensors = _out_tensors(base, loaded)
-    # which adapters touch which tensor
-    touched: dict[str, list] = {}
+    touched: dict[str, list] = {}  # base tensor -> the (spec, adapter, module) deltas to add, in order
     for spec, ad in loaded:
         for module in ad.lora:
             touched.setdefault(f"{module}.weight", []).append((spec, ad, module))
         for name in ad.replaced:
             touched.setdefault(name, [])
-    tied_name = None
-    if base.tied_embeddings:
-        tied_name = next((k for k in tensors if k.endswith("embed_tokens.weight")), None)
     shards = _plan_shards(tensors, shard_bytes)
     n = len(shards)
     weight_map = {}
     stats = {"tensors_total": len(tensors), "tensors_merged": 0, "tensors_replaced": 0}
-    for i, names in enumerate(shards, 1):
-        fname = "model.safetensors" if n == 1 else f"model-{i:05d}-of-{n:05d}.safetensors"
-        with open(out / fname, "wb") as f:
-            _write_header(f, names, tensors)
-            for name in names:
-                weight_map[name] = fname
-                info = base.tensors[name]
-                if name not in touched:
-                    _copy_range(info.file, info.start, info.end, f)
-                    continue
-                # base value: the last adapter that replaces it wholesale (modules_to_save, resized embeddings)
-                src = info
-                w = None
-                for _spec, ad in loaded:
-                    if name in ad.replaced:
-                        w = _tensor(handles, ad.weights_file, ad.replaced[name])
-                        stats["tensors_replaced"] += 1
-                if w is None:
-                    w = _tensor(handles, src.file, name)
-                dtype = ST_DTYPES[info.dtype]
-                work = w.float()
-                for spec, ad, module in touched[name]:
-                    work = _apply_adapter(handles, ad, module, work, spec.weight)
-                if touched[name]:
-                    stats["tensors_merged"] += 1
-                if dtype.is_floating_point and dtype != torch.float32:
-                    finfo = torch.finfo(dtype)
-                    if not torch.isfinite(work).all() or work.abs().max() > finfo.max:
-                        raise PipelineError(f"merged tensor {name} overflows {dtype}")
-                _write_tensor(f, work.to(dtype))
+    files = _Files()
+    try:
+        for i, names in enumerate(shards, 1):
+            fname = "model.safetensors" if n == 1 else f"model-{i:05d}-of-{n:05d}.safetensors"
+            with open(out / fname, "wb", buffering=0) as f:  # unbuffered: copy_file_range appends to it
+                _write_header(f, names, tensors)
+                for name in names:
+                    weight_map[name] = fname
+                    info = base.tensors[name]
+                    if name not in touched:
+                        _copy_range(info.file, info.start, info.end, f)
+                        continue
+                    # start value: the last adapter replacing it wholesale (modules_to_save, resized embeddings)
+                    src = info
+                    for _spec, ad in loaded:
+                        if name in ad.replaced:
+                            src = ad.tensors[ad.replaced[name]]
+                    stats["tensors_replaced"] += src is not info
+                    stats["tensors_merged"] += bool(touched[name])
+                    deltas = [_Delta(files, ad, module, spec.weight) for spec, ad, module in touched[name]]
+                    _merge_tensor(files, f, name, info.dtype, src, deltas)
+    finally:
+        files.close()
     if n > 1:
         index = {"metadata": {"total_size": sum(ST_ITEMSIZE[d] * math.prod(s) for d, s in tensors.values())},
                  "weight_map": weight_map}
         (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     stats["shards"] = n
-    stats["tied_embeddings"] = bool(tied_name)
+    stats["tied_embeddings"] = base.tied_embeddings
     return stats
 
 
