@@ -14,11 +14,9 @@ import argparse
 import json
 import logging
 import math
-import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
