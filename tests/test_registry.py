@@ -102,8 +102,7 @@ WRITER = textwrap.dedent("""
 
 
 def test_sixteen_concurrent_writers_lose_and_duplicate_nothing(tmp_path):
-    db = tmp_path / "reg.sqlite"
-    Registry(db).close()
+    db = tmp_path / "reg.sqlite"  # not created beforehand: the writers race to create it too
     arts = [artifact(tmp_path, f"m{i}.gguf") for i in range(12)] + [tmp_path / "m0.gguf"] * 4  # 4 duplicates
     start = time.time() + 3
     procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(db), str(a), str(start)], stdout=subprocess.PIPE,

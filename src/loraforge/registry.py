@@ -15,7 +15,9 @@ import hashlib
 import json
 import logging
 import os
+import random
 import sqlite3
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,12 +114,26 @@ class Registry:
         self.conn.row_factory = sqlite3.Row
         try:
             self.conn.execute("PRAGMA busy_timeout = 60000")
-            self.conn.execute("PRAGMA journal_mode = WAL")
+            self._use_wal()
             self.conn.execute("PRAGMA foreign_keys = ON")
             self._migrate()
         except sqlite3.DatabaseError as e:
             self.conn.close()
             raise PipelineError(f"{self.path}: not a usable loraforge registry ({e}); left untouched") from None
+
+    def _use_wal(self, timeout: float = 60) -> None:
+        """Switch to WAL (persistent in the file). Switching needs the database to itself and SQLite's busy
+        handler does not wait for that, so writers creating a registry at the same moment retry here."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self.conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    self.conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02 + random.random() * 0.05)
 
     def _check_file(self) -> None:
         if not self.path.exists():
