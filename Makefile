@@ -7,7 +7,7 @@ TORCH_CPU_SPEC ?= torch==2.13.0
 TORCH_CPU_PIP_ARGS ?=
 SIZE_GB ?= 1
 
-.PHONY: setup demo test lint dry-run report bench-merge slurm-up slurm-down clean
+.PHONY: setup demo test lint dry-run report bench-merge clean
 
 setup: $(VENV)/.installed
 
@@ -42,7 +42,7 @@ test: setup lint
 	$(BIN)/pytest -ra
 
 bench-merge: setup
-	$(BIN)/python -m loraforge.bench merge --size-gb $(SIZE_GB) --out results/bench/merge.json
+	$(BIN)/python -m loraforge.bench merge --size-gb $(SIZE_GB) --out results/bench/merge.json  # SIZE_GB="1 4"
 
 clean:
 	rm -rf results logs benchmarks .snakemake report.html

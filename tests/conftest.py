@@ -141,3 +141,11 @@ def workflow(tmp_path):
         return Workflow(tmp_path / "wf", config)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def demo_local(tmp_path_factory):
+    """The default config (the demo) built once with the local profile; shared by the demo and SLURM tests."""
+    wf = Workflow(tmp_path_factory.mktemp("demo") / "wf", yaml.safe_load((REPO / "config.yaml").read_text()))
+    wf.run("--profile", "profiles/local")
+    return wf

@@ -9,18 +9,14 @@ import shutil
 import subprocess
 
 import pytest
-import yaml
-from conftest import REPO, Workflow
 
 pytestmark = pytest.mark.slow
 QUANTS = ["F16", "Q8_0", "Q4_K_M"]
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    wf = Workflow(tmp_path_factory.mktemp("demo") / "wf", yaml.safe_load((REPO / "config.yaml").read_text()))
-    wf.run()
-    return wf
+def demo(demo_local):
+    return demo_local
 
 
 def metrics(wf, adapter, artifact):

@@ -80,3 +80,15 @@ def test_merge_benchmark_command_measures_all_three(tmp_path):
     assert "x faster than PEFT" in proc.stdout
     # the bound that matters (memory, not time: timings are for the benchmark to report, not to assert)
     assert r["streaming_peak_rss_mb"] < r["peft_peak_rss_mb"]
+
+
+def test_stale_temporaries_of_a_killed_writer_are_removed(tmp_path):
+    target = tmp_path / "model"
+    stale = tmp_path / ".model.abc123.tmp"
+    stale.mkdir()
+    (stale / "half.safetensors").write_bytes(b"x")
+    other = tmp_path / ".modelx.abc.tmp"
+    other.mkdir()
+    with atomic_dir(target) as tmp:
+        (tmp / "w").write_text("1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".modelx.abc.tmp", "model"]

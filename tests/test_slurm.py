@@ -1,0 +1,99 @@
+"""The workflow on a real single-node SLURM cluster started here, through profiles/slurm."""
+
+from __future__ import annotations
+
+import collections
+import os
+
+import pytest
+import yaml
+from conftest import user_config
+from slurm_cluster import LocalSlurm, unavailable_reason
+
+from loraforge.hashing import sha256_file, tree_files
+
+pytestmark = [pytest.mark.slow, pytest.mark.slurm]
+LOCAL_RULES = {"all", "register_model"}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    reason = unavailable_reason()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"the SLURM cluster test must run in CI, but: {reason}")
+        pytest.skip(reason)
+    c = LocalSlurm(tmp_path_factory.mktemp("slurm")).start()
+    try:
+        yield c
+    finally:
+        c.stop()
+        assert not c.root.exists()
+
+
+def slurm_run(wf, cluster, *args, check=True):
+    env_args = ["--profile", "profiles/slurm", "--slurm-no-account", "--slurm-init-seconds-before-status-checks", "2"]
+    old = dict(os.environ)
+    os.environ["SLURM_CONF"] = str(cluster.conf)
+    try:
+        return wf.run(*env_args, *args, check=check)
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+
+
+def model_files(root):
+    """Hashes of every model artifact (weights, tokenizer, GGUF): what must not depend on where it ran."""
+    res = root / "results"
+    files = [p for d in ("demo", "merged") for p in tree_files(res / d)]
+    files += sorted((res / "gguf").rglob("*.gguf"))
+    return {str(p.relative_to(res)): sha256_file(p) for p in files}
+
+
+def rule_of(job: dict) -> str:
+    """The Snakemake rule of a SLURM job, from the comment the executor gives it (rule_<name>_wildcards_...)."""
+    comment = job.get("Comment", "")
+    assert comment.startswith("rule_"), job
+    return comment[len("rule_"):].split("_wildcards")[0]
+
+
+def test_demo_on_slurm_matches_local_run(cluster, demo_local, workflow):
+    config = yaml.safe_load((demo_local.root / "config.yaml").read_text())
+    assert config["demo"]["enabled"]
+    wf = workflow(config)
+    planned = collections.Counter(r for r, _ in wf.planned() if r not in LOCAL_RULES)
+    before = {j["JobId"] for j in cluster.jobs()}
+    proc = slurm_run(wf, cluster)
+    assert "Complete log" in proc.stdout + proc.stderr
+    jobs = [j for j in cluster.jobs() if j["JobId"] not in before]
+    # SLURM's own record: every non-local job of the plan ran as a SLURM job, and completed there
+    assert collections.Counter(rule_of(j) for j in jobs) == planned
+    assert all(j["JobState"] == "COMPLETED" and j["ExitCode"] == "0:0" for j in jobs)
+    assert not any(rule_of(j) in LOCAL_RULES for j in jobs)
+    # and each job's output file, written by SLURM
+    logs = list((wf.root / ".snakemake" / "slurm_logs").rglob("*.log"))
+    assert {p.stem for p in logs} >= {j["JobId"] for j in jobs}
+    # local rules ran on the submit host: registrations exist without SLURM jobs
+    assert len(list((wf.root / "results" / "registry").rglob("*.json"))) == 6
+    # same artifacts, bit for bit, as the local run
+    assert model_files(wf.root) == model_files(demo_local.root)
+
+
+def test_job_killed_by_slurm_fails_cleanly_and_rerun_completes(cluster, models, workflow):
+    cfg = user_config(models)
+    cfg["adapters"] = {"alpha": str(models["alpha"])}
+    wf = workflow(cfg)
+    target = "results/merged/alpha"
+    # 150 MB is less than the merge's PEFT check needs: slurmstepd kills the job over its memory limit
+    proc = slurm_run(wf, cluster, target, "--set-resources", "merge_adapter:mem_mb=150", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    killed = [j for j in cluster.jobs() if j.get("Comment", "").startswith("rule_merge_adapter")]
+    assert killed and killed[-1]["JobState"] in ("OUT_OF_MEMORY", "FAILED", "CANCELLED"), killed[-1]
+    assert f"SLURM-job '{killed[-1]['JobId']}' failed" in out
+    merged = wf.root / "results" / "merged"
+    assert not (merged / "alpha").exists() and not (merged / "alpha.merge.json").exists()
+    # a rerun with the declared resources completes, and leaves no temporaries of the killed job behind
+    slurm_run(wf, cluster, target)
+    assert (merged / "alpha" / "model.safetensors").exists()
+    assert sorted(p.name for p in merged.iterdir() if p.name.startswith(".")) == []
