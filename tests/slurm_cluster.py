@@ -1,5 +1,9 @@
 """A real single-node SLURM cluster on this machine, for the cluster tests: munged, slurmctld and slurmd
-(Debian packages slurm-wlm and munge), as root, on loopback, all state under one temp directory."""
+(Debian packages slurm-wlm and munge), as root, on loopback, all state under one temp directory.
+
+The config is also linked at the default path, /etc/slurm/slurm.conf, as on a real cluster: the Snakemake
+job-step plugin runs its inner ``srun`` with every SLURM_* variable but a few removed, SLURM_CONF included,
+so a config elsewhere would not be found inside jobs. An existing config there is never replaced."""
 
 from __future__ import annotations
 
@@ -19,7 +23,12 @@ def unavailable_reason() -> str | None:
         return f"SLURM/munge not installed (missing {', '.join(missing)}; apt-get install slurm-wlm munge)"
     if os.geteuid() != 0:
         return "the test cluster runs its daemons as root"
+    if DEFAULT_CONF.exists() or DEFAULT_CONF.is_symlink():
+        return f"{DEFAULT_CONF} exists (a SLURM cluster is configured here); the test cluster will not replace it"
     return None
+
+
+DEFAULT_CONF = Path("/etc/slurm/slurm.conf")
 
 
 def _free_port() -> int:
@@ -36,13 +45,12 @@ def _mem_mb() -> int:
 
 
 class LocalSlurm:
-    def __init__(self, root: Path, cpus: int = 8):
-        """``cpus``: what the node declares (config_overrides lets it exceed the real cores, so the slurm
-        profile's per-rule cpus_per_task requests fit on a small machine)."""
+    def __init__(self, root: Path):
         self.root = root
-        self.cpus = cpus
+        self.cpus = os.cpu_count() or 1  # the node declares what it has: SLURM packs jobs by these
         self.conf = root / "slurm.conf"
         self.procs: list[subprocess.Popen] = []
+        self.linked = False
         self.env = dict(os.environ, SLURM_CONF=str(self.conf))
 
     def _write_config(self) -> None:
@@ -83,13 +91,15 @@ MinJobAge=3600
 ReturnToService=2
 MpiDefault=none
 SchedulerType=sched/backfill
-SlurmdParameters=config_overrides
 NodeName=localhost NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={_mem_mb()} State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 """)
 
     def start(self, timeout: float = 60) -> LocalSlurm:
         self._write_config()
+        DEFAULT_CONF.parent.mkdir(parents=True, exist_ok=True)
+        DEFAULT_CONF.symlink_to(self.conf)  # raises if anything is there: never replace a real config
+        self.linked = True
         m = self.root / "munge"
         subprocess.run(["munged", "--force", f"--socket={self.munge_socket}", f"--key-file={m / 'munge.key'}",
                         f"--pid-file={m / 'munged.pid'}", f"--log-file={m / 'munged.log'}",
@@ -148,4 +158,7 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
                 pass
         # slurmstepd processes of killed jobs, if any, belong to this cluster's spool dir
         subprocess.run(["pkill", "-f", f"slurmstepd.*{self.root}"], capture_output=True)
+        if self.linked and DEFAULT_CONF.is_symlink() and DEFAULT_CONF.resolve() == self.conf.resolve():
+            DEFAULT_CONF.unlink()
+            self.linked = False
         shutil.rmtree(self.root, ignore_errors=True)

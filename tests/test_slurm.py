@@ -28,11 +28,16 @@ def cluster(tmp_path_factory):
         yield c
     finally:
         c.stop()
-        assert not c.root.exists()
+        assert not c.root.exists() and not os.path.lexists("/etc/slurm/slurm.conf")
 
 
 def slurm_run(wf, cluster, *args, check=True):
-    env_args = ["--profile", "profiles/slurm", "--slurm-no-account", "--slurm-init-seconds-before-status-checks", "2"]
+    # the profile as users run it; only the per-rule threads are capped to the test node's cores (SLURM
+    # refuses a job asking for more CPUs than any node has)
+    cap = [f"{rule}={cluster.cpus}" for rule in ("merge_adapter", "convert_to_gguf", "compute_reference",
+                                                 "evaluate_artifact", "evaluate_base", "quantize_gguf")]
+    env_args = ["--profile", "profiles/slurm", "--slurm-no-account", "--slurm-init-seconds-before-status-checks", "2",
+                "--set-threads", *cap]
     old = dict(os.environ)
     os.environ["SLURM_CONF"] = str(cluster.conf)
     try:

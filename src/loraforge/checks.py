@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .atomic import write_text_atomic
 from .errors import PipelineError
@@ -50,6 +49,8 @@ def check_token_ids(tokenizer_dir: str | os.PathLike, text_file: str | None = No
 
 
 def hf_logits(model, ids: list[int]) -> np.ndarray:
+    import torch
+
     with torch.no_grad():
         return model(torch.tensor([ids])).logits[0].float().numpy()
 

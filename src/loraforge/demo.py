@@ -117,21 +117,26 @@ def _train(model, ids: torch.Tensor, steps: int, lr: float, seed: int, batch: in
 
 
 def train_tokenizer(work: Path, text: str, seed: int, vocab: int = VOCAB) -> Path:
-    """Train a sentencepiece BPE tokenizer on ``text``; save it as an HF tokenizer dir ``work/tok``."""
+    """Train a sentencepiece BPE tokenizer on ``text``; save it as an HF tokenizer dir ``work/tok``.
+
+    Trained from an iterator into memory: a file-based run records its input and output paths in the model,
+    which would make the same tokenizer differ byte for byte between runs in different directories.
+    """
+    import io
+
     import sentencepiece as spm
     from transformers import LlamaTokenizer
 
-    corpus = work / "corpus.txt"
-    corpus.write_text(text)
+    model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        input=str(corpus), model_prefix=str(work / "sp"), vocab_size=vocab, model_type="bpe",
+        sentence_iterator=iter(text.splitlines()), model_writer=model, vocab_size=vocab, model_type="bpe",
         character_coverage=1.0, byte_fallback=True, normalization_rule_name="identity",
         remove_extra_whitespaces=False, allow_whitespace_only_pieces=True, split_digits=True,
         unk_id=0, bos_id=1, eos_id=2, pad_id=-1, num_threads=1, minloglevel=2,
     )
     tokdir = work / "tok"
     tokdir.mkdir()
-    shutil.copy(work / "sp.model", tokdir / "tokenizer.model")
+    (tokdir / "tokenizer.model").write_bytes(model.getvalue())
     tok = LlamaTokenizer.from_pretrained(str(tokdir), local_files_only=True)
     tok.chat_template = CHAT_TEMPLATE
     tok.save_pretrained(str(tokdir))
@@ -190,10 +195,15 @@ def train_adapter(base_dir: str | os.PathLike, domain: str, out_dir: str | os.Pa
     losses = _train(model, ids, steps=steps, lr=4e-3, seed=seed + 1 + DOMAINS.index(domain))
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(str(tmp))
+        # PEFT writes target_modules from a set (order follows the hash seed): sort it, same bytes every run
+        cfg_path = tmp / "adapter_config.json"
+        cfg = json.loads(cfg_path.read_text())
+        cfg["target_modules"] = sorted(cfg["target_modules"])
+        cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         meta = {"domain": domain, "steps": steps, "r": r, "seed": seed, "final_loss": losses[-1],
-                "first_loss": losses[0], "seconds": round(time.time() - t0, 1)}
+                "first_loss": losses[0]}
         (tmp / "training.json").write_text(json.dumps(meta, indent=2))
-    log.info("adapter %s trained: %s", domain, meta)
+    log.info("adapter %s trained in %.1f s: %s", domain, time.time() - t0, meta)
     return meta
 
 

@@ -5,7 +5,8 @@ stored once per adapter (float32, with the token ids; float16 would put a KLD fl
 every measurement) and every artifact of that adapter -- the adapter applied
 through PEFT, the merged model in its own dtype, the float GGUF, each quantized GGUF -- is scored on exactly
 the same tokens. Texts are cut into windows of ``n_ctx`` tokens, each starting with BOS; every position after
-the first is scored. HF models are evaluated in batches of windows, llama.cpp one window per call.
+the first is scored. HF models are evaluated in batches of windows, llama.cpp one window per call. Scoring is
+numpy: evaluating a GGUF does not load torch (whose import alone costs more than scoring the demo's texts).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .atomic import atomic_file, write_text_atomic
 from .errors import PipelineError
@@ -53,16 +53,24 @@ def token_windows(tokenizer_dir, text_file, n_ctx: int, max_tokens: int) -> np.n
 # ---------------------------------------------------------------- scorers: windows -> logits
 
 
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(axis=-1, keepdims=True)
+    x -= np.log(np.exp(x).sum(axis=-1, keepdims=True))
+    return x
+
+
 class HFScorer:
     def __init__(self, model, batch: int = 8):
         self.model = model.eval()
         self.batch = batch
 
     def logits(self, windows: np.ndarray):
+        import torch
+
         with torch.no_grad():
             for s in range(0, len(windows), self.batch):
                 x = torch.from_numpy(windows[s : s + self.batch].astype(np.int64))
-                yield self.model(x).logits.float()
+                yield self.model(x).logits.float().numpy()
 
     def close(self):
         del self.model
@@ -76,15 +84,18 @@ class GGUFScorer:
 
     def logits(self, windows: np.ndarray):
         for w in windows:
-            yield torch.from_numpy(self.m.logits(w.tolist())).unsqueeze(0)
+            yield self.m.logits(w.tolist())[None]
 
     def close(self):
         self.m.close()
 
 
 def hf_scorer(model_dir, dtype="auto", batch: int = 8) -> HFScorer:
+    import torch
     from transformers import AutoModelForCausalLM
 
+    if dtype == "float32":
+        dtype = torch.float32
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype, local_files_only=True)
     return HFScorer(model, batch)
 
@@ -102,16 +113,16 @@ def peft_scorer(base_dir, adapters, batch: int = 8) -> HFScorer:
 def compute_reference(model_dir, texts: dict[str, str], out, n_ctx: int = 128, max_tokens: int = 4096,
                       batch: int = 8) -> dict:
     """Float32 log-probs of the merged HF model on every evaluation text -> one safetensors file."""
-    from safetensors.torch import save_file
+    from safetensors.numpy import save_file
 
     t0 = time.time()
-    scorer = hf_scorer(model_dir, dtype=torch.float32, batch=batch)
+    scorer = hf_scorer(model_dir, dtype="float32", batch=batch)
     tensors, meta = {}, {}
     for name, path in texts.items():
         windows = token_windows(model_dir, path, n_ctx, max_tokens)
-        lps = [torch.log_softmax(lg[:, :-1], dim=-1) for lg in scorer.logits(windows)]
-        tensors[f"tokens.{name}"] = torch.from_numpy(windows)
-        tensors[f"logprobs.{name}"] = torch.cat(lps).contiguous()
+        lps = [log_softmax(lg[:, :-1]) for lg in scorer.logits(windows)]
+        tensors[f"tokens.{name}"] = windows
+        tensors[f"logprobs.{name}"] = np.ascontiguousarray(np.concatenate(lps), dtype=np.float32)
         meta[name] = {"file": str(path), "windows": int(len(windows)), "scored_tokens": int(windows[:, 1:].size)}
     info = {"n_ctx": n_ctx, "texts": meta, "seconds": round(time.time() - t0, 3), "model": str(model_dir)}
     with atomic_file(out) as tmp:
@@ -120,12 +131,12 @@ def compute_reference(model_dir, texts: dict[str, str], out, n_ctx: int = 128, m
     return info
 
 
-def load_reference(path) -> tuple[dict, dict[str, np.ndarray], dict[str, torch.Tensor]]:
+def load_reference(path) -> tuple[dict, dict[str, np.ndarray], dict[str, np.ndarray]]:
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
+    with safe_open(str(path), framework="np") as f:
         info = json.loads(f.metadata()["loraforge"])
-        tokens = {n: f.get_tensor(f"tokens.{n}").numpy() for n in info["texts"]}
+        tokens = {n: f.get_tensor(f"tokens.{n}") for n in info["texts"]}
         lps = {n: f.get_tensor(f"logprobs.{n}") for n in info["texts"]}
     return info, tokens, lps
 
@@ -133,32 +144,32 @@ def load_reference(path) -> tuple[dict, dict[str, np.ndarray], dict[str, torch.T
 # ---------------------------------------------------------------- metrics
 
 
-def _score(scorer, windows: np.ndarray, ref_lp: torch.Tensor | None) -> dict:
-    targets = torch.from_numpy(windows[:, 1:].astype(np.int64))
+def _score(scorer, windows: np.ndarray, ref_lp: np.ndarray | None) -> dict:
+    targets = windows[:, 1:].astype(np.int64)
     nll_sum, n, klds, agree, ref_nll = 0.0, 0, [], 0, 0.0
     row = 0
     for lg in scorer.logits(windows):
         b = lg.shape[0]
-        lp = torch.log_softmax(lg[:, :-1], dim=-1)
-        tgt = targets[row : row + b]
+        lp = log_softmax(lg[:, :-1].astype(np.float32))
+        tgt = targets[row : row + b, :, None]
         if ref_lp is not None:
             ref = ref_lp[row : row + b]
             v = min(ref.shape[-1], lp.shape[-1])
             lp, ref = lp[..., :v], ref[..., :v]
-            klds.append((ref.exp() * (ref - lp)).sum(-1).clamp_min(0).flatten())
+            klds.append(np.maximum((np.exp(ref) * (ref - lp)).sum(-1), 0).ravel())
             agree += int((ref.argmax(-1) == lp.argmax(-1)).sum())
-            ref_nll -= float(ref.gather(-1, tgt.unsqueeze(-1)).sum())
-        nll_sum -= float(lp.gather(-1, tgt.unsqueeze(-1)).sum())
-        n += tgt.numel()
+            ref_nll -= float(np.take_along_axis(ref, tgt, -1).sum(dtype=np.float64))
+        nll_sum -= float(np.take_along_axis(lp, tgt, -1).sum(dtype=np.float64))
+        n += tgt.size
         row += b
     out = {"scored_tokens": n, "ppl": math.exp(nll_sum / n)}
     if ref_lp is not None:
-        k = torch.cat(klds).double()
+        k = np.concatenate(klds).astype(np.float64)
         out.update(
             ref_ppl=math.exp(ref_nll / n),
             mean_kld=float(k.mean()),
-            median_kld=float(k.median()),
-            p99_kld=float(torch.quantile(k, 0.99)),
+            median_kld=float(np.median(k)),
+            p99_kld=float(np.quantile(k, 0.99)),
             top1_agreement=agree / n,
         )
         out["delta_ppl"] = out["ppl"] - out["ref_ppl"]
@@ -221,9 +232,9 @@ def evaluate(kind: str, path, reference=None, texts: dict[str, str] | None = Non
         "tokens_per_second": round(n / eval_s, 1) if eval_s > 0 else None,
     }
     if all_kld:
-        k = torch.cat(all_kld)
+        k = np.concatenate(all_kld)
         out.update(
-            mean_kld=float(k.mean()), median_kld=float(k.median()), p99_kld=float(torch.quantile(k, 0.99)),
+            mean_kld=float(k.mean()), median_kld=float(np.median(k)), p99_kld=float(np.quantile(k, 0.99)),
             top1_agreement=sum(r["top1_agreement"] * r["scored_tokens"] for r in per_text.values()) / n,
             max_delta_ppl=max(r["delta_ppl"] for r in per_text.values()),
         )

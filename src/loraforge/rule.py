@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import sys
 from collections.abc import Callable
 
@@ -17,9 +18,11 @@ def run(log_file: str, fn: Callable, threads: int = 1, **kwargs):
     handlers = [logging.FileHandler(log_file, mode="w"), logging.StreamHandler(sys.stderr)]
     logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    import torch
-
-    torch.set_num_threads(max(1, int(threads)))
+    # torch (imported later, only by the rules that need it) and numpy's BLAS read these at import
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(max(1, int(threads)))
+    if "torch" in sys.modules:  # already imported by the script's module
+        sys.modules["torch"].set_num_threads(max(1, int(threads)))
     if "threads" in inspect.signature(fn).parameters:
         kwargs["threads"] = threads
     try:
