@@ -41,7 +41,7 @@ def slurm_run(wf, cluster, *args, check=True):
     old = dict(os.environ)
     os.environ["SLURM_CONF"] = str(cluster.conf)
     try:
-        return wf.run(*env_args, *args, check=check)
+        return wf.run(*args, *env_args, check=check)  # --set-threads takes every word after it
     finally:
         os.environ.clear()
         os.environ.update(old)
@@ -89,13 +89,20 @@ def test_job_killed_by_slurm_fails_cleanly_and_rerun_completes(cluster, models, 
     cfg["adapters"] = {"alpha": str(models["alpha"])}
     wf = workflow(cfg)
     target = "results/merged/alpha"
+    before = {j["JobId"] for j in cluster.jobs()}
     # 150 MB is less than the merge's PEFT check needs: slurmstepd kills the job over its memory limit
     proc = slurm_run(wf, cluster, target, "--set-resources", "merge_adapter:mem_mb=150", check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    killed = [j for j in cluster.jobs() if j.get("Comment", "").startswith("rule_merge_adapter")]
-    assert killed and killed[-1]["JobState"] in ("OUT_OF_MEMORY", "FAILED", "CANCELLED"), killed[-1]
-    assert f"SLURM-job '{killed[-1]['JobId']}' failed" in out
+    jobs = [j for j in cluster.jobs() if j["JobId"] not in before]
+    assert [rule_of(j) for j in jobs] == ["merge_adapter"], jobs
+    killed = jobs[0]
+    assert killed["JobState"] in ("OUT_OF_MEMORY", "FAILED", "CANCELLED"), killed
+    assert killed["ExitCode"] != "0:0"
+    assert f"SLURM-job '{killed['JobId']}' failed" in out
+    # slurmstepd's own words in the job's output file: killed for memory, not failed for some other reason
+    job_log = wf.root / ".snakemake" / "slurm_logs" / "rule_merge_adapter" / "alpha" / f"{killed['JobId']}.log"
+    assert "exceeded memory limit" in job_log.read_text()
     merged = wf.root / "results" / "merged"
     assert not (merged / "alpha").exists() and not (merged / "alpha.merge.json").exists()
     # a rerun with the declared resources completes, and leaves no temporaries of the killed job behind
