@@ -4,7 +4,12 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# config.yaml is the demo; a config given with --configfile replaces it rather than merging into it
+# (merged, the demo's adapters and demo.enabled would leak into the user's config)
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
+
 
 
 include: "rules/common.smk"

@@ -92,3 +92,11 @@ def test_stale_temporaries_of_a_killed_writer_are_removed(tmp_path):
     with atomic_dir(target) as tmp:
         (tmp / "w").write_text("1")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".modelx.abc.tmp", "model"]
+
+
+def test_example_config_is_valid():
+    from snakemake.utils import validate
+
+    example = yaml.safe_load((REPO / "config.example.yaml").read_text())
+    validate(example, str(REPO / "schemas" / "config.schema.yaml"))
+    assert example["merge"]["method"] == "streaming" and example["registry"]["path"] == "registry.sqlite"

@@ -195,3 +195,15 @@ def test_failing_quality_gate_names_artifact_metric_threshold_value(workflow, mo
     wf.run("results/eval/alpha/F16.json")
     f16 = json.loads((wf.root / "results" / "eval" / "alpha" / "F16.json").read_text())
     assert f16["top1_agreement"] >= 0.98 and f16["scored_tokens"] > 500
+
+
+def test_configfile_replaces_the_demo_config(workflow, models, tmp_path):
+    import yaml
+    from conftest import REPO
+
+    wf = workflow(yaml.safe_load((REPO / "config.yaml").read_text()))  # the demo stays config.yaml
+    mine = tmp_path / "my.yaml"
+    mine.write_text(yaml.safe_dump(user_config(models)))
+    jobs = wf.planned("--configfile", str(mine))
+    assert {w["adapter"] for r, w in jobs if r == "merge_adapter"} == {"alpha", "beta"}
+    assert not [r for r, _ in jobs if r.startswith(("build_demo", "train_demo", "write_demo"))]
