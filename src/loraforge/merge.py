@@ -1,10 +1,10 @@
 """Fold LoRA/DoRA adapters into a base model.
 
-``method="streaming"`` (default) reads base tensors one at a time (plain reads of their byte ranges, not mmap,
-whose touched pages would count as resident memory), adds each adapter's delta computed in float32, casts back
-to the tensor's own dtype and writes output shards as it goes; tensors no adapter touches are copied byte for
-byte in 64 MiB chunks. It needs only numpy, not torch. Peak memory is a few copies of the largest merged tensor
-plus a constant, whatever the model size.
+``method="streaming"`` (default) reads each merged weight a block of rows at a time (plain reads of byte ranges,
+not mmap, whose touched pages would count as resident memory), adds each adapter's delta computed in float32,
+rounds back to the tensor's own dtype and writes output shards as it goes; tensors no adapter touches are
+copied in the kernel (copy_file_range). It needs only numpy, not torch. Peak memory is one block of rows plus
+the adapter factors, whatever the model size.
 ``method="peft"`` is PEFT's ``merge_and_unload`` on the whole model, kept as the reference.
 """
 
@@ -109,6 +109,13 @@ def _pread(fd: int, offset: int, n: int, path) -> bytearray:
     return buf
 
 
+def _rows_cols(shape: tuple[int, ...]) -> tuple[int, int]:
+    """A tensor seen as 2-D: its first dimension by the rest (1-D and scalars are one row)."""
+    if len(shape) > 1:
+        return shape[0], math.prod(shape[1:])
+    return 1, math.prod(shape)
+
+
 class _Files:
     """Open file descriptors for reading tensor byte ranges (plain reads, no mmap)."""
 
@@ -119,7 +126,7 @@ class _Files:
         """Rows r0:r1 of a tensor (viewed as 2-D: first dim x the rest), as stored."""
         if info.dtype not in ST_NUMPY:
             raise PipelineError(f"{info.file}: cannot merge into a tensor of dtype {info.dtype}")
-        cols = math.prod(info.shape[1:]) if len(info.shape) > 1 else (info.shape[0] if info.shape else 1)
+        _rows, cols = _rows_cols(info.shape)
         item = ST_ITEMSIZE[info.dtype]
         if info.file not in self.fds:
             self.fds[info.file] = os.open(info.file, os.O_RDONLY)
@@ -127,7 +134,7 @@ class _Files:
         return np.frombuffer(buf, dtype=ST_NUMPY[info.dtype]).reshape(r1 - r0, cols)
 
     def whole(self, info: TensorInfo) -> np.ndarray:
-        return self.rows(info, 0, info.shape[0] if len(info.shape) > 1 else 1).reshape(info.shape)
+        return self.rows(info, 0, _rows_cols(info.shape)[0]).reshape(info.shape)
 
     def close(self) -> None:
         for fd in self.fds.values():
@@ -194,8 +201,7 @@ class _Delta:
 
 def _merge_tensor(files: _Files, out_f, name: str, out_dtype: str, src: TensorInfo, deltas: list[_Delta]) -> None:
     """Write ``src`` (+ deltas) in ``out_dtype``, a block of rows at a time."""
-    rows = src.shape[0] if len(src.shape) > 1 else 1
-    cols = math.prod(src.shape) // rows if rows else 0
+    rows, cols = _rows_cols(src.shape)
     step = rows if any(d.needs_whole for d in deltas) else max(1, BLOCK_ELEMS // max(cols, 1))
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
@@ -264,9 +270,6 @@ def _copy_range(src: Path, start: int, end: int, dst) -> None:
                     raise PipelineError(f"{src}: truncated tensor data") from None
                 dst.write(chunk)
                 left -= len(chunk)
-
-
-BLOCK_ELEMS = 1 << 20  # rows of a merged tensor are processed in blocks of ~4 MiB of float32
 
 
 def _streaming(base: BaseModel, loaded, out: Path, shard_bytes: int) -> dict:
@@ -401,6 +404,20 @@ def _check_out_dir(base: BaseModel, out_dir: Path) -> None:
         raise PipelineError(f"{out_dir}: output must not be inside the base model directory")
 
 
+def _publish(base_dir, adapters, out_dir, method: str, shard_size_mb: int, check: dict | None) -> dict:
+    """Validate, merge into a temporary dir, optionally check it, then rename it to ``out_dir``."""
+    base, loaded = validate_inputs(base_dir, adapters)
+    out_dir = Path(out_dir)
+    _check_out_dir(base, out_dir)
+    with atomic_dir(out_dir) as tmp:
+        summary = _merge_into(base, loaded, tmp, method, shard_size_mb)
+        if check is not None:
+            summary["check"] = _check_merged(base, loaded, tmp, **check)
+            log.info("merge check passed: %s", summary["check"])
+    log.info("merged %d adapter(s) into %s: %s", len(loaded), out_dir, summary)
+    return summary
+
+
 def merge(
     base_dir: str | os.PathLike,
     adapters,
@@ -412,27 +429,20 @@ def merge(
 
     Returns a summary dict. ``out_dir`` appears only when complete. ``base_dir`` is only read.
     """
-    base, loaded = validate_inputs(base_dir, adapters)
-    out_dir = Path(out_dir)
-    _check_out_dir(base, out_dir)
-    with atomic_dir(out_dir) as tmp:
-        summary = _merge_into(base, loaded, tmp, method, shard_size_mb)
-    log.info("merged %d adapter(s) into %s: %s", len(loaded), out_dir, summary)
-    return summary
+    return _publish(base_dir, adapters, out_dir, method, shard_size_mb, check=None)
 
 
 # logits of merged vs. adapter-applied model may differ by rounding of the merged weights to the dtype
 DEFAULT_MERGE_TOLERANCE = {"F32": 1e-3, "F16": 0.1, "BF16": 0.5}
 
 
-def check_merge(base_dir, adapters, merged_dir, text_file: str | None = None,
-                tolerance: dict | None = None) -> dict:
+def _check_merged(base: BaseModel, loaded, merged_dir, text_file: str | None = None,
+                  tolerance: dict | None = None) -> dict:
     """Logits of the merged model vs. PEFT with the adapter applied unmerged, on a fixed text."""
     from transformers import AutoModelForCausalLM
 
     from .checks import check_token_ids, compare_logits, hf_logits
 
-    base, loaded = validate_inputs(base_dir, adapters)
     ids = check_token_ids(merged_dir, text_file)
     ref = hf_logits(peft_model(base.path, loaded, merge_all=False), ids)
     merged = AutoModelForCausalLM.from_pretrained(str(merged_dir), dtype="auto", local_files_only=True)
@@ -453,15 +463,9 @@ def merge_artifact(base_dir, adapters, out_dir, check_json, method: str = "strea
     """The merge_adapter rule: merge, check against PEFT, then publish the dir and its JSON sidecar."""
     from .checks import write_sidecar
 
-    base, loaded = validate_inputs(base_dir, adapters)
-    out_dir = Path(out_dir)
-    _check_out_dir(base, out_dir)
-    with atomic_dir(out_dir) as tmp:
-        summary = _merge_into(base, loaded, tmp, method, shard_size_mb)
-        if check:
-            summary["check"] = check_merge(base_dir, adapters, tmp, check_text, tolerance)
-            log.info("merge check passed: %s", summary["check"])
-        else:
-            log.warning("merge check disabled in config: merged logits were not compared with PEFT")
+    if not check:
+        log.warning("merge check disabled in config: merged logits will not be compared with PEFT")
+    checking = {"text_file": check_text, "tolerance": tolerance} if check else None
+    summary = _publish(base_dir, adapters, out_dir, method, shard_size_mb, check=checking)
     write_sidecar(check_json, summary)
     return summary
