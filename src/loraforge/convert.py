@@ -17,6 +17,12 @@ log = logging.getLogger(__name__)
 
 def convert(model_dir: str | os.PathLike, out_gguf: str | os.PathLike, outtype: str = "f16") -> dict:
     """Convert an HF model directory to a float GGUF (f16, bf16 or f32). The file appears only when complete."""
+    with atomic_file(out_gguf) as tmp:
+        return _convert_to(model_dir, tmp, outtype)
+
+
+def _convert_to(model_dir, out: Path, outtype: str) -> dict:
+    """Run the conversion into ``out``; the caller publishes it."""
     model = inspect_base(model_dir)
     outtype = outtype.lower()
     if outtype not in FLOAT_TYPES:
@@ -26,13 +32,14 @@ def convert(model_dir: str | os.PathLike, out_gguf: str | os.PathLike, outtype: 
                     "Set convert.outtype: bf16 to keep them exactly.", model_dir)
     elif model.dtype == "F32" and outtype != "f32":
         log.info("%s holds float32 weights; writing %s as configured", model_dir, FLOAT_TYPES[outtype])
-    with atomic_file(out_gguf) as tmp:
-        convert_hf_to_gguf(Path(model_dir), tmp, outtype)
+    convert_hf_to_gguf(Path(model_dir), out, outtype)
     return {"source_dtype": model.dtype, "outtype": FLOAT_TYPES[outtype]}
 
 
-def check_conversion(model_dir, gguf, text_file: str | None = None, threads: int = 1) -> dict:
-    """llama.cpp logits of the GGUF vs. the HF model's float32 logits on the fixed check text."""
+def check_conversion(model_dir, gguf, text_file: str | None = None, threads: int = 1) -> tuple[dict, dict]:
+    """llama.cpp logits of the GGUF vs. the HF model's float32 logits on the fixed check text.
+
+    Returns (comparison, GGUF info) from the one load of the GGUF."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -42,10 +49,10 @@ def check_conversion(model_dir, gguf, text_file: str | None = None, threads: int
     del hf
     g = GGUFModel(Path(gguf), n_ctx=len(ids), threads=threads)
     try:
-        got = g.logits(ids)
+        got, info = g.logits(ids), g.info()
     finally:
         g.close()
-    return {**compare_logits(got, ref), "reference": "HF model, float32"}
+    return {**compare_logits(got, ref), "reference": "HF model, float32"}, info
 
 
 def convert_artifact(model_dir, out_gguf, check_json, outtype: str = "f16", check: bool = True,
@@ -54,9 +61,9 @@ def convert_artifact(model_dir, out_gguf, check_json, outtype: str = "f16", chec
     """The convert_to_gguf rule: convert, compare logits with the HF model, publish GGUF and sidecar."""
     out_gguf = Path(out_gguf)
     with atomic_file(out_gguf) as tmp:
-        summary = convert(model_dir, tmp, outtype)
+        summary = _convert_to(model_dir, tmp, outtype)
         if check:
-            res = check_conversion(model_dir, tmp, check_text, threads)
+            res, info = check_conversion(model_dir, tmp, check_text, threads)
             res.update(min_top1=min_top1, max_abs_logit_diff_allowed=max_abs_logit_diff)
             summary["check"] = res
             if res["top1_agreement"] < min_top1 or not res["max_abs_logit_diff"] <= max_abs_logit_diff:
@@ -68,6 +75,7 @@ def convert_artifact(model_dir, out_gguf, check_json, outtype: str = "f16", chec
             log.info("conversion check passed: %s", res)
         else:
             log.warning("conversion check disabled in config: GGUF logits were not compared with HF")
-        summary.update(gguf_info(tmp))
+            info = gguf_info(tmp)
+        summary.update(info)
     write_sidecar(check_json, summary)
     return summary

@@ -86,6 +86,9 @@ class GGUFScorer:
         for w in windows:
             yield self.m.logits(w.tolist())[None]
 
+    def info(self) -> dict:
+        return self.m.info()
+
     def close(self):
         self.m.close()
 
@@ -144,6 +147,10 @@ def load_reference(path) -> tuple[dict, dict[str, np.ndarray], dict[str, np.ndar
 # ---------------------------------------------------------------- metrics
 
 
+def _kld_stats(k: np.ndarray) -> dict:
+    return {"mean_kld": float(k.mean()), "median_kld": float(np.median(k)), "p99_kld": float(np.quantile(k, 0.99))}
+
+
 def _score(scorer, windows: np.ndarray, ref_lp: np.ndarray | None) -> dict:
     targets = windows[:, 1:].astype(np.int64)
     nll_sum, n, klds, agree, ref_nll = 0.0, 0, [], 0, 0.0
@@ -165,13 +172,7 @@ def _score(scorer, windows: np.ndarray, ref_lp: np.ndarray | None) -> dict:
     out = {"scored_tokens": n, "ppl": math.exp(nll_sum / n)}
     if ref_lp is not None:
         k = np.concatenate(klds).astype(np.float64)
-        out.update(
-            ref_ppl=math.exp(ref_nll / n),
-            mean_kld=float(k.mean()),
-            median_kld=float(np.median(k)),
-            p99_kld=float(np.quantile(k, 0.99)),
-            top1_agreement=agree / n,
-        )
+        out.update(ref_ppl=math.exp(ref_nll / n), **_kld_stats(k), top1_agreement=agree / n)
         out["delta_ppl"] = out["ppl"] - out["ref_ppl"]
         out["_kld"] = k
     return out
@@ -217,6 +218,7 @@ def evaluate(kind: str, path, reference=None, texts: dict[str, str] | None = Non
             if "_kld" in res:
                 all_kld.append(res.pop("_kld"))
             per_text[name] = res
+        gguf = scorer.info() if kind == "gguf" else {}  # from this load, not a second one
     finally:
         scorer.close()
     eval_s = time.time() - t0
@@ -234,17 +236,15 @@ def evaluate(kind: str, path, reference=None, texts: dict[str, str] | None = Non
     if all_kld:
         k = np.concatenate(all_kld)
         out.update(
-            mean_kld=float(k.mean()), median_kld=float(np.median(k)), p99_kld=float(np.quantile(k, 0.99)),
+            **_kld_stats(k),
             top1_agreement=sum(r["top1_agreement"] * r["scored_tokens"] for r in per_text.values()) / n,
             max_delta_ppl=max(r["delta_ppl"] for r in per_text.values()),
         )
     if path and kind != "peft":
         p = Path(path)
         out["size_bytes"] = _artifact_size(p)
-        if kind == "gguf":
-            from .llamacpp import gguf_info
-
-            out["bits_per_weight"] = gguf_info(p)["bits_per_weight"]
+        if gguf:
+            out["bits_per_weight"] = gguf["bits_per_weight"]
     return out
 
 

@@ -121,28 +121,31 @@ class GGUFModel:
             )
         except Exception as e:  # llama-cpp-python raises ValueError on load failure
             raise PipelineError(f"{path}: llama.cpp could not load it ({e})") from None
+        self.path = Path(path)
         self.n_vocab = self.llm.n_vocab()
 
     def logits(self, tokens: list[int]) -> np.ndarray:
         """Logits [len(tokens), n_vocab] (float32) for one sequence, from a fresh context."""
-        self.llm.reset()
-        self.llm._ctx.kv_cache_clear() if hasattr(self.llm._ctx, "kv_cache_clear") else None
+        self.llm.reset()  # eval() then drops the whole KV cache: it clears from n_tokens, now 0
         self.llm.eval(tokens)
         return np.array(self.llm.scores[: len(tokens)], dtype=np.float32, copy=True)
+
+    def info(self) -> dict:
+        """File size, parameter count and bits per weight, as llama.cpp reads them."""
+        lc = _llama_cpp()
+        n_params = int(lc.llama_model_n_params(self.llm._model.model))
+        size = int(lc.llama_model_size(self.llm._model.model))
+        return {"file_bytes": self.path.stat().st_size, "n_params": n_params, "tensor_bytes": size,
+                "bits_per_weight": round(size * 8 / n_params, 4)}
 
     def close(self) -> None:
         self.llm.close()
 
 
 def gguf_info(path: Path) -> dict:
-    """File size, parameter count and bits per weight of a GGUF, read through llama.cpp."""
-    lc = _llama_cpp()
+    """GGUFModel.info() of a GGUF that is not loaded already."""
     m = GGUFModel(path, n_ctx=8)
     try:
-        n_params = int(lc.llama_model_n_params(m.llm._model.model))
-        size = int(lc.llama_model_size(m.llm._model.model))
+        return m.info()
     finally:
         m.close()
-    file_size = Path(path).stat().st_size
-    return {"file_bytes": file_size, "n_params": n_params, "tensor_bytes": size,
-            "bits_per_weight": round(size * 8 / n_params, 4)}
