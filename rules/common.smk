@@ -1,4 +1,5 @@
 # Helpers shared by the workflow files -- config validation, wildcard constraints, input functions, targets.
+import functools
 import re
 from pathlib import Path
 
@@ -81,6 +82,7 @@ wildcard_constraints:
 _HASHES = HashCache(".snakemake/loraforge/hashes.json")
 
 
+@functools.cache  # once per path and invocation, not once per job that names it
 def fingerprint(path):
     if DEMO:
         return "built by rules/demo.smk"
