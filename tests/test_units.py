@@ -100,3 +100,26 @@ def test_example_config_is_valid():
     example = yaml.safe_load((REPO / "config.example.yaml").read_text())
     validate(example, str(REPO / "schemas" / "config.schema.yaml"))
     assert example["merge"]["method"] == "streaming" and example["registry"]["path"] == "registry.sqlite"
+
+
+def test_concurrent_hash_cache_writers_do_not_break_each_other(tmp_path):
+    """Concurrent jobs save the shared hash cache; stale-temporary cleanup must not delete a live writer's file."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pathlib\n"
+        "from loraforge.hashing import HashCache\n"
+        "d, i = pathlib.Path(sys.argv[1]), sys.argv[2]\n"
+        "for k in range(40):\n"
+        "    f = d / f'f{i}-{k}'\n"
+        "    f.write_bytes(b'x' * 10)\n"
+        "    c = HashCache(d / 'cache.json')\n"
+        "    c.sha256(f)\n"
+        "    c.save()\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path), str(i)], stderr=subprocess.PIPE, text=True)
+             for i in range(8)]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 8, next(e for e in errors if e)
+    assert json.loads((tmp_path / "cache.json").read_text())  # a whole, valid file

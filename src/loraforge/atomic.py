@@ -14,7 +14,8 @@ from pathlib import Path
 def _remove_stale(target: Path) -> None:
     """Temporaries of ``target`` left by a writer that was killed (SIGKILL, OOM, scancel) before cleanup.
 
-    Safe because one target has one writer at a time (Snakemake runs one job per output)."""
+    Only for targets with one writer at a time (a Snakemake output: one job per output); with several, these
+    would be the other writers' live temporaries."""
     for old in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
         if old.is_dir():
             shutil.rmtree(old, ignore_errors=True)
@@ -24,11 +25,15 @@ def _remove_stale(target: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_file(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path in the target's directory; rename it onto ``target`` only on success."""
+def atomic_file(target: str | os.PathLike, single_writer: bool = True) -> Iterator[Path]:
+    """Yield a temporary path in the target's directory; rename it onto ``target`` only on success.
+
+    ``single_writer=False`` for a file several processes may write at once (the last rename wins); then
+    temporaries of killed writers are not cleaned up, since they cannot be told from live ones."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale(target)
+    if single_writer:
+        _remove_stale(target)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -64,6 +69,6 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_text_atomic(target: str | os.PathLike, text: str) -> None:
-    with atomic_file(target) as tmp:
+def write_text_atomic(target: str | os.PathLike, text: str, single_writer: bool = True) -> None:
+    with atomic_file(target, single_writer) as tmp:
         tmp.write_text(text)

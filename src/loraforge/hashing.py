@@ -60,7 +60,9 @@ class HashCache:
     def save(self) -> None:
         if self.cache_file and self._dirty:
             self.cache_file.parent.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(self.cache_file, json.dumps(self._entries, indent=0, sort_keys=True))
+            # shared by concurrent jobs (register_model, the workflow's DAG building): several writers
+            write_text_atomic(self.cache_file, json.dumps(self._entries, indent=0, sort_keys=True),
+                              single_writer=False)
             self._dirty = False
 
 

@@ -30,3 +30,6 @@ def run(log_file: str, fn: Callable, threads: int = 1, **kwargs):
     except PipelineError as e:
         log.error("%s", e)
         sys.exit(1)
+    except Exception:  # a bug, not bad input: its traceback belongs in the rule's log too
+        log.exception("unexpected error in %s", getattr(fn, "__qualname__", fn))
+        raise
