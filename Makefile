@@ -36,7 +36,9 @@ report: setup
 
 lint: setup
 	$(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check Snakefile rules
 	$(BIN)/ruff check src scripts tests
+	$(BIN)/ruff format --check src scripts tests
 
 test: setup lint
 	$(BIN)/pytest -ra

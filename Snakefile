@@ -4,12 +4,11 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-# config.yaml is the demo; a config given with --configfile replaces it rather than merging into it
-# (merged, the demo's adapters and demo.enabled would leak into the user's config)
+# config/demo.yaml is the demo; a config given with --configfile replaces it rather than merging into it
+# (merged, the demo's adapters would leak into the user's config)
 if not workflow.overwrite_configfiles:
 
-    configfile: "config.yaml"
-
+    configfile: "config/demo.yaml"
 
 
 include: "rules/common.smk"
@@ -19,6 +18,9 @@ include: "rules/convert.smk"
 include: "rules/quantize.smk"
 include: "rules/evaluate.smk"
 include: "rules/registry.smk"
+
+
+check_inputs()  # every external input, from headers and JSON only, before any job
 
 
 rule all:

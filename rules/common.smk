@@ -1,4 +1,4 @@
-# Helpers shared by the workflow files -- config validation, wildcard constraints, input functions, targets.
+# Helpers shared by the workflow files: config validation, wildcard constraints, input functions, targets.
 import functools
 import re
 from pathlib import Path
@@ -8,9 +8,8 @@ from snakemake.utils import validate
 
 import loraforge
 from loraforge.errors import PipelineError
-from loraforge.hashing import HashCache, tree_fingerprint
-from loraforge.merge import validate_inputs
-
+from loraforge.io.hashing import WORKFLOW_HASH_CACHE, HashCache, tree_fingerprint
+from loraforge.preflight import validate_inputs
 
 try:
     validate(config, schema="../schemas/config.schema.yaml")
@@ -21,8 +20,8 @@ except WorkflowError as e:  # one line naming the key, not a schema dump
     where = ".".join(str(p) for p in err.absolute_path) or "(top level)"
     raise WorkflowError(f"config {where}: {err.message}") from None
 
-DEMO = config["demo"]["enabled"]
 BASE = config["base_model"]
+ADAPTERS = list(config["adapters"])
 QUANTS = config["quantize"]["types"]
 FLOAT = config["convert"]["outtype"].upper()
 THREADS = config["threads"]
@@ -30,13 +29,16 @@ EVAL = config["evaluation"]["enabled"]
 REGISTER = config["registry"]["enabled"]
 GGUF_TYPES = [FLOAT] + QUANTS
 # what gets evaluated for each adapter: PEFT-applied, merged, the float GGUF, every quantized GGUF
-ARTIFACTS = ["adapter", "merged", FLOAT] + QUANTS
+ARTIFACTS = ["adapter", "merged"] + GGUF_TYPES
 if EVAL and not config["evaluation"]["texts"]:
-    raise WorkflowError("config evaluation.texts is empty: name at least one text file, "
-                        "or set evaluation.enabled: false")
+    raise WorkflowError(
+        "config evaluation.texts is empty: name at least one text file, or set evaluation.enabled: false"
+    )
 for _gate in config["evaluation"]["gates"]:
     if _gate not in ARTIFACTS:
-        raise WorkflowError(f"config evaluation.gates.{_gate}: no such artifact (one of {', '.join(ARTIFACTS)})")
+        raise WorkflowError(
+            f"config evaluation.gates.{_gate}: no such artifact (one of {', '.join(ARTIFACTS)})"
+        )
 
 
 def adapter_specs(name):
@@ -47,57 +49,66 @@ def adapter_specs(name):
     return [{"path": e["path"], "weight": float(e.get("weight", 1.0))} for e in entry]
 
 
-ADAPTERS = list(config["adapters"])
-DEMO_BASE = "results/demo/base"
-DEMO_ADAPTERS = {f"results/demo/adapters/{d}": d for d in ("code", "prose")}
-
-# Bad input fails here, in a second, before any job runs: headers and JSON only, no weights.
-if not DEMO:
-    try:
-        for _name in ADAPTERS:
-            validate_inputs(BASE, adapter_specs(_name))
-    except PipelineError as e:
-        raise WorkflowError(f"config adapter {_name!r}: {e}") from None
-else:
-    for _name in ADAPTERS:
-        for _s in adapter_specs(_name):
-            if _s["path"] not in DEMO_ADAPTERS:
-                raise WorkflowError(f"demo.enabled is true but adapter {_name!r} is {_s['path']} "
-                                    f"(demo adapters: {', '.join(DEMO_ADAPTERS)})")
-    if BASE != DEMO_BASE:
-        raise WorkflowError(f"demo.enabled is true but base_model is {BASE} (demo base: {DEMO_BASE})")
-
-
 wildcard_constraints:
     adapter="|".join(re.escape(a) for a in ADAPTERS),
-    quant="|".join(QUANTS),
-    domain="code|prose",
-    artifact="|".join(re.escape(a) for a in ARTIFACTS),
     gguf_type="|".join(GGUF_TYPES),
+    artifact="|".join(re.escape(a) for a in ARTIFACTS),
+
+
+def produced_here(path):
+    """Whether this workflow builds ``path`` itself (the demo's inputs). Then the job that makes it checks it, and
+    Snakemake tracks it like any other output."""
+    return any(r.is_producer(path) for r in workflow.rules)
+
+
+def check_inputs():
+    """Bad input fails here, in a second, before any job runs: headers and JSON only, no weights."""
+    for name in ADAPTERS:
+        specs = adapter_specs(name)
+        if produced_here(BASE) or any(produced_here(s["path"]) for s in specs):
+            continue
+        try:
+            validate_inputs(BASE, specs)
+        except PipelineError as e:
+            raise WorkflowError(f"config adapters.{name}: {e}") from None
 
 
 # Content fingerprints of external inputs, passed as params: Snakemake reruns a job when a param changes,
 # so a touched adapter (same bytes, new mtime) reruns nothing and a changed one reruns its chain, whatever
 # its size. Hashes are cached per (path, size, mtime, inode): the base is hashed once, not on every run.
-_HASHES = HashCache(".snakemake/loraforge/hashes.json")
+_HASHES = HashCache(WORKFLOW_HASH_CACHE)
 
 
 @functools.cache  # once per path and invocation, not once per job that names it
 def fingerprint(path):
-    if DEMO:
-        return "built by rules/demo.smk"
+    if produced_here(path):
+        return None  # a file of this workflow: its own job's outputs trigger reruns
     digest = tree_fingerprint(path, _HASHES)
     _HASHES.save()
     return digest
 
 
-def base_input():
-    return DEMO_BASE if DEMO else ancient(BASE)
+def external(path):
+    """An input the workflow does not build: only its content (the fingerprint param) triggers reruns."""
+    return path if produced_here(path) else ancient(path)
 
 
 def merge_inputs(wildcards):
-    paths = [s["path"] for s in adapter_specs(wildcards.adapter)]
-    return {"base": base_input(), "adapters": paths if DEMO else [ancient(p) for p in paths]}
+    return {
+        "base": external(BASE),
+        "adapters": [external(s["path"]) for s in adapter_specs(wildcards.adapter)],
+    }
+
+
+def input_fingerprints(wildcards):
+    return {
+        "base": fingerprint(BASE),
+        "adapters": [fingerprint(s["path"]) for s in adapter_specs(wildcards.adapter)],
+    }
+
+
+def adapter_weights(wildcards):
+    return [s["weight"] for s in adapter_specs(wildcards.adapter)]
 
 
 def eval_texts():
@@ -108,20 +119,51 @@ def artifact_kind(artifact):
     return {"adapter": "peft", "merged": "hf"}.get(artifact, "gguf")
 
 
+# The one path of every GGUF: convert_to_gguf makes the float type, quantize_gguf the others.
+GGUF = "results/gguf/{adapter}/{adapter}-{gguf_type}.gguf"
+
+
+def gguf_of(adapter, gguf_type, what="gguf"):
+    """The GGUF of one adapter and type, or its check sidecar (what="check")."""
+    path = GGUF.format(adapter=adapter, gguf_type=gguf_type)
+    return f"{path}.json" if what == "check" else path
+
+
 def evaluation_inputs(wildcards):
     """What evaluate_artifact scores: base + adapters (PEFT), the merged dir, or a GGUF."""
     a, art = wildcards.adapter, wildcards.artifact
     if art == "adapter":
         return merge_inputs(wildcards)
     if art == "merged":
-        return {"artifact": f"results/merged/{a}"}
-    return {"artifact": f"results/gguf/{a}/{a}-{art}.gguf"}
+        return {"artifact": expand(rules.merge_adapter.output.model_dir, adapter=a)[0]}
+    return {"artifact": gguf_of(a, art)}
 
 
-def input_fingerprints(wildcards):
+def register_inputs(wildcards):
+    a, t = wildcards.adapter, wildcards.gguf_type
+    inputs = {
+        "gguf": gguf_of(a, t),
+        "check": gguf_of(a, t, "check"),
+        "merge": expand(rules.merge_adapter.output.check, adapter=a)[0],
+    }
+    if (
+        EVAL
+    ):  # registration waits for the evaluation, so a failing quality gate blocks it
+        inputs["metrics"] = expand(
+            rules.evaluate_artifact.output.metrics, adapter=a, artifact=t
+        )[0]
+    return inputs
+
+
+def lineage_settings(wildcards):
+    """The config values that shaped an artifact, recorded in the registry."""
     return {
-        "base": fingerprint(BASE),
-        "adapters": [fingerprint(s["path"]) for s in adapter_specs(wildcards.adapter)],
+        "merge": config["merge"],
+        "convert": {"outtype": config["convert"]["outtype"]},
+        "quant_type": wildcards.gguf_type,
+        "evaluation": {
+            k: config["evaluation"][k] for k in ("texts", "n_ctx", "max_tokens")
+        },
     }
 
 
@@ -133,29 +175,11 @@ def dir_size_mb(path):
 
 
 def all_targets():
-    targets = expand("results/gguf/{adapter}/{adapter}-{quant}.gguf", adapter=ADAPTERS, quant=QUANTS)
-    targets += expand(f"results/gguf/{{adapter}}/{{adapter}}-{FLOAT}.gguf", adapter=ADAPTERS)
+    targets = expand(GGUF, adapter=ADAPTERS, gguf_type=GGUF_TYPES)
     if EVAL:
-        targets += ["results/report/metrics.html"]
+        targets.append(rules.report_quality.output.table)
     if REGISTER:
-        targets += expand("results/registry/{adapter}/{gguf_type}.json", adapter=ADAPTERS, gguf_type=GGUF_TYPES)
+        targets += expand(
+            rules.register_model.output.receipt, adapter=ADAPTERS, gguf_type=GGUF_TYPES
+        )
     return targets
-
-
-def register_inputs(wildcards):
-    a, t = wildcards.adapter, wildcards.gguf_type
-    gguf = f"results/gguf/{a}/{a}-{t}.gguf"
-    inputs = {"gguf": gguf, "check": f"{gguf}.json"}
-    if EVAL:  # registration waits for the evaluation, so a failing quality gate blocks it
-        inputs["metrics"] = f"results/eval/{a}/{t}.json"
-    return inputs
-
-
-def lineage_settings(wildcards):
-    """The config values that shaped an artifact, recorded in the registry."""
-    return {
-        "merge": config["merge"],
-        "convert": {"outtype": config["convert"]["outtype"]},
-        "quant_type": wildcards.gguf_type,
-        "evaluation": {k: config["evaluation"][k] for k in ("texts", "n_ctx", "max_tokens")},
-    }

@@ -5,8 +5,21 @@ rule convert_to_gguf:
     input:
         model_dir=rules.merge_adapter.output.model_dir,
     output:
-        gguf=f"results/gguf/{{adapter}}/{{adapter}}-{FLOAT}.gguf",
-        check=f"results/gguf/{{adapter}}/{{adapter}}-{FLOAT}.gguf.json",
+        gguf=GGUF,
+        check=f"{GGUF}.json",
+    log:
+        "logs/convert_to_gguf/{adapter}-{gguf_type}.log",
+    benchmark:
+        "benchmarks/convert_to_gguf/{adapter}-{gguf_type}.tsv"
+    wildcard_constraints:
+        gguf_type=FLOAT,
+    conda:
+        "../envs/loraforge.yaml"
+    threads: THREADS
+    resources:
+        # lazy converter + the HF model in float32 for the logit check
+        mem_mb=lambda w, input: int(1500 + 3 * dir_size_mb(input.model_dir)),
+        runtime=60,
     params:
         outtype=config["convert"]["outtype"],
         check=config["convert"]["check"],
@@ -14,16 +27,5 @@ rule convert_to_gguf:
         max_abs_logit_diff=config["convert"]["max_abs_logit_diff"],
         check_text=config["checks"]["text"],
         version=loraforge.__version__,
-    log:
-        "logs/convert_to_gguf/{adapter}.log",
-    benchmark:
-        "benchmarks/convert_to_gguf/{adapter}.tsv"
-    threads: THREADS
-    resources:
-        # lazy converter + the HF model in float32 for the logit check
-        mem_mb=lambda w, input: int(1500 + 3 * dir_size_mb(input.model_dir)),
-        runtime=60,
-    conda:
-        "../envs/loraforge.yaml"
     script:
         "../scripts/convert_to_gguf.py"

@@ -7,21 +7,21 @@ rule compute_reference:
         texts=eval_texts(),
     output:
         reference="results/eval/{adapter}/reference.safetensors",
-    params:
-        texts=config["evaluation"]["texts"],
-        n_ctx=config["evaluation"]["n_ctx"],
-        max_tokens=config["evaluation"]["max_tokens"],
-        batch=config["evaluation"]["batch"],
     log:
         "logs/compute_reference/{adapter}.log",
     benchmark:
         "benchmarks/compute_reference/{adapter}.tsv"
+    conda:
+        "../envs/loraforge.yaml"
     threads: THREADS
     resources:
         mem_mb=lambda w, input: int(2000 + 3 * dir_size_mb(input.model_dir)),
         runtime=60,
-    conda:
-        "../envs/loraforge.yaml"
+    params:
+        names=list(config["evaluation"]["texts"]),
+        n_ctx=config["evaluation"]["n_ctx"],
+        max_tokens=config["evaluation"]["max_tokens"],
+        batch=config["evaluation"]["batch"],
     script:
         "../scripts/compute_reference.py"
 
@@ -32,47 +32,46 @@ rule evaluate_artifact:
         reference=rules.compute_reference.output.reference,
     output:
         metrics="results/eval/{adapter}/{artifact}.json",
-    params:
-        kind=lambda w: artifact_kind(w.artifact),
-        base_dir=BASE,
-        adapters=lambda w: adapter_specs(w.adapter),
-        gates=lambda w: config["evaluation"]["gates"].get(w.artifact, {}),
-        batch=config["evaluation"]["batch"],
     log:
         "logs/evaluate_artifact/{adapter}-{artifact}.log",
     benchmark:
         "benchmarks/evaluate_artifact/{adapter}-{artifact}.tsv"
+    conda:
+        "../envs/loraforge.yaml"
     threads: THREADS
     resources:
         mem_mb=lambda w, input: int(2000 + 3 * input.size_mb),
         runtime=60,
-    conda:
-        "../envs/loraforge.yaml"
+    params:
+        kind=lambda w: artifact_kind(w.artifact),
+        weights=adapter_weights,
+        gates=lambda w: config["evaluation"]["gates"].get(w.artifact, {}),
+        batch=config["evaluation"]["batch"],
     script:
         "../scripts/evaluate_artifact.py"
 
 
 rule evaluate_base:
     input:
-        base=base_input(),
+        base=external(BASE),
         texts=eval_texts(),
     output:
-        metrics="results/eval/base.json",
-    params:
-        texts=config["evaluation"]["texts"],
-        n_ctx=config["evaluation"]["n_ctx"],
-        max_tokens=config["evaluation"]["max_tokens"],
-        batch=config["evaluation"]["batch"],
+        metrics="results/base/eval.json",
     log:
         "logs/evaluate_base/base.log",
     benchmark:
         "benchmarks/evaluate_base/base.tsv"
+    conda:
+        "../envs/loraforge.yaml"
     threads: THREADS
     resources:
         mem_mb=lambda w, input: int(2000 + 2 * input.size_mb),
         runtime=60,
-    conda:
-        "../envs/loraforge.yaml"
+    params:
+        names=list(config["evaluation"]["texts"]),
+        n_ctx=config["evaluation"]["n_ctx"],
+        max_tokens=config["evaluation"]["max_tokens"],
+        batch=config["evaluation"]["batch"],
     script:
         "../scripts/evaluate_base.py"
 
@@ -80,7 +79,11 @@ rule evaluate_base:
 rule report_quality:
     input:
         base=rules.evaluate_base.output.metrics,
-        metrics=expand("results/eval/{adapter}/{artifact}.json", adapter=ADAPTERS, artifact=ARTIFACTS),
+        metrics=expand(
+            rules.evaluate_artifact.output.metrics,
+            adapter=ADAPTERS,
+            artifact=ARTIFACTS,
+        ),
     output:
         table=report(
             "results/report/metrics.html",
@@ -103,11 +106,11 @@ rule report_quality:
         ),
     log:
         "logs/report_quality/report.log",
+    conda:
+        "../envs/loraforge.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        "../envs/loraforge.yaml"
     script:
         "../scripts/report_quality.py"

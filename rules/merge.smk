@@ -1,4 +1,4 @@
-# adapter(s) + base -> merged Hugging Face model directory, checked against PEFT.
+# adapter(s) + base -> merged HF model directory, checked against PEFT.
 
 
 rule merge_adapter:
@@ -6,10 +6,28 @@ rule merge_adapter:
         unpack(merge_inputs),
     output:
         model_dir=directory("results/merged/{adapter}"),
-        check="results/merged/{adapter}.merge.json",
+        check="results/checks/merge/{adapter}.json",
+    log:
+        "logs/merge_adapter/{adapter}.log",
+    benchmark:
+        "benchmarks/merge_adapter/{adapter}.tsv"
+    conda:
+        "../envs/loraforge.yaml"
+    threads: THREADS
+    resources:
+        # streaming: largest tensor + constant; the PEFT check (and method peft) holds the model twice
+        mem_mb=lambda w, input: int(
+            1500
+            + (
+                3
+                if config["merge"]["check"] or config["merge"]["method"] == "peft"
+                else 0.2
+            )
+            * dir_size_mb(input.base)
+        ),
+        runtime=60,
     params:
-        base_dir=BASE,
-        adapters=lambda w: adapter_specs(w.adapter),
+        weights=adapter_weights,
         fingerprints=input_fingerprints,
         method=config["merge"]["method"],
         shard_size_mb=config["merge"]["shard_size_mb"],
@@ -17,16 +35,5 @@ rule merge_adapter:
         tolerance=config["merge"]["tolerance"],
         check_text=config["checks"]["text"],
         version=loraforge.__version__,
-    log:
-        "logs/merge_adapter/{adapter}.log",
-    benchmark:
-        "benchmarks/merge_adapter/{adapter}.tsv"
-    threads: THREADS
-    resources:
-        # streaming: largest tensor + constant; the PEFT check (and method peft) holds the model twice
-        mem_mb=lambda w, input: int(1500 + (3 if config["merge"]["check"] or config["merge"]["method"] == "peft" else 0.2) * dir_size_mb(input.base)),
-        runtime=60,
-    conda:
-        "../envs/loraforge.yaml"
     script:
         "../scripts/merge_adapter.py"

@@ -3,23 +3,24 @@
 
 rule quantize_gguf:
     input:
-        gguf=rules.convert_to_gguf.output.gguf,
+        gguf=lambda w: gguf_of(w.adapter, FLOAT),
     output:
-        gguf="results/gguf/{adapter}/{adapter}-{quant}.gguf",
-        check="results/gguf/{adapter}/{adapter}-{quant}.gguf.json",
-    params:
-        quant="{quant}",
-        llama_quantize=config["quantize"]["llama_quantize"],
-        version=loraforge.__version__,
+        gguf=GGUF,
+        check=f"{GGUF}.json",
     log:
-        "logs/quantize_gguf/{adapter}-{quant}.log",
+        "logs/quantize_gguf/{adapter}-{gguf_type}.log",
     benchmark:
-        "benchmarks/quantize_gguf/{adapter}-{quant}.tsv"
+        "benchmarks/quantize_gguf/{adapter}-{gguf_type}.tsv"
+    wildcard_constraints:
+        gguf_type="|".join(QUANTS),
+    conda:
+        "../envs/loraforge.yaml"
     threads: config["quantize"]["threads"]
     resources:
         mem_mb=lambda w, input: int(1000 + 2 * input.size_mb),
         runtime=60,
-    conda:
-        "../envs/loraforge.yaml"
+    params:
+        llama_quantize=config["quantize"]["llama_quantize"],
+        version=loraforge.__version__,
     script:
         "../scripts/quantize_gguf.py"

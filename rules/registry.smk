@@ -11,18 +11,16 @@ rule register_model:
         unpack(register_inputs),
     output:
         receipt="results/registry/{adapter}/{gguf_type}.json",
-    params:
-        registry=config["registry"]["path"],
-        base_dir=BASE,
-        adapters=lambda w: adapter_specs(w.adapter),
-        settings=lineage_settings,
     log:
         "logs/register_model/{adapter}-{gguf_type}.log",
+    conda:
+        "../envs/loraforge.yaml"
     threads: 1
     resources:
         mem_mb=500,
         runtime=10,
-    conda:
-        "../envs/loraforge.yaml"
+    params:
+        registry=config["registry"]["path"],
+        settings=lineage_settings,
     script:
         "../scripts/register_model.py"

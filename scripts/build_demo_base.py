@@ -5,5 +5,11 @@ from loraforge.rule import run
 
 if __name__ == "__main__":
     sm = snakemake  # noqa: F821 - injected by Snakemake
-    run(sm.log[0], build_base, threads=sm.threads,
-        out_dir=sm.output.model_dir, seed=sm.params.seed, steps=sm.params.steps)
+    run(
+        sm.log[0],
+        build_base,
+        threads=sm.threads,
+        out_dir=sm.output.model_dir,
+        seed=sm.params.seed,
+        steps=sm.params.steps,
+    )

@@ -1,11 +1,21 @@
-"""Rule convert_to_gguf: llama.cpp conversion, checked against HF logits (loraforge.convert.convert_artifact)."""
+"""Rule convert_to_gguf: llama.cpp conversion, checked against HF logits (loraforge.conversion.convert_artifact)."""
 
-from loraforge.convert import convert_artifact
+from loraforge.conversion import convert_artifact
 from loraforge.rule import run
 
 if __name__ == "__main__":
     sm = snakemake  # noqa: F821 - injected by Snakemake
     p = sm.params
-    run(sm.log[0], convert_artifact, threads=sm.threads,
-        model_dir=sm.input.model_dir, out_gguf=sm.output.gguf, check_json=sm.output.check, outtype=p.outtype,
-        check=p.check, min_top1=p.min_top1, max_abs_logit_diff=p.max_abs_logit_diff, check_text=p.check_text)
+    run(
+        sm.log[0],
+        convert_artifact,
+        threads=sm.threads,
+        model_dir=sm.input.model_dir,
+        out_gguf=sm.output.gguf,
+        check_json=sm.output.check,
+        outtype=p.outtype,
+        check=p.check,
+        min_top1=p.min_top1,
+        max_abs_logit_diff=p.max_abs_logit_diff,
+        check_text=p.check_text,
+    )

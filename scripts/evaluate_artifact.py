@@ -1,12 +1,25 @@
-"""Rule evaluate_artifact: PPL / KLD / top-1 of one artifact, quality gates (loraforge.evaluate)."""
+"""Rule evaluate_artifact: PPL / KLD / top-1 of one artifact, quality gates (loraforge.evaluation)."""
 
-from loraforge.evaluate import evaluate_artifact
+from loraforge.evaluation import evaluate_artifact
 from loraforge.rule import run
 
 if __name__ == "__main__":
     sm = snakemake  # noqa: F821 - injected by Snakemake
-    p, w = sm.params, sm.wildcards
-    run(sm.log[0], evaluate_artifact, threads=sm.threads, out_json=sm.output.metrics,
-        label=f"{w.adapter}/{w.artifact}", gates=dict(p.gates), kind=p.kind,
-        path=sm.input.get("artifact"), reference=sm.input.reference, base_dir=p.base_dir,
-        adapters=list(p.adapters), batch=p.batch)
+    p, w, i = sm.params, sm.wildcards, sm.input
+    adapters = None
+    if p.kind == "peft":
+        adapters = [{"path": a, "weight": wt} for a, wt in zip(i.adapters, p.weights, strict=True)]
+    run(
+        sm.log[0],
+        evaluate_artifact,
+        threads=sm.threads,
+        out_json=sm.output.metrics,
+        label=f"{w.adapter}/{w.artifact}",
+        gates=dict(p.gates),
+        kind=p.kind,
+        path=i.get("artifact"),
+        reference=i.reference,
+        base_dir=i.get("base"),
+        adapters=adapters,
+        batch=p.batch,
+    )

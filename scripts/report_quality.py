@@ -6,5 +6,13 @@ from loraforge.rule import run
 if __name__ == "__main__":
     sm = snakemake  # noqa: F821 - injected by Snakemake
     o = sm.output
-    run(sm.log[0], report_quality, base_json=sm.input.base, metric_jsons=list(sm.input.metrics),
-        table_html=o.table, tsv=o.tsv, size_kld_svg=o.size_kld, ppl_svg=o.ppl)
+    run(
+        sm.log[0],
+        report_quality,
+        base_json=sm.input.base,
+        metric_jsons=list(sm.input.metrics),
+        table_html=o.table,
+        tsv=o.tsv,
+        size_kld_svg=o.size_kld,
+        ppl_svg=o.ppl,
+    )

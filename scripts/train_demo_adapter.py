@@ -5,5 +5,13 @@ from loraforge.rule import run
 
 if __name__ == "__main__":
     sm = snakemake  # noqa: F821 - injected by Snakemake
-    run(sm.log[0], train_adapter, threads=sm.threads, base_dir=sm.input.base, domain=sm.wildcards.domain,
-        out_dir=sm.output.adapter_dir, seed=sm.params.seed, steps=sm.params.steps)
+    run(
+        sm.log[0],
+        train_adapter,
+        threads=sm.threads,
+        base_dir=sm.input.base,
+        domain=sm.wildcards.domain,
+        out_dir=sm.output.adapter_dir,
+        seed=sm.params.seed,
+        steps=sm.params.steps,
+    )

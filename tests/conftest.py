@@ -17,15 +17,26 @@ SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def make_llama(path: Path, dtype=torch.float32, tied=False, seed=0, vocab=512, hidden=256, inter=256,
-               layers=2, shard_mb=None) -> Path:
+def make_llama(
+    path: Path, dtype=torch.float32, tied=False, seed=0, vocab=512, hidden=256, inter=256, layers=2, shard_mb=None
+) -> Path:
     """A tiny Llama (hidden 256 so K-quants are real) with peaked logits, plus the demo tokenizer files."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      tie_word_embeddings=tied, initializer_range=0.08, bos_token_id=1, eos_token_id=2)
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=tied,
+        initializer_range=0.08,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     model = LlamaForCausalLM(cfg).to(dtype)
     kw = {"max_shard_size": f"{shard_mb}MB"} if shard_mb else {}
     model.save_pretrained(str(path), **kw)
@@ -41,8 +52,9 @@ def make_adapter(base: Path, path: Path, seed=1, r=64, std=0.05, targets=None, *
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(base), dtype="auto")
-    cfg = LoraConfig(r=r, lora_alpha=lora_kwargs.pop("lora_alpha", 2 * r), target_modules=targets or LORA_TARGETS,
-                     **lora_kwargs)
+    cfg = LoraConfig(
+        r=r, lora_alpha=lora_kwargs.pop("lora_alpha", 2 * r), target_modules=targets or LORA_TARGETS, **lora_kwargs
+    )
     pm = get_peft_model(model, cfg)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -86,26 +98,40 @@ def models(tmp_path_factory, demo_tokenizer):
 
 
 class Workflow:
-    """A temp copy of the workflow with its own config, run through the snakemake CLI."""
+    """A temp copy of the workflow run through the snakemake CLI: with its own config (``config.yaml``, given as
+    --configfile), or with none, as a user runs the demo."""
 
-    def __init__(self, root: Path, config: dict):
+    def __init__(self, root: Path, config: dict | None):
         self.root = root
         root.mkdir(parents=True)
-        for name in ("Snakefile", "rules", "scripts", "schemas", "envs", "profiles", "report"):
+        for name in ("Snakefile", "rules", "scripts", "schemas", "envs", "profiles", "report", "config"):
             src = REPO / name
             if src.is_dir():
                 shutil.copytree(src, root / name)
             elif src.exists():
                 shutil.copy(src, root / name)
-        self.write_config(config)
+        self.own_config = config is not None
+        if config is not None:
+            self.write_config(config)
 
     def write_config(self, config: dict) -> None:
         (self.root / "config.yaml").write_text(yaml.safe_dump(config))
 
+    def config(self) -> dict:
+        path = self.root / ("config.yaml" if self.own_config else "config/demo.yaml")
+        return yaml.safe_load(path.read_text())
+
     def run(self, *args, check=True, timeout=1800) -> subprocess.CompletedProcess:
         env = dict(os.environ, HF_HUB_OFFLINE="1")
-        proc = subprocess.run([SNAKEMAKE, "--cores", "2", *args], cwd=self.root, capture_output=True, text=True,
-                              env=env, timeout=timeout)
+        config = ["--configfile", "config.yaml"] if self.own_config and "--configfile" not in args else []
+        proc = subprocess.run(
+            [SNAKEMAKE, "--cores", "2", *args, *config],  # --configfile last: it takes every word after it
+            cwd=self.root,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
+        )
         if check and proc.returncode != 0:
             raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-5000:]}\n{proc.stderr[-5000:]}")
         return proc
@@ -119,7 +145,7 @@ class Workflow:
             if s.startswith(("rule ", "localrule ")) and s.endswith(":"):
                 jobs.append((s.split()[1][:-1], {}))
             elif s.startswith("wildcards:") and jobs:
-                jobs[-1] = (jobs[-1][0], dict(kv.split("=", 1) for kv in s[len("wildcards:"):].strip().split(", ")))
+                jobs[-1] = (jobs[-1][0], dict(kv.split("=", 1) for kv in s[len("wildcards:") :].strip().split(", ")))
         return jobs
 
 
@@ -146,6 +172,16 @@ def workflow(tmp_path):
 @pytest.fixture(scope="session")
 def demo_local(tmp_path_factory):
     """The default config (the demo) built once with the local profile; shared by the demo and SLURM tests."""
-    wf = Workflow(tmp_path_factory.mktemp("demo") / "wf", yaml.safe_load((REPO / "config.yaml").read_text()))
+    wf = Workflow(tmp_path_factory.mktemp("demo") / "wf", None)
     wf.run("--profile", "profiles/local")
     return wf
+
+
+@pytest.fixture(scope="session")
+def f16_gguf(models, tmp_path_factory):
+    """The test base converted to an F16 GGUF by llama.cpp's converter (through loraforge.convert)."""
+    from loraforge import convert
+
+    out = tmp_path_factory.mktemp("gguf") / "base-F16.gguf"
+    convert(models["base"], out, outtype="f16")
+    return out

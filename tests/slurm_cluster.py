@@ -74,12 +74,12 @@ SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket={self.munge_socket}
-StateSaveLocation={r / 'state'}
-SlurmdSpoolDir={r / 'spool'}
-SlurmctldPidFile={r / 'slurmctld.pid'}
-SlurmdPidFile={r / 'slurmd.pid'}
-SlurmctldLogFile={r / 'log' / 'slurmctld.log'}
-SlurmdLogFile={r / 'log' / 'slurmd.log'}
+StateSaveLocation={r / "state"}
+SlurmdSpoolDir={r / "spool"}
+SlurmctldPidFile={r / "slurmctld.pid"}
+SlurmdPidFile={r / "slurmd.pid"}
+SlurmctldLogFile={r / "log" / "slurmctld.log"}
+SlurmdLogFile={r / "log" / "slurmd.log"}
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 AccountingStorageType=accounting_storage/none
@@ -103,15 +103,35 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
         DEFAULT_CONF.symlink_to(self.conf)  # raises if anything is there: never replace a real config
         self.linked = True
         m = self.root / "munge"
-        subprocess.run(["munged", "--force", f"--socket={self.munge_socket}", f"--key-file={m / 'munge.key'}",
-                        f"--pid-file={m / 'munged.pid'}", f"--log-file={m / 'munged.log'}",
-                        f"--seed-file={m / 'munged.seed'}"], check=True, env=self.env)
+        subprocess.run(
+            [
+                "munged",
+                "--force",
+                f"--socket={self.munge_socket}",
+                f"--key-file={m / 'munge.key'}",
+                f"--pid-file={m / 'munged.pid'}",
+                f"--log-file={m / 'munged.log'}",
+                f"--seed-file={m / 'munged.seed'}",
+            ],
+            check=True,
+            env=self.env,
+        )
         log = open(self.root / "log" / "daemons.out", "ab")  # noqa: SIM115 - lives as long as the daemons
-        self.procs.append(subprocess.Popen(["slurmctld", "-D", "-f", str(self.conf)], env=self.env, stdout=log,
-                                           stderr=log, start_new_session=True))
+        self.procs.append(
+            subprocess.Popen(
+                ["slurmctld", "-D", "-f", str(self.conf)], env=self.env, stdout=log, stderr=log, start_new_session=True
+            )
+        )
         time.sleep(1)
-        self.procs.append(subprocess.Popen(["slurmd", "-D", "-N", "localhost", "-f", str(self.conf)], env=self.env,
-                                           stdout=log, stderr=log, start_new_session=True))
+        self.procs.append(
+            subprocess.Popen(
+                ["slurmd", "-D", "-N", "localhost", "-f", str(self.conf)],
+                env=self.env,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        )
         deadline = time.time() + timeout
         while time.time() < deadline:
             out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, env=self.env)
@@ -132,8 +152,9 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 
     def jobs(self) -> list[dict]:
         """Every job slurmctld still knows (MinJobAge keeps finished ones for an hour): SLURM's own record."""
-        out = subprocess.run(["scontrol", "show", "job", "--oneliner"], capture_output=True, text=True,
-                             env=self.env, check=True).stdout
+        out = subprocess.run(
+            ["scontrol", "show", "job", "--oneliner"], capture_output=True, text=True, env=self.env, check=True
+        ).stdout
         jobs = []
         for line in out.splitlines():
             if line.startswith("JobId="):

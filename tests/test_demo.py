@@ -38,7 +38,7 @@ def test_kld_orders_with_precision(demo):
 
 
 def test_each_adapter_lowers_ppl_on_its_own_domain(demo):
-    base = json.loads((demo.root / "results" / "eval" / "base.json").read_text())["texts"]
+    base = json.loads((demo.root / "results" / "base" / "eval.json").read_text())["texts"]
     for a in ("code", "prose"):
         m = metrics(demo, a, "adapter")["texts"]
         assert m[a]["ppl"] < 0.97 * base[a]["ppl"], (a, m[a]["ppl"], base[a]["ppl"])
@@ -70,10 +70,26 @@ def test_report_renders_table_and_plots(demo, tmp_path):
     shots = []
     for page_file in (demo.root / "report.html", demo.root / "results" / "report" / "metrics.html"):
         shot = tmp_path / f"{page_file.stem}.png"
-        subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                        f"--user-data-dir={tmp_path / 'chrome'}", "--window-size=1400,1000",
-                        f"--screenshot={shot}", f"file://{page_file}"], check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            [
+                chromium,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={tmp_path / 'chrome'}",
+                "--window-size=1400,1000",
+                f"--screenshot={shot}",
+                f"file://{page_file}",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
         assert shot.stat().st_size > 10_000
         shots.append(shot)
     if os.environ.get("LORAFORGE_KEEP_SCREENSHOTS"):

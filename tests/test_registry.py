@@ -1,8 +1,7 @@
-"""The SQLite model registry: versions, aliases, rollback, concurrency, crash safety, bad files, CLI."""
+"""loraforge.registry.store: versions, aliases, rollback, concurrency, crash safety, bad files."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
@@ -14,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from loraforge.cli import main as cli
 from loraforge.errors import PipelineError
-from loraforge.registry import SCHEMA_VERSION, Registry, get_latest, register_model, rollback_model
+from loraforge.registry import Registry, get_latest, register_model, rollback_model
+from loraforge.registry.cli import main as cli
+from loraforge.registry.store import SCHEMA_VERSION
 
 
 def artifact(tmp_path: Path, name: str, content: bytes | None = None) -> Path:
@@ -64,7 +64,12 @@ def test_aliases_promote_latest_rollback_history(reg, tmp_path):
     assert reg.get_latest("code", alias="production").version == 1
     hist = reg.history("code", "production")
     assert [(h["action"], h["previous_version"], h["version"]) for h in hist] == [
-        ("promote", None, 1), ("promote", 1, 2), ("promote", 2, 3), ("rollback", 3, 2), ("rollback", 2, 1)]
+        ("promote", None, 1),
+        ("promote", 1, 2),
+        ("promote", 2, 3),
+        ("rollback", 3, 2),
+        ("rollback", 2, 1),
+    ]
     assert reg.get("code", 1).aliases == ("production",)
 
 
@@ -105,8 +110,10 @@ def test_sixteen_concurrent_writers_lose_and_duplicate_nothing(tmp_path):
     db = tmp_path / "reg.sqlite"  # not created beforehand: the writers race to create it too
     arts = [artifact(tmp_path, f"m{i}.gguf") for i in range(12)] + [tmp_path / "m0.gguf"] * 4  # 4 duplicates
     start = time.time() + 3
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(db), str(a), str(start)], stdout=subprocess.PIPE,
-                              text=True) for a in arts]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", WRITER, str(db), str(a), str(start)], stdout=subprocess.PIPE, text=True)
+        for a in arts
+    ]
     results = [p.communicate(timeout=120)[0].split() for p in procs]
     assert all(p.returncode == 0 for p in procs)
     created = sorted(int(v) for v, c in results if c == "1")
@@ -201,32 +208,3 @@ def test_verify_reports_deleted_and_changed_files(tmp_path, capsys):
     assert cli(["--registry", str(db), "verify"]) == 1
     out = capsys.readouterr()
     assert "missing" in out.out and "changed" in out.out and "2 registered file(s) missing or changed" in out.err
-
-
-def test_cli_commands(tmp_path, capsys):
-    db = str(tmp_path / "reg.sqlite")
-    reg = Registry(db)
-    for i in range(2):
-        reg.register("code", {"model": artifact(tmp_path, f"{i}.gguf")}, "Q4_K_M", {"tools": {"torch": "x"}},
-                     {"mean_kld": 0.002, "top1_agreement": 0.95})
-    assert cli(["--registry", db, "promote", "code", "1", "production"]) == 0
-    assert cli(["--registry", db, "promote", "code", "2", "production"]) == 0
-    capsys.readouterr()
-    assert cli(["--registry", db, "list"]) == 0
-    out = capsys.readouterr().out
-    assert out.splitlines()[0].split()[:4] == ["NAME", "VERSION", "QUANT", "ALIASES"] and "production" in out
-    assert cli(["--registry", db, "--json", "latest", "code", "--alias", "production"]) == 0
-    assert json.loads(capsys.readouterr().out)["version"] == 2
-    assert cli(["--registry", db, "rollback", "code", "production"]) == 0
-    assert "rolled back to v1" in capsys.readouterr().out
-    assert cli(["--registry", db, "--json", "history", "code"]) == 0
-    assert [h["action"] for h in json.loads(capsys.readouterr().out)] == ["promote", "promote", "rollback"]
-    assert cli(["--registry", db, "--json", "show", "code", "1"]) == 0
-    shown = json.loads(capsys.readouterr().out)
-    assert shown["lineage"]["tools"] == {"torch": "x"} and shown["aliases"] == ["production"]
-    assert cli(["--registry", db, "rollback", "code", "production"]) == 1
-    assert "no earlier version" in capsys.readouterr().err
-    # the console script is installed and works the same
-    proc = subprocess.run([str(Path(sys.executable).with_name("loraforge-registry")), "--registry", db, "list"],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0 and "code" in proc.stdout

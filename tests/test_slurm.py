@@ -6,11 +6,10 @@ import collections
 import os
 
 import pytest
-import yaml
 from conftest import user_config
 from slurm_cluster import LocalSlurm, unavailable_reason
 
-from loraforge.hashing import sha256_file, tree_files
+from loraforge.io.hashing import sha256_file, tree_files
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 LOCAL_RULES = {"all", "register_model"}
@@ -34,10 +33,26 @@ def cluster(tmp_path_factory):
 def slurm_run(wf, cluster, *args, check=True):
     # the profile as users run it; only the per-rule threads are capped to the test node's cores (SLURM
     # refuses a job asking for more CPUs than any node has)
-    cap = [f"{rule}={cluster.cpus}" for rule in ("merge_adapter", "convert_to_gguf", "compute_reference",
-                                                 "evaluate_artifact", "evaluate_base", "quantize_gguf")]
-    env_args = ["--profile", "profiles/slurm", "--slurm-no-account", "--slurm-init-seconds-before-status-checks", "2",
-                "--set-threads", *cap]
+    cap = [
+        f"{rule}={cluster.cpus}"
+        for rule in (
+            "merge_adapter",
+            "convert_to_gguf",
+            "compute_reference",
+            "evaluate_artifact",
+            "evaluate_base",
+            "quantize_gguf",
+        )
+    ]
+    env_args = [
+        "--profile",
+        "profiles/slurm",
+        "--slurm-no-account",
+        "--slurm-init-seconds-before-status-checks",
+        "2",
+        "--set-threads",
+        *cap,
+    ]
     old = dict(os.environ)
     os.environ["SLURM_CONF"] = str(cluster.conf)
     try:
@@ -59,13 +74,11 @@ def rule_of(job: dict) -> str:
     """The Snakemake rule of a SLURM job, from the comment the executor gives it (rule_<name>_wildcards_...)."""
     comment = job.get("Comment", "")
     assert comment.startswith("rule_"), job
-    return comment[len("rule_"):].split("_wildcards")[0]
+    return comment[len("rule_") :].split("_wildcards")[0]
 
 
 def test_demo_on_slurm_matches_local_run(cluster, demo_local, workflow):
-    config = yaml.safe_load((demo_local.root / "config.yaml").read_text())
-    assert config["demo"]["enabled"]
-    wf = workflow(config)
+    wf = workflow(None)  # the demo, as a user runs it
     planned = collections.Counter(r for r, _ in wf.planned() if r not in LOCAL_RULES)
     before = {j["JobId"] for j in cluster.jobs()}
     proc = slurm_run(wf, cluster)
@@ -104,7 +117,7 @@ def test_job_killed_by_slurm_fails_cleanly_and_rerun_completes(cluster, models, 
     job_log = wf.root / ".snakemake" / "slurm_logs" / "rule_merge_adapter" / "alpha" / f"{killed['JobId']}.log"
     assert "exceeded memory limit" in job_log.read_text()
     merged = wf.root / "results" / "merged"
-    assert not (merged / "alpha").exists() and not (merged / "alpha.merge.json").exists()
+    assert not (merged / "alpha").exists() and not (wf.root / "results" / "checks" / "merge" / "alpha.json").exists()
     # a rerun with the declared resources completes, and leaves no temporaries of the killed job behind
     slurm_run(wf, cluster, target)
     assert (merged / "alpha" / "model.safetensors").exists()

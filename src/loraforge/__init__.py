@@ -3,27 +3,36 @@
 Each stage is a plain function; the Snakemake workflow only chains them. A user who never runs Snakemake can
 call them directly::
 
-    from loraforge import merge, convert, quantize, register_model, get_latest, rollback_model
+    from loraforge import merge, convert, quantize, evaluate, compute_reference
     merge("base/", ["adapter/"], "merged/")
     convert("merged/", "model-F16.gguf", outtype="f16")
     quantize("model-F16.gguf", "model-Q4_K_M.gguf", "Q4_K_M")
 
-Imports are lazy, so the streaming merge runs without loading torch.
+The stages live in subpackages named after what they do (merging, conversion, quantization, evaluation,
+registry); importing this package loads neither torch nor llama.cpp: each function imports what it needs.
 """
 
-from importlib import import_module
+from .conversion import convert
+from .errors import PipelineError
+from .evaluation import Metrics, compute_reference, evaluate
+from .merging import merge
+from .quantization import quantize
+from .registry import Registry, get_latest, promote, register_model, rollback_model
 
 __version__ = "0.1.0"
 
-_EXPORTS = {
-    "PipelineError": "errors", "merge": "merge", "convert": "convert", "quantize": "quantize",
-    "evaluate": "evaluate", "register_model": "registry", "get_latest": "registry", "promote": "registry",
-    "rollback_model": "registry", "Registry": "registry",
-}
-__all__ = [*_EXPORTS, "__version__"]
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module 'loraforge' has no attribute {name!r}")
+__all__ = [
+    "Metrics",
+    "PipelineError",
+    "Registry",
+    "__version__",
+    "compute_reference",
+    "convert",
+    "evaluate",
+    "get_latest",
+    "merge",
+    "promote",
+    "quantize",
+    "register_model",
+    "rollback_model",
+]

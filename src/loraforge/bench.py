@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_dir, write_text_atomic
-from .merge import _from_f32, _write_header
+from .io.publish import atomic_dir, write_text_atomic
+from .io.safetensors import encode, write_header
+from .merging.streaming import plan_shards, shard_name, write_index
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def _write_safetensors(path: Path, tensors: dict[str, tuple[str, tuple, object]]
     """tensors: name -> (dtype, shape, generator of the raw array); written one tensor at a time."""
     meta = {n: (d, s) for n, (d, s, _g) in tensors.items()}
     with open(path, "wb") as f:
-        _write_header(f, list(tensors), meta)
+        write_header(f, list(tensors), meta)
         for _n, (_d, _s, gen) in tensors.items():
             f.write(memoryview(np.ascontiguousarray(gen())).cast("B"))
 
@@ -63,7 +64,7 @@ def make_synthetic(root: Path, size_gb: float, seed: int = 0) -> tuple[Path, Pat
     rng = np.random.default_rng(seed)
 
     def bf16(shape, std=0.02):
-        return lambda: _from_f32(rng.standard_normal(shape, dtype=np.float32) * std, "BF16")
+        return lambda: encode(rng.standard_normal(shape, dtype=np.float32) * std, "BF16")
 
     if not base.exists():
         log.info("generating a %d-layer synthetic base in %s", layers, base)
@@ -72,30 +73,35 @@ def make_synthetic(root: Path, size_gb: float, seed: int = 0) -> tuple[Path, Pat
             shapes.update(_layer_shapes(i))
         shapes["model.norm.weight"] = (HIDDEN,)
         shapes["lm_head.weight"] = (VOCAB, HIDDEN)
-        shards, cur, size = [], {}, 0
-        for n, s in shapes.items():
-            nbytes = math.prod(s) * 2
-            if cur and size + nbytes > 2e9:
-                shards.append(cur)
-                cur, size = {}, 0
-            cur[n] = s
-            size += nbytes
-        shards.append(cur)
         with atomic_dir(base) as tmp:
+            dtypes = {n: ("BF16", s) for n, s in shapes.items()}
+            shards = plan_shards(dtypes, int(2e9))
             weight_map = {}
-            for k, shard in enumerate(shards, 1):
-                fname = f"model-{k:05d}-of-{len(shards):05d}.safetensors"
-                _write_safetensors(tmp / fname, {n: ("BF16", s, bf16(s)) for n, s in shard.items()})
-                weight_map.update(dict.fromkeys(shard, fname))
-            total = sum(math.prod(s) * 2 for s in shapes.values())
-            (tmp / "model.safetensors.index.json").write_text(
-                json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
-            (tmp / "config.json").write_text(json.dumps({
-                "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": HIDDEN,
-                "intermediate_size": INTER, "num_hidden_layers": layers, "num_attention_heads": HEADS,
-                "num_key_value_heads": HEADS, "vocab_size": VOCAB, "max_position_embeddings": 2048,
-                "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
-                "bos_token_id": 1, "eos_token_id": 2}))
+            for k, names in enumerate(shards, 1):
+                fname = shard_name(k, len(shards))
+                _write_safetensors(tmp / fname, {n: ("BF16", shapes[n], bf16(shapes[n])) for n in names})
+                weight_map.update(dict.fromkeys(names, fname))
+            write_index(tmp, dtypes, weight_map)
+            (tmp / "config.json").write_text(
+                json.dumps(
+                    {
+                        "architectures": ["LlamaForCausalLM"],
+                        "model_type": "llama",
+                        "hidden_size": HIDDEN,
+                        "intermediate_size": INTER,
+                        "num_hidden_layers": layers,
+                        "num_attention_heads": HEADS,
+                        "num_key_value_heads": HEADS,
+                        "vocab_size": VOCAB,
+                        "max_position_embeddings": 2048,
+                        "rms_norm_eps": 1e-5,
+                        "tie_word_embeddings": False,
+                        "torch_dtype": "bfloat16",
+                        "bos_token_id": 1,
+                        "eos_token_id": 2,
+                    }
+                )
+            )
     if not adapter.exists():
         r = 16
         tensors = {}
@@ -106,13 +112,27 @@ def make_synthetic(root: Path, size_gb: float, seed: int = 0) -> tuple[Path, Pat
                     key = f"base_model.model.model.layers.{i}.{blk}.{m}"
                     for ab, shape in (("lora_A", (r, in_f)), ("lora_B", (out_f, r))):
                         tensors[f"{key}.{ab}.weight"] = (
-                            "F32", shape, lambda s=shape: rng.standard_normal(s, dtype=np.float32) * 0.01)
+                            "F32",
+                            shape,
+                            lambda s=shape: rng.standard_normal(s, dtype=np.float32) * 0.01,
+                        )
         with atomic_dir(adapter) as tmp:
             _write_safetensors(tmp / "adapter_model.safetensors", tensors)
-            (tmp / "adapter_config.json").write_text(json.dumps({
-                "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": 32, "lora_dropout": 0.0,
-                "target_modules": [m for mods in LINEAR.values() for m in mods], "bias": "none",
-                "fan_in_fan_out": False, "base_model_name_or_path": str(base)}))
+            (tmp / "adapter_config.json").write_text(
+                json.dumps(
+                    {
+                        "peft_type": "LORA",
+                        "task_type": "CAUSAL_LM",
+                        "r": r,
+                        "lora_alpha": 32,
+                        "lora_dropout": 0.0,
+                        "target_modules": [m for mods in LINEAR.values() for m in mods],
+                        "bias": "none",
+                        "fan_in_fan_out": False,
+                        "base_model_name_or_path": str(base),
+                    }
+                )
+            )
     return base, adapter
 
 
@@ -138,8 +158,10 @@ def _measure(cmd: list[str]) -> tuple[float, float]:
 
 
 def _merge_cmd(base: Path, adapter: Path, out: Path, method: str) -> list[str]:
-    code = (f"from loraforge.merge import merge; merge({str(base)!r}, [{str(adapter)!r}], {str(out)!r}, "
-            f"method={method!r}, shard_size_mb=2000)")
+    code = (
+        f"from loraforge.merge import merge; merge({str(base)!r}, [{str(adapter)!r}], {str(out)!r}, "
+        f"method={method!r}, shard_size_mb=2000)"
+    )
     return [sys.executable, "-c", code]
 
 
@@ -150,8 +172,11 @@ def bench_merge(size_gb: float, cache: Path, work: Path) -> dict:
         with open(f, "rb") as fh:
             while fh.read(64 << 20):
                 pass
-    res = {"size_gb_requested": size_gb, "model_bytes": model_bytes,
-           "layers": json.loads((base / "config.json").read_text())["num_hidden_layers"]}
+    res = {
+        "size_gb_requested": size_gb,
+        "model_bytes": model_bytes,
+        "layers": json.loads((base / "config.json").read_text())["num_hidden_layers"],
+    }
     for name, cmd in (
         ("copy", ["cp", "-r", str(base), str(work / "copy")]),
         ("peft", _merge_cmd(base, adapter, work / "peft", "peft")),
@@ -170,10 +195,12 @@ def bench_merge(size_gb: float, cache: Path, work: Path) -> dict:
 
 
 def summary(r: dict) -> str:
-    return (f"{r['model_bytes'] / 1e9:.2f} GB bf16: streaming {r['streaming_s']:.2f} s = {r['streaming_vs_copy']}x "
-            f"copy ({r['copy_s']:.2f} s), {r['peft_vs_streaming']}x faster than PEFT ({r['peft_s']:.2f} s); "
-            f"peak RSS streaming {r['streaming_peak_rss_mb']:.0f} MB ({r['streaming_rss_vs_model']}x model) vs "
-            f"PEFT {r['peft_peak_rss_mb']:.0f} MB ({r['peft_rss_vs_model']}x)")
+    return (
+        f"{r['model_bytes'] / 1e9:.2f} GB bf16: streaming {r['streaming_s']:.2f} s = {r['streaming_vs_copy']}x "
+        f"copy ({r['copy_s']:.2f} s), {r['peft_vs_streaming']}x faster than PEFT ({r['peft_s']:.2f} s); "
+        f"peak RSS streaming {r['streaming_peak_rss_mb']:.0f} MB ({r['streaming_rss_vs_model']}x model) vs "
+        f"PEFT {r['peft_peak_rss_mb']:.0f} MB ({r['peft_rss_vs_model']}x)"
+    )
 
 
 def main(argv=None) -> int:

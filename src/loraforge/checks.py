@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import write_text_atomic
 from .errors import PipelineError
+from .io.publish import write_text_atomic
 
 # A fixed text mixing prose and code, so every check sees both kinds of tokens.
 CHECK_TEXT = """The quick brown fox jumps over the lazy dog. Python is a programming language that lets you work

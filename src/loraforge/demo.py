@@ -14,11 +14,13 @@ import shutil
 import sysconfig
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from .atomic import atomic_dir, write_text_atomic
 from .errors import PipelineError
+from .io.publish import atomic_dir, write_text_atomic
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +30,14 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
 # hidden and intermediate sizes are multiples of 256 so K-quants (256-wide super-blocks) are real, not fallbacks
-MODEL_SHAPE = dict(hidden_size=256, intermediate_size=768, num_hidden_layers=2, num_attention_heads=4,
-                   num_key_value_heads=2, max_position_embeddings=512)
+MODEL_SHAPE = dict(
+    hidden_size=256,
+    intermediate_size=768,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+)
 VOCAB = 1024
 SEQ = 128
 
@@ -48,8 +56,17 @@ def _code_text(files: list[str]) -> str:
     return "\n\n".join(parts)
 
 
-CODE_TRAIN = ["textwrap.py", "shlex.py", "fnmatch.py", "glob.py", "bisect.py", "heapq.py", "colorsys.py",
-              "copy.py", "dataclasses.py"]
+CODE_TRAIN = [
+    "textwrap.py",
+    "shlex.py",
+    "fnmatch.py",
+    "glob.py",
+    "bisect.py",
+    "heapq.py",
+    "colorsys.py",
+    "copy.py",
+    "dataclasses.py",
+]
 CODE_HELDOUT = ["string.py", "keyword.py", "queue.py"]
 
 
@@ -86,6 +103,8 @@ def write_texts(out_dir: str | os.PathLike) -> dict[str, Path]:
 
 
 def _batches(ids: torch.Tensor, steps: int, batch: int, seed: int):
+    import torch
+
     g = torch.Generator().manual_seed(seed)
     n = ids.numel() - SEQ - 1
     for _ in range(steps):
@@ -95,6 +114,8 @@ def _batches(ids: torch.Tensor, steps: int, batch: int, seed: int):
 
 
 def _train(model, ids: torch.Tensor, steps: int, lr: float, seed: int, batch: int = 16) -> list[float]:
+    import torch
+
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * max(0.1, 1 - s / steps))
@@ -128,10 +149,22 @@ def train_tokenizer(work: Path, text: str, seed: int, vocab: int = VOCAB) -> Pat
 
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(text.splitlines()), model_writer=model, vocab_size=vocab, model_type="bpe",
-        character_coverage=1.0, byte_fallback=True, normalization_rule_name="identity",
-        remove_extra_whitespaces=False, allow_whitespace_only_pieces=True, split_digits=True,
-        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, num_threads=1, minloglevel=2,
+        sentence_iterator=iter(text.splitlines()),
+        model_writer=model,
+        vocab_size=vocab,
+        model_type="bpe",
+        character_coverage=1.0,
+        byte_fallback=True,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        allow_whitespace_only_pieces=True,
+        split_digits=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        num_threads=1,
+        minloglevel=2,
     )
     tokdir = work / "tok"
     tokdir.mkdir()
@@ -143,11 +176,14 @@ def train_tokenizer(work: Path, text: str, seed: int, vocab: int = VOCAB) -> Pat
 
 
 def encode(tokenizer, text: str) -> torch.Tensor:
+    import torch
+
     return torch.tensor(tokenizer(text, add_special_tokens=False).input_ids, dtype=torch.long)
 
 
 def build_base(out_dir: str | os.PathLike, seed: int = 0, steps: int = 200, dtype: str = "float32") -> dict:
     """Train a sentencepiece tokenizer and a tiny Llama on both domains; save an HF model dir."""
+    import torch
     from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     t0 = time.time()
@@ -159,13 +195,19 @@ def build_base(out_dir: str | os.PathLike, seed: int = 0, steps: int = 200, dtyp
         work.mkdir()
         train_tokenizer(work, general, seed)
         tok = AutoTokenizer.from_pretrained(str(work / "tok"), local_files_only=True)
-        cfg = LlamaConfig(vocab_size=VOCAB, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                          tie_word_embeddings=False, **MODEL_SHAPE)
+        cfg = LlamaConfig(
+            vocab_size=VOCAB,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            tie_word_embeddings=False,
+            **MODEL_SHAPE,
+        )
         model = LlamaForCausalLM(cfg)
         losses = _train(model, encode(tok, general), steps=steps, lr=3e-3, seed=seed)
         model = model.to(getattr(torch, dtype))
-        model.generation_config = GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                                                   max_new_tokens=64, do_sample=False)
+        model.generation_config = GenerationConfig(
+            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, max_new_tokens=64, do_sample=False
+        )
         model.save_pretrained(str(tmp))
         for f in (work / "tok").iterdir():
             shutil.copy(f, tmp / f.name)
@@ -175,9 +217,11 @@ def build_base(out_dir: str | os.PathLike, seed: int = 0, steps: int = 200, dtyp
     return info
 
 
-def train_adapter(base_dir: str | os.PathLike, domain: str, out_dir: str | os.PathLike, seed: int = 0,
-                  steps: int = 120, r: int = 16) -> dict:
+def train_adapter(
+    base_dir: str | os.PathLike, domain: str, out_dir: str | os.PathLike, seed: int = 0, steps: int = 120, r: int = 16
+) -> dict:
     """Train a LoRA adapter on one demo domain (all linear layers of the base)."""
+    import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -187,8 +231,13 @@ def train_adapter(base_dir: str | os.PathLike, domain: str, out_dir: str | os.Pa
     torch.manual_seed(seed)
     tok = AutoTokenizer.from_pretrained(str(base_dir), local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32, local_files_only=True)
-    lcfg = LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, task_type="CAUSAL_LM",
-                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    lcfg = LoraConfig(
+        r=r,
+        lora_alpha=2 * r,
+        lora_dropout=0.0,
+        task_type="CAUSAL_LM",
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    )
     model = get_peft_model(model, lcfg)
     ids = encode(tok, corpora()[domain]["train"])
     losses = _train(model, ids, steps=steps, lr=4e-3, seed=seed + 1 + DOMAINS.index(domain))
@@ -199,8 +248,14 @@ def train_adapter(base_dir: str | os.PathLike, domain: str, out_dir: str | os.Pa
         cfg = json.loads(cfg_path.read_text())
         cfg["target_modules"] = sorted(cfg["target_modules"])
         cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-        meta = {"domain": domain, "steps": steps, "r": r, "seed": seed, "final_loss": losses[-1],
-                "first_loss": losses[0]}
+        meta = {
+            "domain": domain,
+            "steps": steps,
+            "r": r,
+            "seed": seed,
+            "final_loss": losses[-1],
+            "first_loss": losses[0],
+        }
         (tmp / "training.json").write_text(json.dumps(meta, indent=2))
     log.info("adapter %s trained in %.1f s: %s", domain, time.time() - t0, meta)
     return meta

@@ -8,35 +8,41 @@ import logging
 import os
 from pathlib import Path
 
-from .atomic import atomic_file, write_text_atomic
+from .evaluation.metrics import Metrics
+from .io.publish import atomic_file, write_text_atomic
 
 log = logging.getLogger(__name__)
 
 COLUMNS = [
-    ("adapter", "adapter"), ("artifact", "artifact"), ("size_mb", "size (MB)"), ("bits_per_weight", "bits/weight"),
-    ("mean_kld", "mean KLD"), ("median_kld", "median KLD"), ("p99_kld", "p99 KLD"),
-    ("top1_agreement", "top-1 agreement"), ("max_delta_ppl", "max ΔPPL"), ("tokens_per_second", "tokens/s"),
+    ("adapter", "adapter"),
+    ("artifact", "artifact"),
+    ("size_mb", "size (MB)"),
+    ("bits_per_weight", "bits/weight"),
+    ("mean_kld", "mean KLD"),
+    ("median_kld", "median KLD"),
+    ("p99_kld", "p99 KLD"),
+    ("top1_agreement", "top-1 agreement"),
+    ("max_delta_ppl", "max ΔPPL"),
+    ("tokens_per_second", "tokens/s"),
 ]
 
 
 def _rows(base_json, metric_jsons) -> tuple[list[dict], list[str]]:
     rows, texts = [], []
-    base = json.loads(Path(base_json).read_text())
-    entries = [("(base)", "base", base)]
+    entries = [("(base)", "base", Metrics.from_json(json.loads(Path(base_json).read_text())))]
     for p in metric_jsons:
-        m = json.loads(Path(p).read_text())
-        adapter, artifact = m["label"].split("/", 1)
+        m = Metrics.from_json(json.loads(Path(p).read_text()))
+        adapter, artifact = m.label.split("/", 1)
         entries.append((adapter, artifact, m))
     for adapter, artifact, m in entries:
         row = {"adapter": adapter, "artifact": artifact}
-        for key, _ in COLUMNS[2:]:
-            if key == "size_mb":
-                if "size_bytes" in m:
-                    row[key] = m["size_bytes"] / 1e6
-            elif key in m and m[key] is not None:
-                row[key] = m[key]
-        for t, r in m["texts"].items():
-            row[f"ppl:{t}"] = r["ppl"]
+        if m.size_bytes is not None:
+            row["size_mb"] = m.size_bytes / 1e6
+        for key, _ in COLUMNS[3:]:
+            if getattr(m, key) is not None:
+                row[key] = getattr(m, key)
+        for t, ppl in m.ppl().items():
+            row[f"ppl:{t}"] = ppl
             if t not in texts:
                 texts.append(t)
         rows.append(row)
@@ -73,8 +79,11 @@ def _plot_size_kld(rows, out) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, adapter in enumerate(sorted({r["adapter"] for r in rows if "mean_kld" in r and "size_mb" in r})):
         # a log axis cannot show an exact 0; GGUFs are never exact, and the merged dir is the reference itself
-        pts = sorted((r["size_mb"], r["mean_kld"], r["artifact"]) for r in rows
-                     if r["adapter"] == adapter and r.get("mean_kld", 0) > 0 and "size_mb" in r)
+        pts = sorted(
+            (r["size_mb"], r["mean_kld"], r["artifact"])
+            for r in rows
+            if r["adapter"] == adapter and r.get("mean_kld", 0) > 0 and "size_mb" in r
+        )
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=adapter)
         for x, y, name in pts:
             ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4 - 11 * i), fontsize=8)

@@ -16,8 +16,9 @@ log = logging.getLogger("loraforge")
 def run(log_file: str, fn: Callable, threads: int = 1, **kwargs):
     """Call ``fn(**kwargs)`` with logging to ``log_file``; a PipelineError exits 1 with its one line."""
     handlers = [logging.FileHandler(log_file, mode="w"), logging.StreamHandler(sys.stderr)]
-    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, handlers=handlers, force=True, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     # torch (imported later, only by the rules that need it) and numpy's BLAS read these at import
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(max(1, int(threads)))

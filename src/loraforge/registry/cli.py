@@ -6,8 +6,9 @@ import argparse
 import json
 import sys
 
-from .errors import PipelineError
-from .registry import DEFAULT_PATH, ENV_VAR, Registry
+from ..errors import PipelineError
+from ..evaluation.metrics import Metrics
+from .store import DEFAULT_PATH, ENV_VAR, Registry
 
 
 def _table(rows: list[dict], cols: list[str]) -> str:
@@ -21,11 +22,18 @@ def _table(rows: list[dict], cols: list[str]) -> str:
 
 
 def _summary(v) -> dict:
-    m = v.metrics
-    return {"name": v.name, "version": v.version, "quant": v.quant_type, "aliases": ",".join(v.aliases),
-            "mean_kld": f"{m['mean_kld']:.3g}" if "mean_kld" in m else None,
-            "top1": f"{m['top1_agreement']:.4f}" if "top1_agreement" in m else None,
-            "size_mb": f"{v.files['model']['size'] / 1e6:.1f}", "created": v.created_at, "path": v.path}
+    m = Metrics.from_json(v.metrics["evaluation"]) if "evaluation" in v.metrics else None
+    return {
+        "name": v.name,
+        "version": v.version,
+        "quant": v.quant_type,
+        "aliases": ",".join(v.aliases),
+        "mean_kld": f"{m.mean_kld:.3g}" if m and m.mean_kld is not None else None,
+        "top1": f"{m.top1_agreement:.4f}" if m and m.top1_agreement is not None else None,
+        "size_mb": f"{v.files['model']['size'] / 1e6:.1f}",
+        "created": v.created_at,
+        "path": v.path,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,8 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         reg = Registry(a.registry)
         if a.cmd == "list":
             data = [v.to_dict() for v in reg.versions(a.name)]
-            text = _table([_summary(v) for v in reg.versions(a.name)],
-                          ["name", "version", "quant", "aliases", "mean_kld", "top1", "size_mb", "created"])
+            text = _table(
+                [_summary(v) for v in reg.versions(a.name)],
+                ["name", "version", "quant", "aliases", "mean_kld", "top1", "size_mb", "created"],
+            )
         elif a.cmd in ("show", "latest", "promote", "rollback"):
             if a.cmd == "show":
                 v = reg.get(a.name, a.version)
@@ -72,10 +82,15 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 v = reg.rollback(a.name, a.alias)
             data = v.to_dict()
-            head = {"promote": f"{a.name}: {getattr(a, 'alias', '')} -> v{v.version}\n",
-                    "rollback": f"{a.name}: {getattr(a, 'alias', '')} rolled back to v{v.version}\n"}.get(a.cmd, "")
-            text = head + json.dumps(data, indent=2) if a.cmd == "show" else head + _table(
-                [_summary(v)], ["name", "version", "quant", "aliases", "mean_kld", "top1", "path"])
+            head = {
+                "promote": f"{a.name}: {getattr(a, 'alias', '')} -> v{v.version}\n",
+                "rollback": f"{a.name}: {getattr(a, 'alias', '')} rolled back to v{v.version}\n",
+            }.get(a.cmd, "")
+            text = (
+                head + json.dumps(data, indent=2)
+                if a.cmd == "show"
+                else head + _table([_summary(v)], ["name", "version", "quant", "aliases", "mean_kld", "top1", "path"])
+            )
         elif a.cmd == "history":
             data = reg.history(a.name, a.alias)
             text = _table(data, ["at", "alias", "action", "previous_version", "version"])

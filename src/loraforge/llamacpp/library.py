@@ -1,0 +1,111 @@
+"""llama.cpp in this process, through llama-cpp-python: GGUF loading, logits, file types, quantization."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+FLOAT_TYPES = {"f16": "F16", "bf16": "BF16", "f32": "F32"}
+
+
+def llama_cpp():
+    """The llama_cpp module, or one line saying how to get it."""
+    try:
+        import llama_cpp as lc
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise PipelineError(f"llama-cpp-python is not installed or failed to load ({e}); run `make setup`") from None
+    return lc
+
+
+@cache
+def file_types() -> dict[str, int]:
+    """llama.cpp file type name (e.g. Q4_K_M) -> LLAMA_FTYPE value, read from the loaded library."""
+    lc = llama_cpp()
+    types = {}
+    for attr in dir(lc):
+        if attr.startswith("LLAMA_FTYPE_MOSTLY_"):
+            types[attr[len("LLAMA_FTYPE_MOSTLY_") :]] = getattr(lc, attr)
+    types["F32"] = lc.LLAMA_FTYPE_ALL_F32
+    return types
+
+
+def quantize_in_process(src: Path, dst: Path, qtype: str, threads: int) -> str:
+    """Quantize with the llama.cpp compiled into llama-cpp-python. Returns which tool did it."""
+    lc = llama_cpp()
+    lc.llama_backend_init()
+    params = lc.llama_model_quantize_default_params()
+    params.ftype = file_types()[qtype]
+    params.nthread = int(threads)
+    rc = lc.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    if rc != 0 or not dst.exists():
+        raise PipelineError(f"llama.cpp quantization of {src} to {qtype} failed (code {rc})")
+    return f"llama-cpp-python {lc.__version__}"
+
+
+class GGUFModel:
+    """A GGUF loaded in llama.cpp for scoring token sequences."""
+
+    def __init__(self, path: Path, n_ctx: int, threads: int = 1):
+        lc = llama_cpp()
+        if not Path(path).exists():
+            raise PipelineError(f"{path}: GGUF file does not exist")
+        try:
+            self.llm = lc.Llama(
+                model_path=str(path),
+                n_ctx=n_ctx,
+                n_batch=n_ctx,
+                n_ubatch=n_ctx,
+                logits_all=True,
+                n_threads=threads,
+                n_threads_batch=threads,
+                verbose=False,
+                seed=0,
+            )
+        except Exception as e:  # llama-cpp-python raises ValueError on load failure
+            raise PipelineError(f"{path}: llama.cpp could not load it ({e})") from None
+        self.path = Path(path)
+        self.n_vocab = self.llm.n_vocab()
+
+    def logits(self, tokens: list[int]) -> np.ndarray:
+        """Logits [len(tokens), n_vocab] (float32) for one sequence, from a fresh context."""
+        self.llm.reset()  # eval() then drops the whole KV cache: it clears from n_tokens, now 0
+        self.llm.eval(tokens)
+        return np.array(self.llm.scores[: len(tokens)], dtype=np.float32, copy=True)
+
+    def tokenize(self, text: str, add_bos: bool = True, special: bool = False) -> list[int]:
+        return self.llm.tokenize(text.encode(), add_bos=add_bos, special=special)
+
+    def info(self) -> dict:
+        """File size, parameter count and bits per weight, as llama.cpp reads them."""
+        lc = llama_cpp()
+        n_params = int(lc.llama_model_n_params(self.llm._model.model))
+        size = int(lc.llama_model_size(self.llm._model.model))
+        return {
+            "file_bytes": self.path.stat().st_size,
+            "n_params": n_params,
+            "tensor_bytes": size,
+            "bits_per_weight": round(size * 8 / n_params, 4),
+        }
+
+    def close(self) -> None:
+        self.llm.close()
+
+    def __enter__(self) -> GGUFModel:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def gguf_info(path: Path) -> dict:
+    """GGUFModel.info() of a GGUF that is not loaded already."""
+    with GGUFModel(path, n_ctx=8) as m:
+        return m.info()

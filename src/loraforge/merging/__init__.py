@@ -1,0 +1,147 @@
+"""Fold LoRA/DoRA adapters into a base model: adapter(s) + base -> merged HF model directory.
+
+``method="streaming"`` (default, :mod:`.streaming`) never loads the model and needs numpy only;
+``method="peft"`` is PEFT's ``merge_and_unload`` (:mod:`.peft_reference`), kept as the reference.
+The merge check (:mod:`.check`) compares the merged model with the adapters applied through PEFT.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from ..errors import PipelineError
+from ..io.hashing import WORKFLOW_HASH_CACHE, HashCache, tree_fingerprint
+from ..io.publish import atomic_dir
+from ..preflight import Adapter, AdapterSpec, BaseModel, as_specs, validate_inputs
+from ..preflight.adapter import tokenizer_source
+from ..preflight.files import TOKENIZER_FILES, WEIGHT_FILES_RE
+
+log = logging.getLogger(__name__)
+
+METHODS = ("streaming", "peft")
+
+
+def _copy_side_files(base: BaseModel, loaded: list[tuple[AdapterSpec, Adapter]], out: Path) -> Path:
+    """Tokenizer, generation config and other small files of the base (the tokenizer of the last adapter that
+    ships one, for added tokens)."""
+    tok_src = tokenizer_source(base, [ad for _s, ad in loaded])
+    for f in sorted(base.path.iterdir()):
+        if f.is_file() and not WEIGHT_FILES_RE.search(f.name) and f.name != "config.json":
+            if tok_src != base.path and f.name in TOKENIZER_FILES:
+                continue
+            shutil.copy2(f, out / f.name)
+    if tok_src != base.path:
+        for name in TOKENIZER_FILES:
+            if (tok_src / name).exists():
+                shutil.copy2(tok_src / name, out / name)
+    return tok_src
+
+
+def _write_config(base: BaseModel, loaded: list[tuple[AdapterSpec, Adapter]], out: Path) -> None:
+    cfg = dict(base.config)
+    for _spec, ad in loaded:
+        for name, key in ad.replaced.items():
+            if name.endswith("embed_tokens.weight"):
+                cfg["vocab_size"] = ad.tensors[key].shape[0]
+    (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
+def _merge_into(base: BaseModel, loaded, out: Path, method: str, shard_size_mb: int) -> dict:
+    shard_bytes = int(shard_size_mb) * 1024 * 1024
+    if method == "streaming":
+        from .streaming import streaming_merge
+
+        stats = streaming_merge(base, loaded, out, shard_bytes)
+        _write_config(base, loaded, out)
+    elif method == "peft":
+        from .peft_reference import peft_merge
+
+        stats = peft_merge(base.path, loaded, out, shard_bytes)
+    else:
+        raise PipelineError(f"unknown merge method {method!r} ({' or '.join(METHODS)})")
+    tok_src = _copy_side_files(base, loaded, out)
+    return {
+        "method": method,
+        "base_dtype": base.dtype,
+        "tokenizer_from": str(tok_src),
+        "adapters": [{"path": str(s.path), "weight": s.weight} for s, _ in loaded],
+        **stats,
+    }
+
+
+def _check_out_dir(base: BaseModel, out_dir: Path) -> None:
+    out = out_dir.resolve()
+    if out == base.path.resolve() or base.path.resolve() in out.parents:
+        raise PipelineError(f"{out_dir}: output must not be inside the base model directory")
+
+
+def _publish(base_dir, adapters, out_dir, method: str, shard_size_mb: int, check: dict | None) -> dict:
+    """Validate, merge into a temporary dir, optionally check it, then rename it to ``out_dir``."""
+    base, loaded = validate_inputs(base_dir, adapters)
+    out_dir = Path(out_dir)
+    _check_out_dir(base, out_dir)
+    with atomic_dir(out_dir) as tmp:
+        summary = _merge_into(base, loaded, tmp, method, shard_size_mb)
+        if check is not None:
+            from .check import check_merged
+
+            summary["check"] = check_merged(base, loaded, tmp, **check)
+            log.info("merge check passed: %s", summary["check"])
+    log.info("merged %d adapter(s) into %s: %s", len(loaded), out_dir, summary)
+    return summary
+
+
+def merge(
+    base_dir: str | os.PathLike,
+    adapters,
+    out_dir: str | os.PathLike,
+    method: str = "streaming",
+    shard_size_mb: int = 4096,
+) -> dict:
+    """Merge ``adapters`` (paths, dicts with path/weight, or AdapterSpec) into ``base_dir``; write ``out_dir``.
+
+    Returns a summary dict. ``out_dir`` appears only when complete. ``base_dir`` is only read.
+    """
+    return _publish(base_dir, adapters, out_dir, method, shard_size_mb, check=None)
+
+
+def input_lineage(base_dir, adapters, hash_cache=WORKFLOW_HASH_CACHE) -> dict:
+    """Paths and content fingerprints of what a merge read: the lineage the registry records."""
+    cache = HashCache(hash_cache)
+    lineage = {
+        "base_model": {"path": str(Path(base_dir).resolve()), "sha256": tree_fingerprint(base_dir, cache)},
+        "adapters": [
+            {"path": str(s.path.resolve()), "weight": s.weight, "sha256": tree_fingerprint(s.path, cache)}
+            for s in as_specs(adapters)
+        ],
+    }
+    cache.save()
+    return lineage
+
+
+def merge_artifact(
+    base_dir,
+    adapters,
+    out_dir,
+    check_json,
+    method: str = "streaming",
+    shard_size_mb: int = 4096,
+    check: bool = True,
+    check_text: str | None = None,
+    tolerance: dict | None = None,
+) -> dict:
+    """The merge_adapter rule: merge, check against PEFT, then publish the dir and its JSON sidecar (which
+    records the inputs' content fingerprints)."""
+    from ..checks import write_sidecar
+
+    if not check:
+        log.warning("merge check disabled in config: merged logits will not be compared with PEFT")
+    checking = {"text_file": check_text, "tolerance": tolerance} if check else None
+    summary = _publish(base_dir, adapters, out_dir, method, shard_size_mb, check=checking)
+    summary["inputs"] = input_lineage(base_dir, adapters)
+    write_sidecar(check_json, summary)
+    return summary

@@ -1,0 +1,78 @@
+"""float GGUF -> quantized GGUF with llama.cpp, checked: it loads and gives finite logits."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..checks import CHECK_TEXT, compare_logits, write_sidecar
+from ..errors import PipelineError
+from ..io.publish import atomic_file
+from ..llamacpp.library import GGUFModel, file_types, quantize_in_process
+from ..llamacpp.tools import external_quantize, run_quantize
+
+log = logging.getLogger(__name__)
+
+# llama.cpp refuses these without an importance matrix (tools/quantize); we have no imatrix step yet.
+IMATRIX_REQUIRED = frozenset({"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "Q2_K_S"})
+
+
+def _quantize_to(src_gguf, out: Path, qtype: str, threads: int, llama_quantize: str | None) -> dict:
+    """Run the quantization into ``out``; the caller publishes it."""
+    src = Path(src_gguf)
+    if not src.exists():
+        raise PipelineError(f"{src}: GGUF to quantize does not exist")
+    qtype = qtype.upper()
+    if qtype not in file_types():
+        raise PipelineError(f"unknown llama.cpp quantization type {qtype!r}")
+    if qtype in IMATRIX_REQUIRED:
+        raise PipelineError(f"quantization type {qtype} needs an importance matrix, which this pipeline does not make")
+    tool = external_quantize(llama_quantize)
+    if tool:
+        used = run_quantize(tool, src, out, qtype, threads)
+    else:
+        used = quantize_in_process(src, out, qtype, threads)
+    return {"quant_type": qtype, "tool": used}
+
+
+def quantize(
+    src_gguf: str | os.PathLike,
+    out_gguf: str | os.PathLike,
+    qtype: str,
+    threads: int = 1,
+    llama_quantize: str | None = None,
+) -> dict:
+    """Quantize a float GGUF to ``qtype`` (any llama.cpp file type name). The file appears only when complete."""
+    with atomic_file(out_gguf) as tmp:
+        return _quantize_to(src_gguf, tmp, qtype, threads, llama_quantize)
+
+
+def check_quantized(src_gguf, gguf, threads: int = 1) -> tuple[dict, dict]:
+    """The quantized model loads, its logits are finite; agreement with the float GGUF is recorded.
+
+    Returns (check, GGUF info) from the one load of the quantized GGUF."""
+    with GGUFModel(Path(gguf), n_ctx=256, threads=threads) as q:
+        ids = q.tokenize(CHECK_TEXT)[:256]
+        got, info = q.logits(ids), q.info()
+    if not np.isfinite(got).all():
+        raise PipelineError(f"{gguf}: llama.cpp produced non-finite logits")
+    with GGUFModel(Path(src_gguf), n_ctx=256, threads=threads) as f:
+        ref = f.logits(ids)
+    return {**compare_logits(got, ref), "finite_logits": True, "reference": str(src_gguf)}, info
+
+
+def quantize_artifact(
+    src_gguf, out_gguf, check_json, qtype: str, threads: int = 1, llama_quantize: str | None = None
+) -> dict:
+    """The quantize_gguf rule: quantize, load and check, publish GGUF and sidecar."""
+    out_gguf = Path(out_gguf)
+    with atomic_file(out_gguf) as tmp:
+        summary = _quantize_to(src_gguf, tmp, qtype, threads, llama_quantize)
+        summary["check"], info = check_quantized(src_gguf, tmp, threads)
+        summary.update(info)
+        log.info("quantized %s: %s", out_gguf, summary)
+    write_sidecar(check_json, summary)
+    return summary

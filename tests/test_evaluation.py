@@ -1,0 +1,82 @@
+"""loraforge.evaluation: the metrics record, the gates, and scoring a GGUF against a float32 reference."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from conftest import REPO
+
+from loraforge import compute_reference, evaluate
+from loraforge.errors import PipelineError
+from loraforge.evaluation import evaluate_artifact
+from loraforge.evaluation.metrics import GATES, Metrics, TextMetrics, check_gates
+
+
+@pytest.fixture(scope="module")
+def reference(models, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "reference.safetensors"
+    compute_reference(models["base"], {"general": models["text"]}, out, n_ctx=64, max_tokens=1024)
+    return out
+
+
+def test_schema_offers_exactly_the_gates_the_code_knows():
+    schema = yaml.safe_load((REPO / "schemas" / "config.schema.yaml").read_text())
+    gate = schema["properties"]["evaluation"]["properties"]["gates"]["additionalProperties"]
+    assert set(gate["properties"]) == set(GATES)
+
+
+def test_metrics_record_round_trips_through_json():
+    m = Metrics(
+        label="a/Q8_0",
+        artifact="x.gguf",
+        kind="gguf",
+        n_ctx=64,
+        texts={"t": TextMetrics(scored_tokens=10, ppl=3.0, mean_kld=0.01)},
+        scored_tokens=10,
+        eval_seconds=1.0,
+        load_seconds=0.5,
+        mean_kld=0.01,
+    )
+    back = Metrics.from_json(json.loads(json.dumps(m.to_json())))
+    assert back == m and back.ppl() == {"t": 3.0}
+
+
+def test_gates_name_artifact_metric_threshold_and_value():
+    m = Metrics(
+        label="x",
+        artifact="x",
+        kind="gguf",
+        n_ctx=8,
+        texts={},
+        scored_tokens=1,
+        eval_seconds=1,
+        load_seconds=1,
+        mean_kld=0.03,
+        top1_agreement=0.95,
+    )
+    assert check_gates(m, {"max_mean_kld": 0.05, "min_top1": 0.9}, "a/Q4") == []
+    assert check_gates(m, {"max_mean_kld": 0.02}, "a/Q4") == [
+        "a/Q4: quality gate failed: mean_kld = 0.03, max_mean_kld = 0.02"
+    ]
+    with pytest.raises(PipelineError, match="gate max_p99_kld needs p99_kld, which was not measured"):
+        check_gates(m, {"max_p99_kld": 1}, "a/Q4")
+
+
+def test_the_reference_scores_itself_exactly(models, reference):
+    m = evaluate("hf", models["base"], reference=reference)
+    assert m.mean_kld < 1e-9 and m.top1_agreement == 1.0 and abs(m.max_delta_ppl) < 1e-6
+
+
+def test_a_gguf_is_scored_against_the_reference(f16_gguf, reference):
+    m = evaluate("gguf", f16_gguf, reference=reference, label="base/F16")
+    assert 0 < m.mean_kld < 1e-3 and m.top1_agreement > 0.98 and m.scored_tokens == 16 * 63
+    assert m.size_bytes == f16_gguf.stat().st_size and 15.9 < m.bits_per_weight < 16.1
+
+
+def test_a_failing_gate_writes_nothing(f16_gguf, reference, tmp_path):
+    out = tmp_path / "m.json"
+    with pytest.raises(PipelineError, match=r"x/F16: quality gate failed: mean_kld = [\d.e-]+, max_mean_kld = 1e-12"):
+        evaluate_artifact(out, "x/F16", {"max_mean_kld": 1e-12}, kind="gguf", path=f16_gguf, reference=reference)
+    assert not out.exists()

@@ -1,0 +1,61 @@
+"""loraforge.io.hashing: content fingerprints with a stat-keyed cache shared by concurrent jobs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from loraforge.io.hashing import HashCache, sha256_file, tree_files, tree_fingerprint
+
+
+def test_hash_cache_rehashes_only_changed_stat(tmp_path):
+    d = tmp_path / "m"
+    d.mkdir()
+    f = d / "w.bin"
+    f.write_bytes(b"a" * 1000)
+    cache = HashCache(tmp_path / "cache.json")
+    fp1 = tree_fingerprint(d, cache)
+    cache.save()
+    entries = json.loads((tmp_path / "cache.json").read_text())
+    assert list(entries) == [str(f.resolve())]
+    st = f.stat()
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched: same content, same fingerprint
+    assert tree_fingerprint(d, HashCache(tmp_path / "cache.json")) == fp1
+    f.write_bytes(b"b" * 1000)
+    assert tree_fingerprint(d, HashCache(tmp_path / "cache.json")) != fp1
+
+
+def test_tree_fingerprint_covers_names_and_skips_hidden_files(tmp_path):
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "a").write_bytes(b"x")
+    fp = tree_fingerprint(d)
+    (d / ".cache").write_bytes(b"y")
+    assert tree_fingerprint(d) == fp and [p.name for p in tree_files(d)] == ["a"]
+    (d / "a").rename(d / "b")
+    assert tree_fingerprint(d) != fp
+    assert sha256_file(d / "b") == "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881"
+
+
+def test_concurrent_hash_cache_writers_do_not_break_each_other(tmp_path):
+    """Concurrent jobs save the shared hash cache; stale-temporary cleanup must not delete a live writer's file."""
+    code = (
+        "import sys, pathlib\n"
+        "from loraforge.io.hashing import HashCache\n"
+        "d, i = pathlib.Path(sys.argv[1]), sys.argv[2]\n"
+        "for k in range(40):\n"
+        "    f = d / f'f{i}-{k}'\n"
+        "    f.write_bytes(b'x' * 10)\n"
+        "    c = HashCache(d / 'cache.json')\n"
+        "    c.sha256(f)\n"
+        "    c.save()\n"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(tmp_path), str(i)], stderr=subprocess.PIPE, text=True)
+        for i in range(8)
+    ]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 8, next(e for e in errors if e)
+    assert json.loads((tmp_path / "cache.json").read_text())  # a whole, valid file

@@ -1,0 +1,49 @@
+"""loraforge.report: the table and plots of every artifact's measured quality."""
+
+from __future__ import annotations
+
+import json
+
+from loraforge.evaluation.metrics import Metrics, TextMetrics
+from loraforge.report import report_quality
+
+
+def metrics(label, ppl, kld=None, size=None, bpw=None) -> dict:
+    text = TextMetrics(scored_tokens=100, ppl=ppl, mean_kld=kld)
+    return Metrics(
+        label=label,
+        artifact=label,
+        kind="gguf",
+        n_ctx=64,
+        texts={"general": text},
+        scored_tokens=100,
+        eval_seconds=1,
+        load_seconds=1,
+        mean_kld=kld,
+        size_bytes=size,
+        bits_per_weight=bpw,
+    ).to_json()
+
+
+def test_report_of_base_and_artifacts(tmp_path):
+    (tmp_path / "base.json").write_text(json.dumps(metrics("base", 20.0)))
+    files = []
+    for art, kld, size in (("F16", 1e-7, 2_000_000), ("Q8_0", 4e-5, 1_100_000), ("Q4_K_M", 2e-3, 600_000)):
+        f = tmp_path / f"{art}.json"
+        f.write_text(json.dumps(metrics(f"code/{art}", 18.0 + kld * 100, kld, size, 16.0)))
+        files.append(f)
+    out = {k: tmp_path / f"out.{k}" for k in ("html", "tsv", "svg1", "svg2")}
+    rows = report_quality(tmp_path / "base.json", files, out["html"], out["tsv"], out["svg1"], out["svg2"])
+    assert [(r["adapter"], r["artifact"]) for r in rows] == [
+        ("(base)", "base"),
+        ("code", "F16"),
+        ("code", "Q8_0"),
+        ("code", "Q4_K_M"),
+    ]
+    html = out["html"].read_text()
+    assert html.count("<tr>") == 5 and "—" in html  # the base has no KLD: shown as not measured, not 0
+    tsv = out["tsv"].read_text().splitlines()
+    assert tsv[0].split("\t")[:5] == ["adapter", "artifact", "size_mb", "bits_per_weight", "mean_kld"]
+    assert tsv[4].split("\t")[4] == "0.002"
+    for svg in (out["svg1"], out["svg2"]):
+        assert "<svg" in svg.read_text() and "Q4_K_M" in svg.read_text()
