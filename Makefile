@@ -22,6 +22,8 @@ $(VENV)/.installed: pyproject.toml
 	fi
 	# llama-cpp-python compiles llama.cpp here once (minutes); pip caches the wheel afterwards.
 	$(BIN)/python -m pip install -e '.[test,slurm]'
+	# llama.cpp's tools and converters at the library's revision, compiled once into ~/.cache/loraforge (minutes)
+	$(BIN)/python -m loraforge.llamacpp.toolchain build
 	touch $@
 
 demo: setup

@@ -26,6 +26,7 @@ rule convert_to_gguf:
         min_top1=config["convert"]["min_top1"],
         max_abs_logit_diff=config["convert"]["max_abs_logit_diff"],
         check_text=config["checks"]["text"],
+        llama_cpp_dir=config["llama_cpp_dir"],
         version=loraforge.__version__,
     script:
         "../scripts/convert_to_gguf.py"

@@ -32,7 +32,7 @@ rule merge_adapter:
         method=config["merge"]["method"],
         shard_size_mb=config["merge"]["shard_size_mb"],
         check=config["merge"]["check"],
-        tolerance=config["merge"]["tolerance"],
+        max_kld=config["merge"]["max_kld"],
         check_text=config["checks"]["text"],
         version=loraforge.__version__,
     script:

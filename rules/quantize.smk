@@ -20,7 +20,7 @@ rule quantize_gguf:
         mem_mb=lambda w, input: int(1000 + 2 * input.size_mb),
         runtime=60,
     params:
-        llama_quantize=config["quantize"]["llama_quantize"],
+        llama_cpp_dir=config["llama_cpp_dir"],
         version=loraforge.__version__,
     script:
         "../scripts/quantize_gguf.py"

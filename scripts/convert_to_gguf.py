@@ -18,4 +18,5 @@ if __name__ == "__main__":
         min_top1=p.min_top1,
         max_abs_logit_diff=p.max_abs_logit_diff,
         check_text=p.check_text,
+        llama_cpp_dir=p.llama_cpp_dir,
     )

@@ -19,5 +19,5 @@ if __name__ == "__main__":
         shard_size_mb=p.shard_size_mb,
         check=p.check,
         check_text=p.check_text,
-        tolerance=dict(p.tolerance),
+        max_kld=dict(p.max_kld),
     )

@@ -13,5 +13,5 @@ if __name__ == "__main__":
         out_gguf=sm.output.gguf,
         check_json=sm.output.check,
         qtype=sm.wildcards.gguf_type,
-        llama_quantize=sm.params.llama_quantize,
+        llama_cpp_dir=sm.params.llama_cpp_dir,
     )

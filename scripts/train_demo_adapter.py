@@ -1,17 +1,19 @@
-"""Rule train_demo_adapter: train one demo LoRA adapter (loraforge.demo.train_adapter)."""
+"""Rule train_demo_adapter: a LoRA adapter trained on one demo domain's text (loraforge.demo.train_lora)."""
 
-from loraforge.demo import train_adapter
+from loraforge.demo import train_lora
 from loraforge.rule import run
 
 if __name__ == "__main__":
     sm = snakemake  # noqa: F821 - injected by Snakemake
+    p = sm.params
     run(
         sm.log[0],
-        train_adapter,
+        train_lora,
         threads=sm.threads,
         base_dir=sm.input.base,
-        domain=sm.wildcards.domain,
+        text_file=sm.input.text,
         out_dir=sm.output.adapter_dir,
-        seed=sm.params.seed,
-        steps=sm.params.steps,
+        steps=p.steps,
+        r=p.rank,
+        seed=p.seed,
     )

@@ -12,15 +12,18 @@ import pytest
 import torch
 import yaml
 
+from loraforge.io.hashing import sha256_file, tree_files
+
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 def make_llama(
-    path: Path, dtype=torch.float32, tied=False, seed=0, vocab=512, hidden=256, inter=256, layers=2, shard_mb=None
+    path: Path, dtype=torch.float32, tied=False, seed=0, vocab=32000, hidden=256, inter=256, layers=2, shard_mb=None
 ) -> Path:
-    """A tiny Llama (hidden 256 so K-quants are real) with peaked logits, plus the demo tokenizer files."""
+    """A tiny Llama (hidden 256 so K-quants are real) with peaked logits, and a real tokenizer and chat template:
+    the 32000-piece sentencepiece model of Llama 2 / Mistral 7B with Mistral's template (tests/real_tokenizers)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
@@ -41,7 +44,7 @@ def make_llama(
     kw = {"max_shard_size": f"{shard_mb}MB"} if shard_mb else {}
     model.save_pretrained(str(path), **kw)
     for f in TOKENIZER_DIR.iterdir():
-        if f.name.startswith("tokenizer") or f.name.endswith(".jinja"):
+        if f.name.startswith(("tokenizer", "special_tokens")) or f.name.endswith(".jinja"):
             shutil.copy(f, path / f.name)
     return path
 
@@ -71,19 +74,18 @@ TOKENIZER_DIR: Path
 
 
 @pytest.fixture(scope="session", autouse=True)
-def demo_tokenizer(tmp_path_factory):
-    """The demo's sentencepiece tokenizer, trained locally, shared by every tiny model in the tests."""
+def real_tokenizer(tmp_path_factory):
+    """The tokenizer every tiny Llama of the tests carries (see make_llama), built once."""
     global TOKENIZER_DIR
-    from loraforge.demo import corpora, train_tokenizer
+    from real_tokenizers import FAMILIES, build_tokenizer
 
-    work = tmp_path_factory.mktemp("tokenizer")
-    text = corpora()["code"]["train"][:60_000] + corpora()["prose"]["train"][:60_000]
-    TOKENIZER_DIR = train_tokenizer(work, text, seed=0, vocab=512)
+    TOKENIZER_DIR = tmp_path_factory.mktemp("tokenizer")
+    build_tokenizer(FAMILIES["mistral"], TOKENIZER_DIR)
     return TOKENIZER_DIR
 
 
 @pytest.fixture(scope="session")
-def models(tmp_path_factory, demo_tokenizer):
+def models(tmp_path_factory, real_tokenizer):
     """A base model and two adapters (each > 1 MB, above Snakemake's checksum threshold)."""
     root = tmp_path_factory.mktemp("models")
     base = make_llama(root / "base")
@@ -159,6 +161,40 @@ def user_config(models: dict, **extra) -> dict:
     for k, v in extra.items():
         cfg[k] = v
     return cfg
+
+
+def relative_config(m: dict) -> dict:
+    """The test config with model paths relative to the workflow dir, so a copy of the whole tree stays valid."""
+    rel = {k: f"../models/{Path(v).name}" for k, v in m.items()}
+    return user_config(rel)
+
+
+@pytest.fixture(scope="session")
+def tiny_build(tmp_path_factory, models):
+    """One full build; tests only read it (those that change it work on a copy: see ``built_copy``)."""
+    root = tmp_path_factory.mktemp("built")
+    m = {
+        k: shutil.copytree(v, root / "models" / v.name) if v.is_dir() else shutil.copy(v, root / "models")
+        for k, v in models.items()
+    }
+    m = {k: Path(v) for k, v in m.items()}
+    wf = Workflow(root / "wf", relative_config(m))
+    before = {str(p.relative_to(m["base"])): sha256_file(p) for p in tree_files(m["base"])}
+    dry = wf.planned()
+    assert not (wf.root / "results").exists() and not (wf.root / "logs").exists()
+    wf.run()
+    return wf, m, before, dry
+
+
+@pytest.fixture
+def built_copy(tiny_build, tmp_path):
+    """A private copy of the built tree (workflow, results, Snakemake's records, models) to change freely."""
+    wf, m, before, dry = tiny_build
+    root = tmp_path / "copy"
+    shutil.copytree(wf.root.parent, root, symlinks=True)
+    copy = Workflow.__new__(Workflow)
+    copy.root, copy.own_config = root / "wf", True
+    return copy, {k: root / "models" / v.name for k, v in m.items()}
 
 
 @pytest.fixture

@@ -13,4 +13,4 @@ def test_shipped_configs_are_valid_and_defaults_come_from_the_schema():
         cfg = yaml.safe_load((REPO / "config" / name).read_text())
         validate(cfg, schema)
         assert cfg["merge"]["method"] == "streaming" and cfg["registry"]["path"] == "registry.sqlite"
-        assert cfg["evaluation"]["n_ctx"] == 128 and cfg["threads"] == 2
+        assert cfg["evaluation"]["batch"] == 8 and cfg["threads"] == 2 and cfg["llama_cpp_dir"] is None

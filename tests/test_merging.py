@@ -69,7 +69,7 @@ def assert_same(out_dir, ref_model, dtype):
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory, demo_tokenizer):
+def root(tmp_path_factory, real_tokenizer):
     return tmp_path_factory.mktemp("merge")
 
 
@@ -129,14 +129,11 @@ def test_modules_to_save_replaces_wholesale(bases, tmp_path):
 
 
 def test_fan_in_fan_out_gpt2_conv1d(root, tmp_path):
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from real_tokenizers import FAMILIES, build_model
 
-    torch.manual_seed(0)
     base = root / "gpt2"
     if not base.exists():
-        GPT2LMHeadModel(
-            GPT2Config(n_embd=64, n_layer=2, n_head=2, vocab_size=200, n_positions=64, initializer_range=0.1)
-        ).save_pretrained(base)
+        build_model(FAMILIES["gpt2"], base)
     ad = make_adapter(base, tmp_path / "ad", r=4, targets=["c_attn", "c_proj"], fan_in_fan_out=True)
     merge(base, [ad], tmp_path / "out")
     assert_same(tmp_path / "out", peft_reference(base, [ad]), torch.float32)

@@ -88,3 +88,31 @@ def test_adapter_for_other_base_is_refused(models, tmp_path):
     ad = make_adapter(other, tmp_path / "otherad", r=4)
     with pytest.raises(PipelineError, match=r"does not match base weight"):
         validate_inputs(models["base"], [ad])
+
+
+def test_base_without_tokenizer_is_one_line(models, tmp_path):
+    base = shutil.copytree(models["base"], tmp_path / "base")
+    for f in base.glob("tokenizer*"):
+        f.unlink()
+    with pytest.raises(PipelineError, match=r"base: no tokenizer \(tokenizer.json, tokenizer.model, or vocab.json"):
+        validate_inputs(base, [models["alpha"]])
+
+
+def test_tokenizer_larger_than_the_embedding_is_one_line(models, tmp_path):
+    from conftest import make_llama
+
+    small = make_llama(tmp_path / "small", vocab=1000, hidden=256, inter=256, layers=1)
+    ad = make_adapter(small, tmp_path / "ad", r=4)
+    with pytest.raises(
+        PipelineError,
+        match=r"small/tokenizer.json: tokenizer has ids up to 31999, but the model's "
+        r"embedding has only 1000 rows",
+    ):
+        validate_inputs(small, [ad])
+
+
+def test_unreadable_tokenizer_is_one_line(models, tmp_path):
+    base = shutil.copytree(models["base"], tmp_path / "base")
+    (base / "tokenizer.json").write_text("{not json")
+    with pytest.raises(PipelineError, match=r"base/tokenizer.json: unreadable tokenizer"):
+        validate_inputs(base, [models["alpha"]])

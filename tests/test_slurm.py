@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import collections
 import os
+import shutil
 
 import pytest
-from conftest import user_config
+from conftest import Workflow, user_config
 from slurm_cluster import LocalSlurm, unavailable_reason
 
 from loraforge.io.hashing import sha256_file, tree_files
@@ -63,10 +64,9 @@ def slurm_run(wf, cluster, *args, check=True):
 
 
 def model_files(root):
-    """Hashes of every model artifact (weights, tokenizer, GGUF): what must not depend on where it ran."""
+    """Hashes of every model artifact (merged weights and tokenizer, GGUFs): what must not depend on where it ran."""
     res = root / "results"
-    files = [p for d in ("demo", "merged") for p in tree_files(res / d)]
-    files += sorted((res / "gguf").rglob("*.gguf"))
+    files = list(tree_files(res / "merged")) + sorted((res / "gguf").rglob("*.gguf"))
     return {str(p.relative_to(res)): sha256_file(p) for p in files}
 
 
@@ -77,8 +77,12 @@ def rule_of(job: dict) -> str:
     return comment[len("rule_") :].split("_wildcards")[0]
 
 
-def test_demo_on_slurm_matches_local_run(cluster, demo_local, workflow):
-    wf = workflow(None)  # the demo, as a user runs it
+def test_workflow_on_slurm_matches_local_run(cluster, tiny_build, tmp_path):
+    """The tiny workflow of the other tests, run again from scratch through profiles/slurm."""
+    local, _m, _before, _dry = tiny_build
+    root = tmp_path / "slurm"
+    shutil.copytree(local.root.parent / "models", root / "models")
+    wf = Workflow(root / "wf", local.config())
     planned = collections.Counter(r for r, _ in wf.planned() if r not in LOCAL_RULES)
     before = {j["JobId"] for j in cluster.jobs()}
     proc = slurm_run(wf, cluster)
@@ -92,9 +96,9 @@ def test_demo_on_slurm_matches_local_run(cluster, demo_local, workflow):
     logs = list((wf.root / ".snakemake" / "slurm_logs").rglob("*.log"))
     assert {p.stem for p in logs} >= {j["JobId"] for j in jobs}
     # local rules ran on the submit host: registrations exist without SLURM jobs
-    assert len(list((wf.root / "results" / "registry").rglob("*.json"))) == 6
+    assert len(list((wf.root / "results" / "registry").rglob("*.json"))) == 4
     # same artifacts, bit for bit, as the local run
-    assert model_files(wf.root) == model_files(demo_local.root)
+    assert model_files(wf.root) == model_files(local.root)
 
 
 def test_job_killed_by_slurm_fails_cleanly_and_rerun_completes(cluster, models, workflow):

@@ -34,18 +34,38 @@ class Stack:
 """
 
 
-def check_token_ids(tokenizer_dir: str | os.PathLike, text_file: str | None = None, max_tokens: int = 256) -> list[int]:
-    """BOS + tokens of the check text, as the model's own HF tokenizer produces them."""
+def bos_prefix(tok) -> list[int]:
+    """[BOS] when the tokenizer puts BOS in front of a text (as llama.cpp's add_bos), else []."""
+    if tok.bos_token_id is None:
+        return []
+    ids = tok("a", add_special_tokens=True).input_ids
+    return [tok.bos_token_id] if ids and ids[0] == tok.bos_token_id else []
+
+
+def context_length(model_dir: str | os.PathLike) -> int | None:
+    """The model's trained context length from its config.json (None when it does not say)."""
+    cfg_path = Path(model_dir) / "config.json"
+    if not cfg_path.exists():
+        return None
+    cfg = json.loads(cfg_path.read_text())
+    cfg = {**cfg.get("text_config", {}), **cfg}
+    for key in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
+        if isinstance(cfg.get(key), int):
+            return cfg[key]
+    return None
+
+
+def check_token_ids(model_dir: str | os.PathLike, text_file: str | None = None, max_tokens: int = 256) -> list[int]:
+    """Tokens of the check text as the model's own HF tokenizer produces them (with BOS where it adds one),
+    at most ``max_tokens`` and never more than the model's context length."""
     from transformers import AutoTokenizer
 
-    text = Path(text_file).read_text() if text_file else CHECK_TEXT
-    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
-    ids = tok(text, add_special_tokens=False).input_ids
-    if tok.bos_token_id is not None:
-        ids = [tok.bos_token_id] + ids
+    text = Path(text_file).read_text(encoding="utf-8") if text_file else CHECK_TEXT
+    tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    ids = bos_prefix(tok) + tok(text, add_special_tokens=False).input_ids
     if len(ids) < 8:
         raise PipelineError(f"{text_file or 'check text'}: too short to check logits ({len(ids)} tokens)")
-    return ids[:max_tokens]
+    return ids[: min(max_tokens, context_length(model_dir) or max_tokens)]
 
 
 def hf_logits(model, ids: list[int]) -> np.ndarray:

@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from pathlib import Path
 
-from ..checks import check_token_ids, compare_logits, hf_logits, write_sidecar
+from ..checks import CHECK_TEXT, check_token_ids, compare_logits, hf_logits, write_sidecar
 from ..errors import PipelineError
 from ..io.publish import atomic_file
 from ..llamacpp.library import FLOAT_TYPES, GGUFModel, gguf_info
+from ..llamacpp.toolchain import locate
 from ..llamacpp.tools import convert_hf_to_gguf
 from ..preflight import inspect_base
+from .converter_input import converter_input
+from .tokenizer_check import check_chat_rendering, check_tokenizer
 
 log = logging.getLogger(__name__)
 
 
-def _convert_to(model_dir, out: Path, outtype: str) -> dict:
+def _convert_to(model_dir, out: Path, outtype: str, llama_cpp_dir=None) -> dict:
     """Run the conversion into ``out``; the caller publishes it."""
     model = inspect_base(model_dir, what="model")
     outtype = outtype.lower()
@@ -30,14 +34,21 @@ def _convert_to(model_dir, out: Path, outtype: str) -> dict:
         )
     elif model.dtype == "F32" and outtype != "f32":
         log.info("%s holds float32 weights; writing %s as configured", model_dir, FLOAT_TYPES[outtype])
-    convert_hf_to_gguf(Path(model_dir), out, outtype)
-    return {"source_dtype": model.dtype, "outtype": FLOAT_TYPES[outtype]}
+    lc = locate(llama_cpp_dir)
+    with tempfile.TemporaryDirectory(prefix="loraforge-convert-") as work:
+        convert_hf_to_gguf(converter_input(model_dir, Path(work)), out, outtype, lc=lc, shown_as=model_dir)
+    return {"source_dtype": model.dtype, "outtype": FLOAT_TYPES[outtype], "converter": lc.revision}
 
 
-def convert(model_dir: str | os.PathLike, out_gguf: str | os.PathLike, outtype: str = "f16") -> dict:
+def convert(
+    model_dir: str | os.PathLike,
+    out_gguf: str | os.PathLike,
+    outtype: str = "f16",
+    llama_cpp_dir: str | os.PathLike | None = None,
+) -> dict:
     """Convert an HF model directory to a float GGUF (f16, bf16 or f32). The file appears only when complete."""
     with atomic_file(out_gguf) as tmp:
-        return _convert_to(model_dir, tmp, outtype)
+        return _convert_to(model_dir, tmp, outtype, llama_cpp_dir)
 
 
 def check_conversion(model_dir, gguf, text_file: str | None = None, threads: int = 1) -> tuple[dict, dict]:
@@ -65,12 +76,18 @@ def convert_artifact(
     max_abs_logit_diff: float = 1.0,
     check_text: str | None = None,
     threads: int = 1,
+    llama_cpp_dir=None,
 ) -> dict:
-    """The convert_to_gguf rule: convert, compare logits with the HF model, publish GGUF and sidecar."""
+    """The convert_to_gguf rule: convert; check the GGUF's tokenizer and chat template against the HF tokenizer
+    and its logits against the HF model; publish GGUF and sidecar."""
     out_gguf = Path(out_gguf)
     with atomic_file(out_gguf) as tmp:
-        summary = _convert_to(model_dir, tmp, outtype)
+        summary = _convert_to(model_dir, tmp, outtype, llama_cpp_dir)
         if check:
+            texts = {"check": Path(check_text).read_text(encoding="utf-8") if check_text else CHECK_TEXT}
+            summary["tokenizer"] = check_tokenizer(model_dir, tmp, texts, shown_as=out_gguf)
+            summary["tokenizer"].update(check_chat_rendering(model_dir, tmp, llama_cpp_dir, threads, out_gguf))
+            log.info("tokenizer check passed: %s", summary["tokenizer"])
             res, info = check_conversion(model_dir, tmp, check_text, threads)
             res.update(min_top1=min_top1, max_abs_logit_diff_allowed=max_abs_logit_diff)
             summary["check"] = res

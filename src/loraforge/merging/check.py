@@ -1,16 +1,32 @@
-"""The merge check: logits of the merged model against the adapters applied through PEFT, unmerged."""
+"""The merge check: the merged model against the adapters applied through PEFT, unmerged (the reference).
+
+Both run in float32 on a fixed text, so the only difference left is the merged weights' rounding to the base's
+dtype (and any error of the merge itself). Judged by the mean KL-divergence of the merged model's next-token
+distribution from the reference's and by top-1 agreement, which do not depend on the scale of a model's
+logits: on SmolLM2-135M (bfloat16, 30 layers) the rounding gives a mean KLD of 2e-4 and a max logit difference
+of 0.76, while the adapter itself moves the distribution by a mean KLD of 0.15.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from ..checks import check_token_ids, compare_logits, hf_logits
 from ..errors import PipelineError
+from ..evaluation.metrics import log_softmax
 from ..preflight import Adapter, AdapterSpec, BaseModel
 from .peft_reference import load_hf_model, peft_model
 
-# logits of merged vs. adapter-applied model may differ by rounding of the merged weights to the dtype
-DEFAULT_TOLERANCE = {"F32": 1e-3, "F16": 0.1, "BF16": 0.5}
+# mean KLD allowed by the merged weights' rounding to the base dtype (10x the rounding measured on real models)
+DEFAULT_MAX_KLD = {"F32": 1e-6, "F16": 5e-4, "BF16": 5e-3}
+MIN_TOP1 = 0.98
+
+
+def mean_kld(ref_logits: np.ndarray, logits: np.ndarray) -> float:
+    ref, test = log_softmax(ref_logits.astype(np.float32)), log_softmax(logits.astype(np.float32))
+    return float(np.maximum((np.exp(ref) * (ref - test)).sum(-1), 0).mean())
 
 
 def check_merged(
@@ -18,17 +34,29 @@ def check_merged(
     loaded: list[tuple[AdapterSpec, Adapter]],
     merged_dir: Path,
     text_file: str | None = None,
-    tolerance: dict | None = None,
+    max_kld: dict | None = None,
+    shown_as=None,
 ) -> dict:
-    """Max abs logit difference and top-1 agreement on a fixed text; fails beyond the dtype's tolerance."""
+    """Mean KLD and top-1 agreement of the merged model against PEFT's unmerged application, both in float32;
+    raises one line naming ``shown_as`` (the output users will see) beyond the dtype's bound."""
+    import torch
+
     ids = check_token_ids(merged_dir, text_file)
-    ref = hf_logits(peft_model(base.path, loaded, merge_all=False), ids)
-    res = compare_logits(hf_logits(load_hf_model(merged_dir), ids), ref)
-    tol = float({**DEFAULT_TOLERANCE, **(tolerance or {})}[base.dtype])
-    res.update(dtype=base.dtype, tolerance=tol, reference="peft adapter applied, unmerged")
-    if not res["max_abs_logit_diff"] <= tol:
+    ref = hf_logits(peft_model(base.path, loaded, merge_all=False).float(), ids)
+    got = hf_logits(load_hf_model(merged_dir, dtype=torch.float32), ids)
+    res = compare_logits(got, ref)
+    bound = float({**DEFAULT_MAX_KLD, **(max_kld or {})}[base.dtype])
+    res.update(
+        mean_kld=mean_kld(ref, got),
+        max_mean_kld=bound,
+        min_top1=MIN_TOP1,
+        dtype=base.dtype,
+        reference="PEFT, adapters applied unmerged, float32",
+    )
+    if not res["mean_kld"] <= bound or res["top1_agreement"] < MIN_TOP1:
         raise PipelineError(
-            f"{merged_dir}: merged model logits differ from the adapter-applied model by "
-            f"{res['max_abs_logit_diff']:.4g} > tolerance {tol:g} for {base.dtype}"
+            f"{shown_as or merged_dir}: the merged model differs from the adapters applied through PEFT: mean KLD "
+            f"{res['mean_kld']:.3g} (max {bound:g} for {base.dtype}), top-1 agreement {res['top1_agreement']:.3f} "
+            f"(min {MIN_TOP1})"
         )
     return res

@@ -11,16 +11,18 @@ import numpy as np
 from ..checks import CHECK_TEXT, compare_logits, write_sidecar
 from ..errors import PipelineError
 from ..io.publish import atomic_file
-from ..llamacpp.library import GGUFModel, file_types, quantize_in_process
-from ..llamacpp.tools import external_quantize, run_quantize
+from ..llamacpp.library import GGUFModel, file_types
+from ..llamacpp.toolchain import locate
+from ..llamacpp.tools import quantize_gguf
 
 log = logging.getLogger(__name__)
 
-# llama.cpp refuses these without an importance matrix (tools/quantize); we have no imatrix step yet.
-IMATRIX_REQUIRED = frozenset({"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "Q2_K_S"})
+# Types whose tensor mix includes IQ1_*, IQ2_*, IQ3_XXS or (in Q2_K_S) Q2_K tensors, which llama.cpp refuses to
+# make without an importance matrix (src/llama-quant.cpp, tensor_requires_imatrix).
+IMATRIX_REQUIRED = frozenset({"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "IQ3_XS", "Q2_K_S"})
 
 
-def _quantize_to(src_gguf, out: Path, qtype: str, threads: int, llama_quantize: str | None) -> dict:
+def _quantize_to(src_gguf, out: Path, qtype: str, threads: int, llama_cpp_dir, imatrix=None) -> dict:
     """Run the quantization into ``out``; the caller publishes it."""
     src = Path(src_gguf)
     if not src.exists():
@@ -28,14 +30,11 @@ def _quantize_to(src_gguf, out: Path, qtype: str, threads: int, llama_quantize: 
     qtype = qtype.upper()
     if qtype not in file_types():
         raise PipelineError(f"unknown llama.cpp quantization type {qtype!r}")
-    if qtype in IMATRIX_REQUIRED:
-        raise PipelineError(f"quantization type {qtype} needs an importance matrix, which this pipeline does not make")
-    tool = external_quantize(llama_quantize)
-    if tool:
-        used = run_quantize(tool, src, out, qtype, threads)
-    else:
-        used = quantize_in_process(src, out, qtype, threads)
-    return {"quant_type": qtype, "tool": used}
+    if qtype in IMATRIX_REQUIRED and imatrix is None:
+        raise PipelineError(f"quantization type {qtype} needs an importance matrix (quantize.imatrix)")
+    lc = locate(llama_cpp_dir)
+    tool = quantize_gguf(src, out, qtype, threads, Path(imatrix) if imatrix else None, lc=lc)
+    return {"quant_type": qtype, "tool": tool, "imatrix": str(imatrix) if imatrix else None}
 
 
 def quantize(
@@ -43,11 +42,13 @@ def quantize(
     out_gguf: str | os.PathLike,
     qtype: str,
     threads: int = 1,
-    llama_quantize: str | None = None,
+    imatrix: str | os.PathLike | None = None,
+    llama_cpp_dir: str | os.PathLike | None = None,
 ) -> dict:
-    """Quantize a float GGUF to ``qtype`` (any llama.cpp file type name). The file appears only when complete."""
+    """Quantize a float GGUF to ``qtype`` with llama-quantize (an importance matrix where given). The file appears
+    only when complete."""
     with atomic_file(out_gguf) as tmp:
-        return _quantize_to(src_gguf, tmp, qtype, threads, llama_quantize)
+        return _quantize_to(src_gguf, tmp, qtype, threads, llama_cpp_dir, imatrix)
 
 
 def check_quantized(src_gguf, gguf, threads: int = 1) -> tuple[dict, dict]:
@@ -55,7 +56,7 @@ def check_quantized(src_gguf, gguf, threads: int = 1) -> tuple[dict, dict]:
 
     Returns (check, GGUF info) from the one load of the quantized GGUF."""
     with GGUFModel(Path(gguf), n_ctx=256, threads=threads) as q:
-        ids = q.tokenize(CHECK_TEXT)[:256]
+        ids = q.tokenize(CHECK_TEXT)[: min(256, q.n_ctx_train)]  # never past the model's context length
         got, info = q.logits(ids), q.info()
     if not np.isfinite(got).all():
         raise PipelineError(f"{gguf}: llama.cpp produced non-finite logits")
@@ -65,12 +66,12 @@ def check_quantized(src_gguf, gguf, threads: int = 1) -> tuple[dict, dict]:
 
 
 def quantize_artifact(
-    src_gguf, out_gguf, check_json, qtype: str, threads: int = 1, llama_quantize: str | None = None
+    src_gguf, out_gguf, check_json, qtype: str, threads: int = 1, imatrix=None, llama_cpp_dir=None
 ) -> dict:
     """The quantize_gguf rule: quantize, load and check, publish GGUF and sidecar."""
     out_gguf = Path(out_gguf)
     with atomic_file(out_gguf) as tmp:
-        summary = _quantize_to(src_gguf, tmp, qtype, threads, llama_quantize)
+        summary = _quantize_to(src_gguf, tmp, qtype, threads, llama_cpp_dir, imatrix)
         summary["check"], info = check_quantized(src_gguf, tmp, threads)
         summary.update(info)
         log.info("quantized %s: %s", out_gguf, summary)

@@ -1,0 +1,256 @@
+"""llama.cpp's programs at the revision of the library we evaluate with.
+
+The llama.cpp in-process library is llama-cpp-python; its source distribution holds the whole llama.cpp tree of
+the same revision (``vendor/llama.cpp``): the converters (``convert_hf_to_gguf.py``, ``convert_lora_to_gguf.py``
+with their ``conversion`` package and ``gguf-py``), the tools (quantize, imatrix, server, perplexity, gguf-split)
+and llama.cpp's test vocabularies and chat templates. ``build()`` fetches that sdist through pip (pinned by
+sha256), unpacks the tree into a cache and compiles the tools once; ``make setup`` runs it.
+
+A llama.cpp directory is a source tree with its tools in ``build/bin/`` or ``bin/``: the one ``build()`` makes,
+or your own (e.g. a CUDA build) named by ``$LLAMA_CPP_DIR`` or the config key ``llama_cpp.dir``.
+
+    python -m loraforge.llamacpp.toolchain build     # what `make setup` runs (minutes, once)
+    python -m loraforge.llamacpp.toolchain where     # the directory in use, its revision and tools
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+# The pinned library (pyproject.toml pins the same version) and the sha256 of its source distribution.
+LLAMA_CPP_PYTHON = "0.3.36"
+SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
+TOOLS = ("llama-quantize", "llama-imatrix", "llama-server", "llama-perplexity", "llama-gguf-split")
+ENV_VAR = "LLAMA_CPP_DIR"
+MANIFEST = "loraforge-build.json"
+
+
+def cache_root() -> Path:
+    """$LORAFORGE_CACHE, else $XDG_CACHE_HOME/loraforge, else ~/.cache/loraforge."""
+    if os.environ.get("LORAFORGE_CACHE"):
+        return Path(os.environ["LORAFORGE_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "loraforge"
+
+
+def default_dir() -> Path:
+    return cache_root() / f"llama.cpp-{LLAMA_CPP_PYTHON}"
+
+
+@dataclass(frozen=True)
+class LlamaCpp:
+    """A llama.cpp directory: source tree (converters, gguf-py, models/) and compiled tools."""
+
+    root: Path
+    bin: Path
+    manifest: dict
+
+    def tool(self, name: str) -> Path:
+        path = self.bin / name
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise PipelineError(f"{path}: llama.cpp tool {name} is missing (build it: make setup)")
+        return path
+
+    def script(self, name: str) -> Path:
+        path = self.root / name
+        if not path.is_file():
+            raise PipelineError(f"{path}: llama.cpp script {name} is missing from {self.root}")
+        return path
+
+    @property
+    def revision(self) -> str:
+        """What this tree is: the pinned sdist it came from, or an external tree as named."""
+        if self.manifest:
+            return f"llama-cpp-python {self.manifest['llama_cpp_python']} sdist"
+        return f"external llama.cpp at {self.root}"
+
+    def describe(self) -> dict:
+        return {
+            "dir": str(self.root),
+            "bin": str(self.bin),
+            "revision": self.revision,
+            "cmake_args": self.manifest.get("cmake_args"),
+        }
+
+
+def _bin_dir(root: Path) -> Path | None:
+    for cand in (root / "build" / "bin", root / "bin", root):
+        if (cand / "llama-quantize").is_file():
+            return cand
+    return None
+
+
+def locate(configured: str | os.PathLike | None = None) -> LlamaCpp:
+    """The llama.cpp directory to use: ``configured``, else $LLAMA_CPP_DIR, else the one ``build()`` made."""
+    spec = configured or os.environ.get(ENV_VAR)
+    root = Path(spec) if spec else default_dir()
+    where = f"{ENV_VAR}={spec}" if spec and not configured else str(root)
+    if not root.is_dir():
+        hint = "point it at a llama.cpp checkout with built tools" if spec else "run `make setup` to build it"
+        raise PipelineError(f"{where}: no llama.cpp directory there ({hint})")
+    bin_dir = _bin_dir(root)
+    if bin_dir is None:
+        raise PipelineError(f"{where}: llama.cpp directory without built tools (no build/bin/llama-quantize)")
+    manifest = {}
+    if (root / MANIFEST).exists():
+        manifest = json.loads((root / MANIFEST).read_text())
+        if not spec and manifest.get("llama_cpp_python") != _installed_library():
+            raise PipelineError(
+                f"{root}: tools built from llama-cpp-python {manifest.get('llama_cpp_python')}, but "
+                f"{_installed_library()} is installed: run `make setup` to rebuild them at the library's revision"
+            )
+    return LlamaCpp(root, bin_dir, manifest)
+
+
+def _installed_library() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("llama-cpp-python")
+    except PackageNotFoundError:
+        return None
+
+
+# ---------------------------------------------------------------- build
+
+
+def _fetch_sdist(work: Path) -> Path:
+    """The pinned sdist through pip (its cache and index settings), checked against the pinned sha256."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        "--quiet",
+        f"llama-cpp-python=={LLAMA_CPP_PYTHON}",
+        "-d",
+        str(work),
+    ]
+    log.info("fetching the llama-cpp-python %s sdist: %s", LLAMA_CPP_PYTHON, " ".join(cmd))
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise PipelineError(f"pip could not fetch llama-cpp-python=={LLAMA_CPP_PYTHON}: {proc.stderr.strip()[-300:]}")
+    (sdist,) = work.glob("llama_cpp_python-*.tar.gz")
+    digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
+    if digest != SDIST_SHA256:
+        raise PipelineError(f"{sdist.name}: sha256 {digest} is not the pinned {SDIST_SHA256}")
+    return sdist
+
+
+def _extract_tree(sdist: Path, dest: Path) -> None:
+    prefix = f"llama_cpp_python-{LLAMA_CPP_PYTHON}/vendor/llama.cpp/"
+    with tarfile.open(sdist) as tar:
+        members = []
+        for m in tar.getmembers():
+            if m.name.startswith(prefix) and (m.isfile() or m.isdir()) and not m.name.endswith("/.git"):
+                m.name = m.name[len(prefix) :]
+                if m.name:
+                    members.append(m)
+        tar.extractall(dest, members=members, filter="data")
+
+
+def _cmake_args() -> list[str]:
+    """Static tools with llama.cpp's defaults; $CMAKE_ARGS (as for llama-cpp-python, e.g. -DGGML_CUDA=on) added."""
+    args = [
+        "-DCMAKE_BUILD_TYPE=Release",
+        "-DBUILD_SHARED_LIBS=OFF",
+        "-DLLAMA_CURL=OFF",
+        "-DLLAMA_BUILD_TESTS=OFF",
+        "-DLLAMA_BUILD_EXAMPLES=OFF",
+        "-DLLAMA_BUILD_SERVER=ON",
+    ]
+    return args + shlex.split(os.environ.get("CMAKE_ARGS", ""))
+
+
+def build(dest: Path | None = None, jobs: int | None = None, force: bool = False) -> LlamaCpp:
+    """Fetch, unpack and compile llama.cpp's tools at the library's revision into ``dest`` (the cache by default).
+
+    Nothing to do when ``dest`` already holds a build of the same sdist with the same cmake arguments."""
+    dest = Path(dest) if dest else default_dir()
+    args = _cmake_args()
+    manifest_path = dest / MANIFEST
+    if manifest_path.exists() and not force:
+        m = json.loads(manifest_path.read_text())
+        if m.get("sdist_sha256") == SDIST_SHA256 and m.get("cmake_args") == args and _bin_dir(dest):
+            log.info("llama.cpp tools already built in %s", dest)
+            return LlamaCpp(dest, _bin_dir(dest), m)
+    for tool in ("cmake", "c++"):
+        if not shutil.which(tool):
+            raise PipelineError(f"{tool} not found: building llama.cpp's tools needs cmake and a C++ compiler")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}.") as tmp:
+        work = Path(tmp)
+        sdist = _fetch_sdist(work)
+        tree = work / "tree"
+        _extract_tree(sdist, tree)
+        jobs = jobs or os.cpu_count() or 2
+        log.info("compiling %s with %d jobs (minutes)", ", ".join(TOOLS), jobs)
+        for cmd in (
+            ["cmake", "-S", str(tree), "-B", str(tree / "build"), *args],
+            ["cmake", "--build", str(tree / "build"), "-j", str(jobs), "--target", *TOOLS],
+        ):
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                (work / "build.log").write_text(proc.stdout + proc.stderr)
+                last = next((ln for ln in reversed(proc.stderr.splitlines()) if ln.strip()), "no output")
+                raise PipelineError(f"building llama.cpp's tools failed ({' '.join(cmd[:2])}): {last}")
+        # keep the tools, drop the object files
+        bins = tree / "build" / "bin"
+        keep = work / "bin"
+        shutil.move(bins, keep)
+        shutil.rmtree(tree / "build")
+        (tree / "build").mkdir()
+        shutil.move(keep, tree / "build" / "bin")
+        manifest = {
+            "llama_cpp_python": LLAMA_CPP_PYTHON,
+            "sdist_sha256": SDIST_SHA256,
+            "cmake_args": args,
+            "tools": list(TOOLS),
+        }
+        (tree / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tree, dest)
+    log.info("llama.cpp tools built in %s", dest)
+    return LlamaCpp(dest, dest / "build" / "bin", manifest)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m loraforge.llamacpp.toolchain", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="fetch the pinned llama.cpp tree and compile its tools (once)")
+    b.add_argument("--dest", help=f"where (default {default_dir()})")
+    b.add_argument("--jobs", type=int)
+    b.add_argument("--force", action="store_true")
+    sub.add_parser("where", help="the llama.cpp directory in use")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        lc = build(a.dest, a.jobs, a.force) if a.cmd == "build" else locate()
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(lc.describe(), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
