@@ -45,3 +45,29 @@ def test_write_text_atomic(tmp_path):
     write_text_atomic(tmp_path / "a" / "b.txt", "hello")
     assert (tmp_path / "a" / "b.txt").read_text() == "hello"
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["b.txt"]
+
+
+def test_published_outputs_are_readable_as_the_umask_says(tmp_path):
+    """Not 0600/0700 as temporary files are made: an Ollama service user or a teammate must read them."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        with atomic_file(tmp_path / "model.gguf") as tmp:
+            tmp.write_bytes(b"GGUF")
+        with atomic_dir(tmp_path / "merged") as tmp:
+            (tmp / "model.safetensors").write_bytes(b"x")
+            (tmp / "sub").mkdir()
+            (tmp / "sub" / "f").write_bytes(b"y")
+        os.umask(0o077)  # a private umask is honoured too
+        write_text_atomic(tmp_path / "private.json", "{}")
+    finally:
+        os.umask(old)
+
+    def mode(p):
+        return stat.S_IMODE((tmp_path / p).stat().st_mode)
+
+    assert mode("model.gguf") == 0o644 and mode("merged") == 0o755 and mode("merged/sub") == 0o755
+    assert mode("merged/model.safetensors") == 0o644 and mode("merged/sub/f") == 0o644
+    assert mode("private.json") == 0o600

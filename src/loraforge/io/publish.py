@@ -1,4 +1,9 @@
-"""Outputs appear whole or not at all: write under a temporary name beside the target, rename at the end."""
+"""Outputs appear whole or not at all: write under a temporary name beside the target, rename at the end.
+
+Before the rename the data is on disk (fsync of the files, then of the directory after it), and the output
+has the permissions a plain ``open()`` / ``mkdir`` would give under the process's umask (0644 / 0755 with the
+usual 022): temporary files are created 0600, which would leave an Ollama service user or a teammate on a
+shared directory unable to read the published artifact."""
 
 from __future__ import annotations
 
@@ -9,6 +14,39 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def finish(path: Path) -> None:
+    """Permissions as the umask says and data on disk, for a file or a directory tree about to be published."""
+    mask = _umask()
+    if path.is_dir():
+        for sub in [path, *path.rglob("*")]:
+            if sub.is_symlink():
+                continue
+            if sub.is_dir():
+                os.chmod(sub, 0o777 & ~mask)
+            else:
+                os.chmod(sub, 0o666 & ~mask)
+                _fsync(sub)
+        for sub in [*(d for d in path.rglob("*") if d.is_dir() and not d.is_symlink()), path]:
+            _fsync(sub)
+    else:
+        os.chmod(path, 0o666 & ~mask)
+        _fsync(path)
 
 
 def _remove_stale(target: Path) -> None:
@@ -39,7 +77,9 @@ def atomic_file(target: str | os.PathLike, single_writer: bool = True) -> Iterat
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        finish(tmp_path)
         os.replace(tmp_path, target)
+        _fsync(target.parent)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
@@ -57,6 +97,7 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
+        finish(tmp)
         if target.exists():
             old = target.with_name(f".{target.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -65,6 +106,7 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)
+        _fsync(target.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
