@@ -9,7 +9,8 @@ from snakemake.utils import validate
 import loraforge
 from loraforge.errors import PipelineError
 from loraforge.io.hashing import WORKFLOW_HASH_CACHE, HashCache, tree_fingerprint
-from loraforge.preflight import validate_inputs
+from loraforge.evaluation.windows import read_text
+from loraforge.preflight import inspect_base, validate_inputs
 
 try:
     validate(config, schema="../schemas/config.schema.yaml")
@@ -62,7 +63,12 @@ def produced_here(path):
 
 
 def check_inputs():
-    """Bad input fails here, in a second, before any job runs: headers and JSON only, no weights."""
+    """Bad input fails here, in a second, before any job runs: headers, JSON and texts only, no weights."""
+    if not produced_here(BASE):
+        try:
+            inspect_base(BASE)
+        except PipelineError as e:
+            raise WorkflowError(f"config base_model: {e}") from None
     for name in ADAPTERS:
         specs = adapter_specs(name)
         if produced_here(BASE) or any(produced_here(s["path"]) for s in specs):
@@ -71,6 +77,15 @@ def check_inputs():
             validate_inputs(BASE, specs)
         except PipelineError as e:
             raise WorkflowError(f"config adapters.{name}: {e}") from None
+    texts = {f"evaluation.texts.{n}": p for n, p in config["evaluation"]["texts"].items() if EVAL}
+    if config["checks"]["text"]:
+        texts["checks.text"] = config["checks"]["text"]
+    for key, path in texts.items():
+        if not produced_here(path):
+            try:
+                read_text(path)
+            except PipelineError as e:
+                raise WorkflowError(f"config {key}: {e}") from None
 
 
 # Content fingerprints of external inputs, passed as params: Snakemake reruns a job when a param changes,

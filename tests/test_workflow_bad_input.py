@@ -61,3 +61,48 @@ def test_workflow_rejects_missing_base(workflow, models, tmp_path):
         workflow(user_config(models, base_model=str(tmp_path / "missing"))),
         f"{tmp_path / 'missing'}: base model directory does not exist",
     )
+
+
+def test_base_problems_are_named_as_the_base(workflow, models, tmp_path):
+    f = tmp_path / "base-file"
+    f.write_text("not a directory")
+    _fails_cleanly(workflow(user_config(models, base_model=str(f))),
+                   f"config base_model: {f}: base model is a file, expected a Hugging Face model directory")
+
+
+def test_adapter_path_that_is_a_file(workflow, models, tmp_path):
+    f = tmp_path / "adapter.safetensors"
+    f.write_bytes(b"x")
+    cfg = user_config(models)
+    cfg["adapters"]["alpha"] = str(f)
+    _fails_cleanly(workflow(cfg), f"config adapters.alpha: {f}: adapter is a file, expected a PEFT adapter directory")
+
+
+def test_config_and_weights_that_disagree_are_refused_even_without_the_merge_check(workflow, models, copy):
+    """target_modules names 2 modules, the weights hold 7: PEFT would silently apply only 2 of them."""
+    import json
+
+    ad = copy("alpha")
+    cfg_file = ad / "adapter_config.json"
+    cfg_file.write_text(json.dumps({**json.loads(cfg_file.read_text()), "target_modules": ["q_proj", "v_proj"]}))
+    cfg = user_config(models, merge={"check": False})
+    cfg["adapters"]["alpha"] = str(ad)
+    _fails_cleanly(workflow(cfg), "holds LoRA weights for model.layers.0.mlp.down_proj, which target_modules in "
+                                  "adapter_config.json (['q_proj', 'v_proj']) does not name: config and weights disagree")
+
+
+def test_truncated_adapter_weights(workflow, models, copy):
+    ad = copy("alpha")
+    w = ad / "adapter_model.safetensors"
+    w.write_bytes(w.read_bytes()[:-1000])
+    cfg = user_config(models)
+    cfg["adapters"]["alpha"] = str(ad)
+    _fails_cleanly(workflow(cfg), f"config adapters.alpha: {w}: truncated: tensor")
+
+
+@pytest.mark.parametrize("content, problem", [(b"", "text file is empty"), (b"caf\xe9 latin-1", "not UTF-8 text")])
+def test_empty_or_non_utf8_evaluation_text(workflow, models, tmp_path, content, problem):
+    t = tmp_path / "eval.txt"
+    t.write_bytes(content)
+    cfg = user_config(models, evaluation={"texts": {"general": str(t)}})
+    _fails_cleanly(workflow(cfg), f"config evaluation.texts.general: {t}: {problem}")

@@ -15,13 +15,13 @@ def read_text(path) -> str:
     """An evaluation text: an existing, non-empty UTF-8 file."""
     path = Path(path)
     if not path.is_file():
-        raise PipelineError(f"{path}: evaluation text does not exist")
+        raise PipelineError(f"{path}: text file does not exist")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise PipelineError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
     if not text.strip():
-        raise PipelineError(f"{path}: evaluation text is empty")
+        raise PipelineError(f"{path}: text file is empty")
     return text
 
 

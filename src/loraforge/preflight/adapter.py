@@ -111,7 +111,45 @@ def inspect_adapter(path: str | Path) -> Adapter:
         ad.lora[module] = LoraModule(module, a, b, tensors[a].shape, tensors[b].shape, emb, mag)
     if not ad.lora and not ad.replaced:
         raise PipelineError(f"{weights}: no LoRA tensors found")
+    _check_config_matches_weights(ad, cfg_path)
     return ad
+
+
+def _targets(cfg: dict) -> tuple[set[str] | None, str | None]:
+    """PEFT's target_modules: a list of name suffixes, a regex (a string), or 'all-linear'."""
+    tm = cfg.get("target_modules")
+    if tm is None or tm == "all-linear":
+        return None, None
+    if isinstance(tm, str):
+        return None, tm
+    return set(tm), None
+
+
+def _matches(module: str, names: set[str] | None, regex: str | None) -> bool:
+    """PEFT's check_target_module_exists: a listed name matches the module or a dotted suffix of it."""
+    if regex is not None:
+        return re.fullmatch(regex, module) is not None
+    if names is None:
+        return True
+    return any(module == n or module.endswith("." + n) for n in names)
+
+
+def _check_config_matches_weights(ad: Adapter, cfg_path: Path) -> None:
+    """The weights hold LoRA factors only for modules the config targets (PEFT would ignore or refuse others)."""
+    names, regex = _targets(ad.config)
+    saved = set(ad.config.get("modules_to_save") or [])
+    for module in ad.lora:
+        if not _matches(module, names, regex):
+            raise PipelineError(
+                f"{ad.weights_file}: holds LoRA weights for {module}, which target_modules in {cfg_path.name} "
+                f"({ad.config.get('target_modules')!r}) does not name: config and weights disagree"
+            )
+    for name in ad.replaced:
+        module = name.rsplit(".", 1)[0]
+        if saved and not any(module == s or module.endswith("." + s) for s in saved):
+            raise PipelineError(
+                f"{ad.weights_file}: replaces {name}, which modules_to_save in {cfg_path.name} does not name"
+            )
 
 
 def check_adapter_against_base(ad: Adapter, base: BaseModel) -> None:
@@ -155,6 +193,18 @@ def check_adapter_against_base(ad: Adapter, base: BaseModel) -> None:
             f"{ad.weights_file}: changes lm_head, but the base ties lm_head to embed_tokens; "
             "this would silently change the embeddings too"
         )
+    _check_targets_exist(ad, base)
+
+
+def _check_targets_exist(ad: Adapter, base: BaseModel) -> None:
+    """target_modules names at least one module of the base (PEFT refuses to load the adapter otherwise)."""
+    names, regex = _targets(ad.config)
+    modules = {k[: -len(".weight")] for k in base.tensors if k.endswith(".weight")}
+    if names is None and regex is None:
+        return
+    if not any(_matches(m, names, regex) for m in modules):
+        raise PipelineError(f"{ad.path / 'adapter_config.json'}: target_modules {ad.config.get('target_modules')!r} "
+                            "names no module of the base model")
 
 
 def tokenizer_source(base: BaseModel, adapters: list[Adapter]) -> Path:
