@@ -77,7 +77,11 @@ def check_inputs():
             validate_inputs(BASE, specs)
         except PipelineError as e:
             raise WorkflowError(f"config adapters.{name}: {e}") from None
-    texts = {f"evaluation.texts.{n}": p for n, p in config["evaluation"]["texts"].items() if EVAL}
+    texts = {
+        f"evaluation.texts.{n}": p
+        for n, p in config["evaluation"]["texts"].items()
+        if EVAL
+    }
     if config["checks"]["text"]:
         texts["checks.text"] = config["checks"]["text"]
     for key, path in texts.items():
@@ -151,7 +155,7 @@ def evaluation_inputs(wildcards):
         return merge_inputs(wildcards)
     if art == "merged":
         return {"artifact": expand(rules.merge_adapter.output.model_dir, adapter=a)[0]}
-    return {"artifact": gguf_of(a, art)}
+    return {"artifact": gguf_of(a, art), "check": gguf_of(a, art, "check")}
 
 
 def register_inputs(wildcards):
@@ -160,6 +164,7 @@ def register_inputs(wildcards):
         "gguf": gguf_of(a, t),
         "check": gguf_of(a, t, "check"),
         "merge": expand(rules.merge_adapter.output.check, adapter=a)[0],
+        "merged": expand(rules.merge_adapter.output.model_dir, adapter=a)[0],
     }
     if (
         EVAL
@@ -170,16 +175,11 @@ def register_inputs(wildcards):
     return inputs
 
 
-def lineage_settings(wildcards):
-    """The config values that shaped an artifact, recorded in the registry."""
-    return {
-        "merge": config["merge"],
-        "convert": {"outtype": config["convert"]["outtype"]},
-        "quant_type": wildcards.gguf_type,
-        "evaluation": {
-            k: config["evaluation"][k] for k in ("texts", "n_ctx", "max_tokens")
-        },
-    }
+# The config values that shape a version's artifacts: with the inputs' contents, what makes a version.
+LINEAGE_SETTINGS = {
+    "merge": {k: config["merge"][k] for k in ("method", "shard_size_mb")},
+    "convert": {"outtype": config["convert"]["outtype"]},
+}
 
 
 def dir_size_mb(path):
@@ -189,12 +189,50 @@ def dir_size_mb(path):
     return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) / 2**20
 
 
+PROMOTE_QUANT = (config.get("promote") or {}).get("candidate_quant")
+if config.get("promote"):
+    if not REGISTER or not EVAL:
+        raise WorkflowError(
+            "config promote: needs registry.enabled and evaluation.enabled"
+        )
+    if PROMOTE_QUANT not in GGUF_TYPES:
+        raise WorkflowError(
+            f"config promote.candidate_quant: {PROMOTE_QUANT} is not built (one of {', '.join(GGUF_TYPES)})"
+        )
+    for _text in config.get("promote")["require"]:
+        if _text not in config["evaluation"]["texts"]:
+            raise WorkflowError(
+                f"config promote.require.{_text}: no such evaluation text (one of {', '.join(config['evaluation']['texts'])})"
+            )
+
+
+def gguf_size_mb(adapter, gguf_type):
+    p = Path(gguf_of(adapter, gguf_type))
+    return p.stat().st_size / 2**20 if p.exists() else 0
+
+
+def registry_receipts():
+    return (
+        expand(
+            rules.register_model.output.receipt, adapter=ADAPTERS, gguf_type=GGUF_TYPES
+        )
+        if REGISTER
+        else []
+    )
+
+
+def promotion_decisions():
+    if not config.get("promote"):
+        return []
+    return expand(rules.promote_revision.output.decision, adapter=ADAPTERS)
+
+
 def all_targets():
     targets = expand(GGUF, adapter=ADAPTERS, gguf_type=GGUF_TYPES)
     if EVAL:
         targets.append(rules.report_quality.output.table)
+    targets += registry_receipts()
+    targets += promotion_decisions()
     if REGISTER:
-        targets += expand(
-            rules.register_model.output.receipt, adapter=ADAPTERS, gguf_type=GGUF_TYPES
-        )
+        targets.append(rules.render_dashboard.output.html)
     return targets

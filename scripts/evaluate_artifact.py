@@ -18,6 +18,7 @@ if __name__ == "__main__":
         gates=dict(p.gates),
         kind=p.kind,
         path=i.get("artifact"),
+        check_json=i.get("check"),
         reference=i.reference,
         base_dir=i.get("base"),
         adapters=adapters,

@@ -12,10 +12,12 @@ if __name__ == "__main__":
         registry=p.registry,
         name=w.adapter,
         gguf=i.gguf,
-        quant_type=w.gguf_type,
+        gguf_type=w.gguf_type,
         check_json=i.check,
         merge_json=i.merge,
+        merged_dir=i.merged,
         receipt=sm.output.receipt,
         settings=dict(p.settings),
         metrics_json=i.get("metrics"),
+        store_mode=p.store_mode,
     )

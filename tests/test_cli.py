@@ -1,4 +1,4 @@
-"""loraforge.registry.cli: the loraforge-registry command."""
+"""loraforge.registry.cli: the loraforge-registry command, as a user types it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from test_registry import artifact
+import pytest
+from test_registry import artifact, lineage
 
 from loraforge.registry import Registry
 from loraforge.registry.cli import main as cli
@@ -24,41 +25,102 @@ METRICS = {
     "mean_kld": 0.002,
     "top1_agreement": 0.95,
 }
+EXE = str(Path(sys.executable).with_name("loraforge-registry"))
 
 
-def test_cli_commands(tmp_path, capsys):
+@pytest.fixture
+def db(tmp_path):
     db = str(tmp_path / "reg.sqlite")
     reg = Registry(db)
     for i in range(2):
         reg.register(
             "code",
-            {"model": artifact(tmp_path, f"{i}.gguf")},
+            {**lineage(f"r{i}"), "tools": {"torch": "x"}},
+            "gguf",
             "Q4_K_M",
-            {"tools": {"torch": "x"}},
+            artifact(tmp_path, f"{i}.gguf"),
             {"evaluation": METRICS},
         )
+    return db
+
+
+def test_cli_commands(db, capsys):
     assert cli(["--registry", db, "promote", "code", "1", "production"]) == 0
     assert cli(["--registry", db, "promote", "code", "2", "production"]) == 0
     capsys.readouterr()
     assert cli(["--registry", db, "list"]) == 0
     out = capsys.readouterr().out
-    assert out.splitlines()[0].split()[:6] == ["NAME", "VERSION", "QUANT", "ALIASES", "MEAN_KLD", "TOP1"]
+    assert out.splitlines()[0].split()[:8] == [
+        "NAME",
+        "VERSION",
+        "ALIASES",
+        "KIND",
+        "VARIANT",
+        "SIZE_MB",
+        "MEAN_KLD",
+        "TOP1",
+    ]
     assert "production" in out and "0.002" in out and "0.9500" in out
-    assert cli(["--registry", db, "--json", "latest", "code", "--alias", "production"]) == 0
-    assert json.loads(capsys.readouterr().out)["version"] == 2
+    assert cli(["--registry", db, "latest", "code", "--alias", "production", "--quant", "Q4_K_M"]) == 0
+    path = capsys.readouterr().out.strip()
+    assert Path(path).read_bytes() == b"1.gguf" * 100 and ".store/sha256/" in path
     assert cli(["--registry", db, "rollback", "code", "production"]) == 0
     assert "rolled back to v1" in capsys.readouterr().out
-    assert cli(["--registry", db, "--json", "history", "code"]) == 0
+    # --json after the subcommand, as users write it
+    assert cli(["--registry", db, "history", "code", "--json"]) == 0
     assert [h["action"] for h in json.loads(capsys.readouterr().out)] == ["promote", "promote", "rollback"]
-    assert cli(["--registry", db, "--json", "show", "code", "1"]) == 0
+    assert cli(["show", "code", "1", "--registry", db, "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["lineage"]["tools"] == {"torch": "x"} and shown["aliases"] == ["production"]
+    assert cli(["--registry", db, "tag", "code", "1", "dataset", "v7"]) == 0
     assert cli(["--registry", db, "rollback", "code", "production"]) == 1
     assert "no earlier version" in capsys.readouterr().err
-    # the console script is installed and works the same
+
+
+def test_unknown_names_and_bad_aliases_exit_1_with_one_line(db, capsys):
+    for args in (
+        ["history", "nosuch"],
+        ["latest", "nosuch", "--quant", "Q8_0"],
+        ["list", "nosuch"],
+        ["promote", "code", "1", ""],
+        ["promote", "code", "1", "../prod"],
+    ):
+        assert cli(["--registry", db, *args]) == 1, args
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_mistyped_registry_path_is_not_created_for_reading(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LORAFORGE_REGISTRY", str(tmp_path / "tpyo" / "registry.sqlite"))
+    for args in (["list"], ["history", "code"], ["verify"]):
+        assert cli(args) == 1
+        assert "no registry there ($LORAFORGE_REGISTRY)" in capsys.readouterr().err
+    assert not (tmp_path / "tpyo").exists()
+
+
+def test_piped_into_head_no_traceback(db, tmp_path):
+    reg = Registry(db)
+    for i in range(120):  # more output than a pipe holds, so the writer meets the closed pipe
+        reg.register(
+            "many", lineage(f"m{i}"), "gguf", "Q8_0", artifact(tmp_path, f"m{i}.gguf"), {"evaluation": METRICS}
+        )
     proc = subprocess.run(
-        [str(Path(sys.executable).with_name("loraforge-registry")), "--registry", db, "list"],
+        f"set -o pipefail; {EXE} --registry {db} list --json | head -1",
+        shell=True,
+        executable="/bin/bash",
         capture_output=True,
         text=True,
     )
-    assert proc.returncode == 0 and "code" in proc.stdout
+    assert proc.stdout.strip() == "[" and "Traceback" not in proc.stderr and proc.returncode == 0, proc.stderr
+
+
+def test_verify_reports_changed_files(db, capsys):
+    reg = Registry(db)
+    path = Path(reg.get("code", 2).artifact("Q4_K_M").store_path)
+    path.chmod(0o644)
+    path.write_bytes(b"tampered")
+    assert cli(["--registry", db, "verify"]) == 1
+    out = capsys.readouterr()
+    assert "changed" in out.out and "1 registered file(s) missing or changed" in out.err
+    proc = subprocess.run([EXE, "--registry", db, "list"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "code" in proc.stdout  # the console script is installed and works the same

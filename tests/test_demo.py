@@ -58,7 +58,7 @@ def test_each_adapter_is_the_best_model_for_its_own_domain(demo):
 def test_merge_fidelity_is_measured(demo):
     for a in ("code", "prose"):
         check = json.loads((demo.root / "results" / "checks" / "merge" / f"{a}.json").read_text())["check"]
-        assert check["mean_kld"] < 1e-3 and check["top1_agreement"] >= 0.99 and check["dtype"] == "BF16"
+        assert check["mean_kld"] < 1e-3 and check["top1_agreement"] >= 0.98 and check["dtype"] == "BF16"
         assert metrics(demo, a, "Q4_K_M")["bits_per_weight"] < metrics(demo, a, "Q8_0")["bits_per_weight"]
 
 

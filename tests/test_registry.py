@@ -1,28 +1,33 @@
-"""loraforge.registry.store: versions, aliases, rollback, concurrency, crash safety, bad files."""
+"""loraforge.registry.store: versions are adapter revisions with artifacts beneath them, stored by content;
+aliases, rollback, tags, concurrency, crash safety, bad files, migration from schema 1."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
 from loraforge.errors import PipelineError
 from loraforge.registry import Registry, get_latest, register_model, rollback_model
-from loraforge.registry.cli import main as cli
-from loraforge.registry.store import SCHEMA_VERSION
+from loraforge.registry.schema import MIGRATIONS, SCHEMA_VERSION
 
 
 def artifact(tmp_path: Path, name: str, content: bytes | None = None) -> Path:
     p = tmp_path / name
     p.write_bytes(content if content is not None else name.encode() * 100)
     return p
+
+
+def lineage(rev: str, base: str = "base-sha") -> dict:
+    """The lineage of one adapter revision ``rev`` (as the pipeline records it, minus paths and tools)."""
+    return {"base_model": {"sha256": base}, "adapters": [{"sha256": rev, "weight": 1.0}], "settings": {}}
 
 
 @pytest.fixture
@@ -32,36 +37,84 @@ def reg(tmp_path):
     r.close()
 
 
-def test_versions_are_monotonic_and_registration_is_idempotent(reg, tmp_path):
-    a = artifact(tmp_path, "a.gguf")
-    v1, created = reg.register("code", {"model": a}, "Q8_0", {"base": "x"}, {"mean_kld": 0.01})
-    assert (v1.version, created) == (1, True)
-    again, created = reg.register("code", {"model": a}, "Q8_0")
-    assert (again.version, created) == (1, False)
-    v2, _ = reg.register("code", {"model": artifact(tmp_path, "b.gguf")}, "Q4_K_M")
+def test_a_version_is_a_revision_with_its_artifacts(reg, tmp_path):
+    q8, q4 = artifact(tmp_path, "a-Q8_0.gguf"), artifact(tmp_path, "a-Q4_K_M.gguf")
+    v1, new_v, new_a = reg.register("code", lineage("r1"), "gguf", "Q8_0", q8, {"evaluation": {"mean_kld": 0.01}})
+    assert (v1.version, new_v, new_a) == (1, True, True)
+    v1b, new_v, new_a = reg.register("code", lineage("r1"), "gguf", "Q4_K_M", q4)
+    assert (v1b.version, new_v, new_a) == (1, False, True)  # same revision: an artifact of the same version
+    again = reg.register("code", lineage("r1"), "gguf", "Q8_0", q8)
+    assert again[1:] == (False, False)  # identical bytes again: nothing new
+    v2 = reg.register("code", lineage("r2"), "gguf", "Q8_0", artifact(tmp_path, "b-Q8_0.gguf"))[0]
     assert v2.version == 2
-    other, _ = reg.register("prose", {"model": a}, "Q8_0")
-    assert other.version == 1  # per name
-    assert [v.version for v in reg.versions("code")] == [1, 2]
-    assert reg.get("code", 1).metrics == {"mean_kld": 0.01} and reg.get("code", 1).lineage == {"base": "x"}
-    f = reg.get("code", 1).files["model"]
-    assert f["size"] == a.stat().st_size and len(f["sha256"]) == 64
-    assert reg.schema_version() == SCHEMA_VERSION
+    assert reg.register("prose", lineage("r1"), "gguf", "Q8_0", q8)[0].version == 1  # numbered per name
+    mv = reg.get("code", 1)
+    assert [(a.kind, a.variant) for a in mv.artifacts] == [("gguf", "Q4_K_M"), ("gguf", "Q8_0")]
+    art = mv.artifact("Q8_0")
+    assert art.size == q8.stat().st_size and art.metrics == {"evaluation": {"mean_kld": 0.01}}
+    assert Path(art.store_path).read_bytes() == q8.read_bytes() and art.source_path == str(q8.resolve())
+    assert reg.schema_version() == SCHEMA_VERSION == 2
+
+
+def test_a_revision_s_artifact_is_immutable(reg, tmp_path):
+    reg.register("code", lineage("r1"), "gguf", "Q8_0", artifact(tmp_path, "x.gguf", b"one"))
+    with pytest.raises(PipelineError, match="already has a gguf Q8_0 with other content"):
+        reg.register("code", lineage("r1"), "gguf", "Q8_0", artifact(tmp_path, "y.gguf", b"two"))
+
+
+def test_hand_out_is_the_registered_bytes_after_the_build_path_is_overwritten(reg, tmp_path):
+    """The defect of schema 1: the registry recorded the build path, which the next build overwrote."""
+    build = tmp_path / "code-Q4_K_M.gguf"
+    build.write_bytes(b"revision one")
+    reg.register("code", lineage("r1"), "gguf", "Q4_K_M", build)
+    reg.promote("code", 1, "production")
+    build.write_bytes(b"revision two")  # the rebuild (in place, the worst case)
+    reg.register("code", lineage("r2"), "gguf", "Q4_K_M", build)
+    reg.promote("code", 2, "production")
+    assert reg.rollback("code", "production").version == 1
+    mv, path = reg.artifact_file("code", "Q4_K_M", alias="production")
+    assert mv.version == 1 and path.read_bytes() == b"revision one"
+    assert reg.artifact_file("code", "Q4_K_M")[1].read_bytes() == b"revision two"  # latest
+    assert [r["status"] for r in reg.verify()] == ["ok", "ok"]
+
+
+def test_a_changed_store_file_is_never_handed_out(reg, tmp_path):
+    reg.register("code", lineage("r1"), "gguf", "Q8_0", artifact(tmp_path, "a.gguf"))
+    _mv, path = reg.artifact_file("code", "Q8_0")
+    os.chmod(path, 0o644)
+    path.write_bytes(b"tampered")
+    with pytest.raises(PipelineError, match="registered file changed since registration.*refusing to hand it out"):
+        reg.artifact_file("code", "Q8_0")
+    assert [r["status"] for r in reg.verify()] == ["changed"]
+
+
+def test_link_mode_shares_the_inode(tmp_path):
+    reg = Registry(tmp_path / "reg.sqlite", store_mode="link")
+    a = artifact(tmp_path, "a.gguf")
+    mv = reg.register("code", lineage("r1"), "gguf", "Q8_0", a)[0]
+    assert Path(mv.artifact("Q8_0").store_path).stat().st_ino == a.stat().st_ino
+
+
+def test_directories_are_recorded_not_stored(reg, tmp_path):
+    d = tmp_path / "merged"
+    d.mkdir()
+    (d / "model.safetensors").write_bytes(b"w" * 10)
+    mv = reg.register("code", lineage("r1"), "merged", "hf", d, sha256="f" * 64, store=False)[0]
+    assert mv.artifact("hf").store_path is None and mv.artifact("hf").size == 10
+    assert reg.verify()[0]["status"] == "not stored"
 
 
 def test_aliases_promote_latest_rollback_history(reg, tmp_path):
     for i in range(3):
-        reg.register("code", {"model": artifact(tmp_path, f"{i}.gguf")}, "Q8_0")
-    assert reg.get_latest("code").version == 3
-    reg.promote("code", 1, "production")
-    reg.promote("code", 2, "production")
-    reg.promote("code", 3, "production")
-    assert reg.get_latest("code", alias="production").version == 3
+        reg.register("code", lineage(f"r{i}"), "gguf", "Q8_0", artifact(tmp_path, f"{i}.gguf"))
+    assert reg.resolve("code").version == 3
+    for v in (1, 2, 3):
+        reg.promote("code", v, "production", reason=f"because {v}")
+    assert reg.resolve("code", alias="production").version == 3
     assert reg.rollback("code", "production").version == 2
     assert reg.rollback("code", "production").version == 1  # undo stack: back again
     with pytest.raises(PipelineError, match="no earlier version"):
         reg.rollback("code", "production")
-    assert reg.get_latest("code", alias="production").version == 1
     hist = reg.history("code", "production")
     assert [(h["action"], h["previous_version"], h["version"]) for h in hist] == [
         ("promote", None, 1),
@@ -70,58 +123,156 @@ def test_aliases_promote_latest_rollback_history(reg, tmp_path):
         ("rollback", 3, 2),
         ("rollback", 2, 1),
     ]
+    assert hist[1]["reason"] == "because 2"
     assert reg.get("code", 1).aliases == ("production",)
 
 
-def test_rollback_errors(reg, tmp_path):
-    reg.register("code", {"model": artifact(tmp_path, "a.gguf")}, "Q8_0")
+def test_refused_promotions_are_history_but_not_positions(reg, tmp_path):
+    for i in range(2):
+        reg.register("code", lineage(f"r{i}"), "gguf", "Q8_0", artifact(tmp_path, f"{i}.gguf"))
+    reg.promote("code", 1, "production")
+    reg.record_decision("code", "production", 2, "not better", {"texts": {}})
+    assert reg.resolve("code", alias="production").version == 1
+    assert [h["action"] for h in reg.history("code")] == ["promote", "refused"]
+    assert reg.history("code")[1]["evidence"] == {"texts": {}}
+
+
+def test_tags(reg, tmp_path):
+    reg.register("code", lineage("r1"), "gguf", "Q8_0", artifact(tmp_path, "a.gguf"))
+    assert reg.tag("code", 1, "dataset", "support-2026-11").tags == {"dataset": "support-2026-11"}
+
+
+@pytest.mark.parametrize("alias", ["", "1", "a/b", "../x", "with space", "x" * 65])
+def test_bad_alias_names_are_refused(reg, tmp_path, alias):
+    reg.register("code", lineage("r1"), "gguf", "Q8_0", artifact(tmp_path, "a.gguf"))
+    with pytest.raises(PipelineError, match="alias .*: a name of letters"):
+        reg.promote("code", 1, alias)
+
+
+def test_errors_name_what_is_missing(reg, tmp_path):
+    reg.register("code", lineage("r1"), "gguf", "Q8_0", artifact(tmp_path, "a.gguf"))
     with pytest.raises(PipelineError, match="has no alias 'production' to roll back"):
         reg.rollback("code", "production")
-    reg.promote("code", 1, "production")
-    with pytest.raises(PipelineError, match="cannot roll back 'code' alias 'production': no earlier version"):
-        reg.rollback("code", "production")
-    with pytest.raises(PipelineError, match="no version 7"):
+    with pytest.raises(PipelineError, match="no version 7 of 'code'"):
         reg.promote("code", 7, "staging")
+    with pytest.raises(PipelineError, match="no versions of 'nosuch'"):
+        reg.history("nosuch")
+    with pytest.raises(PipelineError, match="code v1 has no artifact Q4_K_M \\(it has: gguf Q8_0\\)"):
+        reg.get("code", 1).artifact("Q4_K_M")
 
 
-def test_module_level_default_registry(tmp_path, monkeypatch):
+def test_a_read_only_open_of_a_missing_registry_creates_nothing(tmp_path):
+    with pytest.raises(PipelineError, match="no registry there"):
+        Registry(tmp_path / "typo" / "reg.sqlite", create=False)
+    assert not (tmp_path / "typo").exists()
+
+
+def test_module_level_functions(tmp_path, monkeypatch):
     monkeypatch.setenv("LORAFORGE_REGISTRY", str(tmp_path / "default.sqlite"))
-    register_model("code", {"model": artifact(tmp_path, "a.gguf")}, "Q8_0")
-    v2 = register_model("code", {"model": artifact(tmp_path, "b.gguf")}, "Q8_0")
-    Registry(tmp_path / "default.sqlite").promote("code", 1, "production")
-    Registry(tmp_path / "default.sqlite").promote("code", 2, "production")
-    assert get_latest("code").version == v2.version == 2
+    register_model("code", artifact(tmp_path, "a.gguf"), "Q8_0", lineage("r1"))
+    register_model("code", artifact(tmp_path, "b.gguf"), "Q8_0", lineage("r2"))
+    reg = Registry(tmp_path / "default.sqlite")
+    reg.promote("code", 1, "production")
+    reg.promote("code", 2, "production")
+    mv, path = get_latest("code", "Q8_0")
+    assert mv.version == 2 and path.read_bytes() == (tmp_path / "b.gguf").read_bytes()
     assert rollback_model("code", "production").version == 1
-    assert (tmp_path / "default.sqlite").exists()
+
+
+def test_migration_from_schema_1(tmp_path):
+    """A registry written by loraforge before versions meant revisions: one version per GGUF, paths not files.
+    Written here with schema 1's own statements; one of its files changed after it was registered."""
+    db = tmp_path / "old.sqlite"
+    c = sqlite3.connect(db)
+    c.row_factory = sqlite3.Row
+    c.execute("PRAGMA foreign_keys = ON")
+    MIGRATIONS[0](c)
+    c.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    files = {}
+    rows = [  # (version, quant, revision) as schema 1 numbered them: in job-completion order
+        (1, "Q4_K_M", "r1"),
+        (2, "Q8_0", "r1"),
+        (3, "F16", "r1"),
+        (4, "Q8_0", "r2"),
+        (5, "Q4_K_M", "r2"),
+    ]
+    for v, q, rev in rows:
+        f = artifact(tmp_path, f"{rev}-{q}.gguf")
+        files[(rev, q)] = f
+        lin = {**lineage(rev), "settings": {"quant_type": q, "merge": {"method": "streaming"}}}
+        cur = c.execute(
+            "INSERT INTO versions (name, version, quant_type, content_sha256, lineage, metrics, created_at)"
+            " VALUES ('code', ?, ?, ?, ?, ?, '2026-11-01T00:00:0' || ?)",
+            (v, q, f"c{v}", json.dumps(lin), json.dumps({"mean_kld": 0.01 * v}), v),
+        )
+        import hashlib
+
+        c.execute(
+            "INSERT INTO files VALUES (?, 'model', ?, ?, ?)",
+            (cur.lastrowid, str(f), hashlib.sha256(f.read_bytes()).hexdigest(), f.stat().st_size),
+        )
+    c.execute("INSERT INTO aliases VALUES ('code', 'production', 4, 'x')")
+    for v, prev in ((2, None), (4, 2)):
+        c.execute(
+            "INSERT INTO alias_history (name, alias, action, version, previous_version, at)"
+            " VALUES ('code', 'production', 'promote', ?, ?, 'x')",
+            (v, prev),
+        )
+    c.commit()
+    c.close()
+    files[("r2", "Q4_K_M")].write_bytes(b"rebuilt since")  # schema 1 would hand this out as the old version
+
+    reg = Registry(db)
+    assert reg.schema_version() == 2
+    vs = reg.versions("code")
+    assert [(v.version, sorted(a.variant for a in v.artifacts)) for v in vs] == [
+        (1, ["F16", "Q4_K_M", "Q8_0"]),
+        (2, ["Q4_K_M", "Q8_0"]),
+    ]
+    assert reg.resolve("code", alias="production").version == 2  # v4 (r2's Q8_0) belongs to revision 2
+    assert [(h["previous_version"], h["version"]) for h in reg.history("code")] == [(None, 1), (1, 2)]
+    assert vs[0].artifact("Q8_0").metrics == {"legacy_v1": {"mean_kld": 0.02}}
+    status = {(r["version"], r["variant"]): r["status"] for r in reg.verify()}
+    assert status[(2, "Q4_K_M")] == "not stored" and status[(2, "Q8_0")] == "ok" and status[(1, "F16")] == "ok"
+    assert reg.rollback("code", "production").version == 1
+    assert reg.artifact_file("code", "Q8_0", alias="production")[1].read_bytes() == files[("r1", "Q8_0")].read_bytes()
 
 
 WRITER = textwrap.dedent("""
     import sys, time
     from loraforge.registry import Registry
-    path, art, start = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    path, art, rev, start = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
     while time.time() < start:
         time.sleep(0.001)
-    v, created = Registry(path).register("code", {"model": art}, "Q8_0")
-    print(v.version, int(created))
+    lin = {"base_model": {"sha256": "b"}, "adapters": [{"sha256": rev, "weight": 1.0}], "settings": {}}
+    v, new_v, new_a = Registry(path).register("code", lin, "gguf", art.rsplit("-", 1)[1], art)
+    print(v.version, rev, int(new_a))
 """)
 
 
 def test_sixteen_concurrent_writers_lose_and_duplicate_nothing(tmp_path):
-    db = tmp_path / "reg.sqlite"  # not created beforehand: the writers race to create it too
-    arts = [artifact(tmp_path, f"m{i}.gguf") for i in range(12)] + [tmp_path / "m0.gguf"] * 4  # 4 duplicates
+    """Four revisions x three artifact types, plus four duplicate registrations, racing from no database."""
+    import time
+
+    db = tmp_path / "reg.sqlite"
+    jobs = [(artifact(tmp_path, f"{r}-{q}", f"{r}{q}".encode()), r) for r in "wxyz" for q in ("Q8_0", "Q4_K_M", "F16")]
+    jobs += jobs[:4]
     start = time.time() + 3
     procs = [
-        subprocess.Popen([sys.executable, "-c", WRITER, str(db), str(a), str(start)], stdout=subprocess.PIPE, text=True)
-        for a in arts
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(db), str(a), r, str(start)], stdout=subprocess.PIPE, text=True
+        )
+        for a, r in jobs
     ]
     results = [p.communicate(timeout=120)[0].split() for p in procs]
     assert all(p.returncode == 0 for p in procs)
-    created = sorted(int(v) for v, c in results if c == "1")
-    assert created == list(range(1, 13))  # 12 distinct artifacts: versions 1..12, none lost, none twice
-    dup_versions = {int(v) for (v, c), a in zip(results, arts, strict=True) if a.name == "m0.gguf"}
-    assert len(dup_versions) == 1  # the 5 registrations of m0 all got the same version
+    assert sum(int(c) for _v, _r, c in results) == 12  # every artifact registered once
+    version_of = {}
+    for v, r, _c in results:
+        assert version_of.setdefault(r, v) == v  # one version per revision, whoever came first
+    assert sorted(int(v) for v in version_of.values()) == [1, 2, 3, 4]
     reg = Registry(db)
-    assert [v.version for v in reg.versions("code")] == list(range(1, 13))
+    assert [len(v.artifacts) for v in reg.versions("code")] == [3, 3, 3, 3]
     assert reg.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
@@ -130,8 +281,8 @@ KILLED = textwrap.dedent("""
     from loraforge.registry import Registry
     reg = Registry(sys.argv[1])
     with reg._write() as c:
-        c.execute("INSERT INTO versions (name, version, quant_type, content_sha256, lineage, metrics, created_at)"
-                  " VALUES ('code', 99, 'Q8_0', 'x', '{}', '{}', 'now')")
+        c.execute("INSERT INTO versions (name, version, revision, lineage, created_at)"
+                  " VALUES ('code', 99, 'x', '{}', 'now')")
         print("in transaction", flush=True)
         time.sleep(60)
 """)
@@ -140,7 +291,7 @@ KILLED = textwrap.dedent("""
 def test_writer_killed_mid_transaction_leaves_database_consistent(tmp_path):
     db = tmp_path / "reg.sqlite"
     reg = Registry(db)
-    reg.register("code", {"model": artifact(tmp_path, "a.gguf")}, "Q8_0")
+    reg.register("code", lineage("r1"), "gguf", "Q8_0", artifact(tmp_path, "a.gguf"))
     p = subprocess.Popen([sys.executable, "-c", KILLED, str(db)], stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "in transaction"
     os.kill(p.pid, signal.SIGKILL)
@@ -148,11 +299,13 @@ def test_writer_killed_mid_transaction_leaves_database_consistent(tmp_path):
     reg2 = Registry(db)
     assert reg2.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert [v.version for v in reg2.versions("code")] == [1]
-    v, _ = reg2.register("code", {"model": artifact(tmp_path, "b.gguf")}, "Q8_0")  # the lock was released
+    v = reg2.register("code", lineage("r2"), "gguf", "Q8_0", artifact(tmp_path, "b.gguf"))[0]  # lock released
     assert v.version == 2
 
 
 def test_non_sqlite_file_is_refused_and_not_overwritten(tmp_path):
+    from loraforge.registry.cli import main as cli
+
     bad = tmp_path / "reg.sqlite"
     bad.write_bytes(b"this is my precious notes file, not a database\n" * 10)
     before = bad.read_bytes()
@@ -165,7 +318,7 @@ def test_non_sqlite_file_is_refused_and_not_overwritten(tmp_path):
 def test_corrupted_sqlite_file_is_refused_and_not_overwritten(tmp_path):
     db = tmp_path / "reg.sqlite"
     reg = Registry(db)
-    reg.register("code", {"model": artifact(tmp_path, "a.gguf")}, "Q8_0")
+    reg.register("code", lineage("r1"), "gguf", "Q8_0", artifact(tmp_path, "a.gguf"))
     reg.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     reg.close()
     raw = bytearray(db.read_bytes())
@@ -193,18 +346,3 @@ def test_newer_schema_is_refused(tmp_path):
     Registry(db).conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     with pytest.raises(PipelineError, match="schema 99 is newer"):
         Registry(db)
-
-
-def test_verify_reports_deleted_and_changed_files(tmp_path, capsys):
-    db = tmp_path / "reg.sqlite"
-    a, b, c = (artifact(tmp_path, f"{n}.gguf") for n in "abc")
-    reg = Registry(db)
-    for f in (a, b, c):
-        reg.register("code", {"model": f}, "Q8_0")
-    a.unlink()
-    b.write_bytes(b"tampered")
-    status = {Path(r["path"]).name: r["status"] for r in reg.verify()}
-    assert status == {"a.gguf": "missing", "b.gguf": "changed", "c.gguf": "ok"}
-    assert cli(["--registry", str(db), "verify"]) == 1
-    out = capsys.readouterr()
-    assert "missing" in out.out and "changed" in out.out and "2 registered file(s) missing or changed" in out.err

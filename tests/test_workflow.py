@@ -39,7 +39,7 @@ def test_dry_run_lists_every_job_and_writes_nothing(built):
         + ["evaluate_artifact"] * 4
         + ["register_model"] * 2
     )
-    assert rules == sorted(per_adapter * 2 + ["evaluate_base", "report_quality"])
+    assert rules == sorted(per_adapter * 2 + ["evaluate_base", "report_quality", "render_dashboard"])
     assert {w["adapter"] for r, w in dry if r == "quantize_gguf"} == {"alpha", "beta"}
     assert {w["artifact"] for r, w in dry if r == "evaluate_artifact"} == {"adapter", "merged", "F16", "Q8_0"}
 
@@ -69,25 +69,26 @@ def test_base_model_is_never_written(built):
     assert file_hashes(m["base"]) == before
 
 
-def test_every_gguf_is_registered_with_lineage_and_metrics(built):
+def test_every_gguf_is_registered_under_its_revision_with_lineage_and_metrics(built):
     from loraforge.registry import Registry
 
     wf, m, *_ = built
     reg = Registry(wf.root / "registry.sqlite")
-    vs = reg.versions("alpha")
-    assert sorted(v.quant_type for v in vs) == ["F16", "Q8_0"]
-    q8 = next(v for v in vs if v.quant_type == "Q8_0")
-    assert Path(q8.path) == (wf.root / "results" / "gguf" / "alpha" / "alpha-Q8_0.gguf").resolve()
-    assert q8.lineage["base_model"]["path"] == str(m["base"].resolve())
-    assert q8.lineage["base_model"]["sha256"] == tree_fingerprint(m["base"])
-    assert q8.lineage["adapters"] == [
+    (v,) = reg.versions("alpha")  # one adapter revision: one version, its artifacts beneath it
+    assert sorted((a.kind, a.variant) for a in v.artifacts) == [("gguf", "F16"), ("gguf", "Q8_0"), ("merged", "hf")]
+    q8 = v.artifact("Q8_0")
+    assert q8.source_path == str((wf.root / "results" / "gguf" / "alpha" / "alpha-Q8_0.gguf").resolve())
+    assert Path(q8.store_path).read_bytes() == Path(q8.source_path).read_bytes()
+    assert v.lineage["base_model"]["path"] == str(m["base"].resolve())
+    assert v.lineage["base_model"]["sha256"] == tree_fingerprint(m["base"])
+    assert v.lineage["adapters"] == [
         {"path": str(m["alpha"].resolve()), "weight": 1.0, "sha256": tree_fingerprint(m["alpha"])}
     ]
-    assert {"torch", "transformers", "peft", "llama-cpp-python"} <= set(q8.lineage["tools"])
-    assert q8.lineage["settings"]["quant_type"] == "Q8_0"
+    assert {"torch", "transformers", "peft", "llama-cpp-python"} <= set(v.lineage["tools"])
+    assert v.lineage["settings"]["convert"] == {"outtype": "f16"}
     ev = q8.metrics["evaluation"]
     assert 0 < ev["mean_kld"] < 0.05 and q8.metrics["check"]["finite_logits"] is True
-    assert set(ev["texts"]) == {"general"}
+    assert set(ev["texts"]) == {"general"} and ev["artifact_sha256"] == q8.sha256
 
 
 def test_registering_again_adds_no_version(built_copy):
@@ -96,7 +97,8 @@ def test_registering_again_adds_no_version(built_copy):
     wf, _m = built_copy
     shutil.rmtree(wf.root / "results" / "registry")  # receipts gone: every registration runs again
     wf.run()
-    assert len(Registry(wf.root / "registry.sqlite").versions("alpha")) == 2
+    (v,) = Registry(wf.root / "registry.sqlite").versions("alpha")
+    assert len(v.artifacts) == 3
 
 
 def test_second_run_does_nothing(built):
@@ -127,6 +129,7 @@ def test_adding_a_quant_type_builds_only_the_new_files(built_copy):
         ("quantize_gguf", "beta", "Q4_K_M"),
         ("register_model", "alpha", "Q4_K_M"),
         ("register_model", "beta", "Q4_K_M"),
+        ("render_dashboard", None, None),
         ("report_quality", None, None),
     ]
 
@@ -143,7 +146,8 @@ def test_changing_one_adapter_rebuilds_only_its_chain(built_copy):
     assert sorted(jobs) == [("compute_reference", "alpha"), ("convert_to_gguf", "alpha")] + [
         ("evaluate_artifact", "alpha")
     ] * 4 + [("merge_adapter", "alpha"), ("quantize_gguf", "alpha")] + [("register_model", "alpha")] * 2 + [
-        ("report_quality", None)
+        ("render_dashboard", None),
+        ("report_quality", None),
     ]
     wf.run()
     assert file_hashes(wf.root / "results" / "gguf" / "beta") == beta_before
@@ -151,7 +155,7 @@ def test_changing_one_adapter_rebuilds_only_its_chain(built_copy):
     from loraforge.registry import Registry
 
     reg = Registry(wf.root / "registry.sqlite")
-    assert [v.version for v in reg.versions("alpha")] == [1, 2, 3, 4] and len(reg.versions("beta")) == 2
+    assert [v.version for v in reg.versions("alpha")] == [1, 2] and len(reg.versions("beta")) == 1
 
 
 def test_failed_check_leaves_no_output(workflow, models):
@@ -216,3 +220,34 @@ def test_configfile_replaces_the_demo_config(workflow, models, tmp_path):
     jobs = wf.planned("--configfile", str(mine))
     assert {w["adapter"] for r, w in jobs if r == "merge_adapter"} == {"alpha", "beta"}
     assert not [r for r, _ in jobs if r.startswith(("build_demo", "train_demo", "write_demo"))]
+
+
+def test_a_gguf_changed_after_its_build_is_refused_not_registered(built_copy):
+    """4 bytes overwritten in place: Snakemake reruns what depends on the file, not the file itself; the
+    evaluation and the registration refuse the bytes its build sidecar did not record."""
+    from loraforge.registry import Registry
+
+    wf, _m = built_copy
+    gguf = wf.root / "results" / "gguf" / "alpha" / "alpha-Q8_0.gguf"
+    with open(gguf, "r+b") as f:
+        f.seek(gguf.stat().st_size - 64)
+        f.write(b"\x01\x02\x03\x04")
+    proc = wf.run(check=False)
+    assert proc.returncode != 0
+    log = (wf.root / "logs" / "evaluate_artifact" / "alpha-Q8_0.log").read_text()
+    assert f"{gguf.relative_to(wf.root)}: content changed since it was built" in log
+    reg = Registry(wf.root / "registry.sqlite")
+    assert [len(v.artifacts) for v in reg.versions("alpha")] == [3]  # F16, Q8_0, merged: nothing new
+    # and the registered bytes are still the ones that were built and measured
+    _mv, path = reg.artifact_file("alpha", "Q8_0")
+    assert path.read_bytes() != gguf.read_bytes()
+
+
+def test_artifacts_are_readable_by_others(built):
+    import stat
+
+    wf, *_ = built
+    res = wf.root / "results"
+    for p in [res / "gguf" / "alpha" / "alpha-Q8_0.gguf", res / "merged" / "alpha" / "model.safetensors"]:
+        assert stat.S_IMODE(p.stat().st_mode) == 0o644, p
+    assert stat.S_IMODE((res / "merged" / "alpha").stat().st_mode) == 0o755

@@ -66,8 +66,10 @@ def test_workflow_rejects_missing_base(workflow, models, tmp_path):
 def test_base_problems_are_named_as_the_base(workflow, models, tmp_path):
     f = tmp_path / "base-file"
     f.write_text("not a directory")
-    _fails_cleanly(workflow(user_config(models, base_model=str(f))),
-                   f"config base_model: {f}: base model is a file, expected a Hugging Face model directory")
+    _fails_cleanly(
+        workflow(user_config(models, base_model=str(f))),
+        f"config base_model: {f}: base model is a file, expected a Hugging Face model directory",
+    )
 
 
 def test_adapter_path_that_is_a_file(workflow, models, tmp_path):
@@ -87,8 +89,11 @@ def test_config_and_weights_that_disagree_are_refused_even_without_the_merge_che
     cfg_file.write_text(json.dumps({**json.loads(cfg_file.read_text()), "target_modules": ["q_proj", "v_proj"]}))
     cfg = user_config(models, merge={"check": False})
     cfg["adapters"]["alpha"] = str(ad)
-    _fails_cleanly(workflow(cfg), "holds LoRA weights for model.layers.0.mlp.down_proj, which target_modules in "
-                                  "adapter_config.json (['q_proj', 'v_proj']) does not name: config and weights disagree")
+    _fails_cleanly(
+        workflow(cfg),
+        "holds LoRA weights for model.layers.0.mlp.down_proj, which target_modules in "
+        "adapter_config.json (['q_proj', 'v_proj']) does not name: config and weights disagree",
+    )
 
 
 def test_truncated_adapter_weights(workflow, models, copy):

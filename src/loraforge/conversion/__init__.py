@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..checks import CHECK_TEXT, check_token_ids, compare_logits, hf_logits, write_sidecar
 from ..errors import PipelineError
+from ..io.hashing import sha256_file
 from ..io.publish import atomic_file
 from ..llamacpp.library import FLOAT_TYPES, GGUFModel, gguf_info
 from ..llamacpp.toolchain import locate
@@ -101,6 +102,6 @@ def convert_artifact(
         else:
             log.warning("conversion check disabled in config: GGUF logits were not compared with HF")
             info = gguf_info(tmp)
-        summary.update(info)
+        summary.update(info, sha256=sha256_file(tmp))  # what was built: registration refuses other bytes
     write_sidecar(check_json, summary)
     return summary

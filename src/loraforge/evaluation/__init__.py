@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import PipelineError
+from ..io.hashing import sha256_file
 from ..io.publish import write_text_atomic
 from .metrics import GATES, Metrics, TextScorer, check_gates, kld_stats
 from .reference import compute_reference, load_reference
@@ -31,6 +32,13 @@ def _artifact_size(path: Path) -> int:
     if path.is_dir():
         return sum(f.stat().st_size for f in path.glob("*.safetensors"))
     return path.stat().st_size
+
+
+def changed_since_built(path, check_json) -> str:
+    return (
+        f"{path}: content changed since it was built (its sha256 is not the one {check_json} recorded); "
+        f"rebuild it (snakemake --forcerun {path}) or restore it"
+    )
 
 
 def _same_tokens(scorer, text_file, windows: np.ndarray, gguf) -> bool:
@@ -119,6 +127,8 @@ def evaluate(
         }
     if path and kind != "peft":
         summary["size_bytes"] = _artifact_size(Path(path))
+        if Path(path).is_file():
+            summary["artifact_sha256"] = sha256_file(path)
         if "bits_per_weight" in loaded:
             summary["bits_per_weight"] = loaded["bits_per_weight"]
     return Metrics(
@@ -135,8 +145,13 @@ def evaluate(
     )
 
 
-def evaluate_artifact(out_json, label: str, gates: dict | None = None, **kwargs) -> Metrics:
-    """The evaluate_artifact rule: measure, then apply gates; a failing gate fails the rule, no JSON written."""
+def evaluate_artifact(out_json, label: str, gates: dict | None = None, check_json=None, **kwargs) -> Metrics:
+    """The evaluate_artifact rule: measure, then apply gates; a failing gate fails the rule, no JSON written.
+
+    With ``check_json`` (a GGUF's build sidecar), the file must still be the bytes that were built."""
+    expected = json.loads(Path(check_json).read_text()).get("sha256") if check_json else None
+    if expected and sha256_file(kwargs["path"]) != expected:
+        raise PipelineError(changed_since_built(kwargs["path"], check_json))
     result = dataclasses.replace(evaluate(label=label, **kwargs), gates=gates or {})
     log.info("evaluation of %s: %s", label, json.dumps(result.to_json(), indent=1))
     failures = check_gates(result, gates, label)

@@ -50,6 +50,7 @@ class Metrics:
     max_delta_ppl: float | None = None
     size_bytes: int | None = None
     bits_per_weight: float | None = None
+    artifact_sha256: str | None = None  # the bytes scored (a GGUF file)
     gates: dict = field(default_factory=dict)
 
     def ppl(self) -> dict[str, float]:

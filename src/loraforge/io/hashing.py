@@ -2,7 +2,7 @@
 
 Snakemake compares checksums only for inputs under ``--max-checksum-file-size`` (1 MB by default), so a
 touched multi-hundred-MB adapter would rebuild everything. The workflow instead passes a content
-fingerprint as a rule parameter; this module computes it and remembers it per (path, size, mtime, inode),
+fingerprint as a rule parameter; this module computes it and remembers it per (path, size, mtime, inode, ctime),
 so an unchanged file is hashed once, a touched one is re-hashed once, and the base model is never
 re-hashed on an ordinary run.
 """
@@ -50,7 +50,8 @@ class HashCache:
         p = Path(path).resolve()
         st = p.stat()
         key = str(p)
-        stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
+        # ctime too: an in-place edit that puts the old mtime back still changes it
+        stamp = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
         entry = self._entries.get(key)
         if entry and entry.get("stat") == stamp:
             return entry["sha256"]

@@ -203,8 +203,10 @@ def _check_targets_exist(ad: Adapter, base: BaseModel) -> None:
     if names is None and regex is None:
         return
     if not any(_matches(m, names, regex) for m in modules):
-        raise PipelineError(f"{ad.path / 'adapter_config.json'}: target_modules {ad.config.get('target_modules')!r} "
-                            "names no module of the base model")
+        raise PipelineError(
+            f"{ad.path / 'adapter_config.json'}: target_modules {ad.config.get('target_modules')!r} "
+            "names no module of the base model"
+        )
 
 
 def tokenizer_source(base: BaseModel, adapters: list[Adapter]) -> Path:

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..checks import CHECK_TEXT, compare_logits, write_sidecar
 from ..errors import PipelineError
+from ..io.hashing import sha256_file
 from ..io.publish import atomic_file
 from ..llamacpp.library import GGUFModel, file_types
 from ..llamacpp.toolchain import locate
@@ -73,7 +74,7 @@ def quantize_artifact(
     with atomic_file(out_gguf) as tmp:
         summary = _quantize_to(src_gguf, tmp, qtype, threads, llama_cpp_dir, imatrix)
         summary["check"], info = check_quantized(src_gguf, tmp, threads)
-        summary.update(info)
+        summary.update(info, sha256=sha256_file(tmp))  # what was built: registration refuses other bytes
         log.info("quantized %s: %s", out_gguf, summary)
     write_sidecar(check_json, summary)
     return summary

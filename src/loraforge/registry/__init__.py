@@ -1,50 +1,46 @@
-"""The model registry: a SQLite store (:mod:`.store`), the pipeline's register step (:mod:`.register`), the CLI
-(:mod:`.cli`), and plain functions over the default registry ($LORAFORGE_REGISTRY, else ./registry.sqlite)."""
+"""The model registry: a SQLite store (:mod:`.store`) with a content-addressed file store (:mod:`.files`), the
+pipeline's register step (:mod:`.register`), A/B comparisons (:mod:`.compare`), promotion policies
+(:mod:`.promote`), the CLI (:mod:`.cli`), and plain functions over a registry ($LORAFORGE_REGISTRY, else
+./registry.sqlite)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from .store import DEFAULT_PATH, ENV_VAR, ModelVersion, Registry
-
-_DEFAULT: Registry | None = None
+from .store import DEFAULT_PATH, ENV_VAR, Artifact, ModelVersion, Registry
 
 
-def default_registry() -> Registry:
-    """The process-wide registry at $LORAFORGE_REGISTRY, else ./registry.sqlite."""
-    global _DEFAULT
-    want = Path(os.environ.get(ENV_VAR) or DEFAULT_PATH)
-    if _DEFAULT is None or _DEFAULT.path != want:
-        _DEFAULT = Registry(want)
-    return _DEFAULT
-
-
-def _open(registry: str | os.PathLike | None) -> Registry:
-    return Registry(registry) if registry else default_registry()
+def _open(registry: str | os.PathLike | None, create: bool = False) -> Registry:
+    return Registry(registry or os.environ.get(ENV_VAR) or DEFAULT_PATH, create=create)
 
 
 def register_model(
     name: str,
-    files: dict,
-    quant_type: str,
-    lineage: dict | None = None,
+    path: str | os.PathLike,
+    variant: str,
+    lineage: dict,
     metrics: dict | None = None,
+    kind: str = "gguf",
     registry: str | os.PathLike | None = None,
 ) -> ModelVersion:
-    return _open(registry).register(name, files, quant_type, lineage, metrics)[0]
+    """Register one artifact (a GGUF by default) of the adapter revision ``lineage`` describes."""
+    return _open(registry, create=True).register(name, lineage, kind, variant, path, metrics)[0]
 
 
-def get_latest(name: str, alias: str | None = None, registry: str | os.PathLike | None = None) -> ModelVersion:
-    return _open(registry).get_latest(name, alias)
+def get_latest(
+    name: str, variant: str, alias: str | None = None, registry: str | os.PathLike | None = None
+) -> tuple[ModelVersion, Path]:
+    """The newest version with ``variant`` (or the one ``alias`` points at) and its verified registered file."""
+    return _open(registry).artifact_file(name, variant, alias=alias)
 
 
 def promote(name: str, version: int, alias: str, registry: str | os.PathLike | None = None) -> ModelVersion:
-    return _open(registry).promote(name, version, alias)
+    return _open(registry).promote(name, version, alias, reason="promoted by hand")
 
 
 def rollback_model(name: str, alias: str = "production", registry: str | os.PathLike | None = None) -> ModelVersion:
     return _open(registry).rollback(name, alias)
 
 
-__all__ = ["ModelVersion", "Registry", "default_registry", "get_latest", "promote", "register_model", "rollback_model"]
+__all__ = ["Artifact", "ModelVersion", "Registry", "get_latest", "promote", "register_model", "rollback_model"]

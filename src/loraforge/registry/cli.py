@@ -1,9 +1,10 @@
-"""loraforge-registry: list, show, latest, promote, rollback, history, verify."""
+"""loraforge-registry: versions, artifacts, aliases, A/B comparisons and the dashboard of a model registry."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from ..errors import PipelineError
@@ -21,91 +22,151 @@ def _table(rows: list[dict], cols: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _summary(v) -> dict:
-    m = Metrics.from_json(v.metrics["evaluation"]) if "evaluation" in v.metrics else None
-    return {
-        "name": v.name,
-        "version": v.version,
-        "quant": v.quant_type,
-        "aliases": ",".join(v.aliases),
-        "mean_kld": f"{m.mean_kld:.3g}" if m and m.mean_kld is not None else None,
-        "top1": f"{m.top1_agreement:.4f}" if m and m.top1_agreement is not None else None,
-        "size_mb": f"{v.files['model']['size'] / 1e6:.1f}",
-        "created": v.created_at,
-        "path": v.path,
-    }
+def _artifact_rows(v) -> list[dict]:
+    rows = []
+    for a in v.artifacts:
+        m = Metrics.from_json(a.metrics["evaluation"]) if "evaluation" in a.metrics else None
+        rows.append(
+            {
+                "name": v.name,
+                "version": v.version,
+                "aliases": ",".join(v.aliases),
+                "kind": a.kind,
+                "variant": a.variant,
+                "size_mb": f"{a.size / 1e6:.1f}",
+                "mean_kld": f"{m.mean_kld:.3g}" if m and m.mean_kld is not None else None,
+                "top1": f"{m.top1_agreement:.4f}" if m and m.top1_agreement is not None else None,
+                "created": v.created_at,
+            }
+        )
+    return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="loraforge-registry", description=__doc__)
-    ap.add_argument("--registry", help=f"registry file (default: ${ENV_VAR} or ./{DEFAULT_PATH})")
-    ap.add_argument("--json", action="store_true", help="machine-readable output")
+READ_ONLY = {"list", "show", "latest", "history", "verify", "compare", "dashboard"}
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--registry", default=argparse.SUPPRESS, help=f"registry file (default: ${ENV_VAR} or ./{DEFAULT_PATH})"
+    )
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+    ap = argparse.ArgumentParser(prog="loraforge-registry", description=__doc__, parents=[common])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("list", help="all versions (of one name)")
+
+    def cmd(name, help):
+        return sub.add_parser(name, help=help, parents=[common])
+
+    p = cmd("list", "every version's artifacts (of one name)")
     p.add_argument("name", nargs="?")
-    p = sub.add_parser("show", help="one version with lineage and metrics")
+    p = cmd("show", "one version: lineage, artifacts, metrics, tags")
     p.add_argument("name")
     p.add_argument("version", type=int)
-    p = sub.add_parser("latest", help="the newest version, or the one an alias points at")
+    p = cmd("latest", "the registered file of the newest version (or the one an alias points at), verified")
     p.add_argument("name")
+    p.add_argument("--quant", "--variant", dest="variant", required=True, help="artifact type, e.g. Q4_K_M")
     p.add_argument("--alias")
-    p.add_argument("--quant")
-    p = sub.add_parser("promote", help="point an alias at a version")
+    p = cmd("promote", "point an alias at a version")
     p.add_argument("name")
     p.add_argument("version", type=int)
     p.add_argument("alias")
-    p = sub.add_parser("rollback", help="move an alias back to where it pointed before")
+    p.add_argument("--reason", default="promoted by hand")
+    p = cmd("rollback", "move an alias back to where it pointed before")
     p.add_argument("name")
     p.add_argument("alias", nargs="?", default="production")
-    p = sub.add_parser("history", help="alias moves, oldest first")
+    p = cmd("history", "alias moves and refused promotions, oldest first")
     p.add_argument("name")
     p.add_argument("--alias")
-    p = sub.add_parser("verify", help="re-hash registered files; exit 1 if any is missing or changed")
+    p = cmd("tag", "set a tag on a version")
+    p.add_argument("name")
+    p.add_argument("version", type=int)
+    p.add_argument("key")
+    p.add_argument("value")
+    p = cmd("verify", "re-hash registered files; exit 1 if any is missing or changed")
     p.add_argument("name", nargs="?")
-    a = ap.parse_args(argv)
+    p = cmd("compare", "A/B: score version B against A on texts (paired bootstrap)")
+    p.add_argument("name")
+    p.add_argument("a", type=int)
+    p.add_argument("b", type=int)
+    p.add_argument("--quant", "--variant", dest="variant", required=True)
+    p.add_argument("--text", action="append", required=True, metavar="NAME=FILE")
+    p.add_argument("--n-ctx", type=int, default=256)
+    p.add_argument("--max-tokens", type=int, default=2048)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p = cmd("dashboard", "write the self-contained HTML dashboard of all versions")
+    p.add_argument("out", help="the HTML file to write")
+    return ap
 
-    try:
-        reg = Registry(a.registry)
-        if a.cmd == "list":
-            data = [v.to_dict() for v in reg.versions(a.name)]
-            text = _table(
-                [_summary(v) for v in reg.versions(a.name)],
-                ["name", "version", "quant", "aliases", "mean_kld", "top1", "size_mb", "created"],
-            )
-        elif a.cmd in ("show", "latest", "promote", "rollback"):
-            if a.cmd == "show":
-                v = reg.get(a.name, a.version)
-            elif a.cmd == "latest":
-                v = reg.get_latest(a.name, a.alias, a.quant)
-            elif a.cmd == "promote":
-                v = reg.promote(a.name, a.version, a.alias)
-            else:
-                v = reg.rollback(a.name, a.alias)
-            data = v.to_dict()
-            head = {
-                "promote": f"{a.name}: {getattr(a, 'alias', '')} -> v{v.version}\n",
-                "rollback": f"{a.name}: {getattr(a, 'alias', '')} rolled back to v{v.version}\n",
-            }.get(a.cmd, "")
-            text = (
-                head + json.dumps(data, indent=2)
-                if a.cmd == "show"
-                else head + _table([_summary(v)], ["name", "version", "quant", "aliases", "mean_kld", "top1", "path"])
-            )
-        elif a.cmd == "history":
-            data = reg.history(a.name, a.alias)
-            text = _table(data, ["at", "alias", "action", "previous_version", "version"])
-        else:  # verify
-            data = reg.verify(a.name)
-            text = _table(data, ["name", "version", "role", "status", "path"])
-        print(json.dumps(data, indent=2) if a.json else text)
-        if a.cmd == "verify" and any(r["status"] != "ok" for r in data):
-            bad = [r for r in data if r["status"] != "ok"]
+
+def _run(a) -> tuple[object, str, int]:
+    """(data for --json, text, exit code)."""
+    reg = Registry(getattr(a, "registry", None), create=a.cmd not in READ_ONLY)
+    if a.cmd == "list":
+        vs = reg.versions(a.name)
+        rows = [r for v in vs for r in _artifact_rows(v)]
+        cols = ["name", "version", "aliases", "kind", "variant", "size_mb", "mean_kld", "top1", "created"]
+        return [v.to_dict() for v in vs], _table(rows, cols), 0
+    if a.cmd == "show":
+        v = reg.get(a.name, a.version)
+        return v.to_dict(), json.dumps(v.to_dict(), indent=2), 0
+    if a.cmd == "latest":
+        v, path = reg.artifact_file(a.name, a.variant, alias=a.alias)
+        return (
+            {
+                "name": v.name,
+                "version": v.version,
+                "variant": a.variant,
+                "path": str(path),
+                "sha256": v.artifact(a.variant).sha256,
+            },
+            str(path),
+            0,
+        )
+    if a.cmd == "promote":
+        v = reg.promote(a.name, a.version, a.alias, reason=a.reason)
+        return v.to_dict(), f"{a.name}: {a.alias} -> v{v.version}", 0
+    if a.cmd == "rollback":
+        v = reg.rollback(a.name, a.alias)
+        return v.to_dict(), f"{a.name}: {a.alias} rolled back to v{v.version}", 0
+    if a.cmd == "history":
+        data = reg.history(a.name, a.alias)
+        return data, _table(data, ["at", "alias", "action", "previous_version", "version", "reason"]), 0
+    if a.cmd == "tag":
+        v = reg.tag(a.name, a.version, a.key, a.value)
+        return v.to_dict(), f"{a.name} v{v.version}: {a.key}={a.value}", 0
+    if a.cmd == "verify":
+        data = reg.verify(a.name)
+        bad = [r for r in data if r["status"] in ("missing", "changed")]
+        text = _table(data, ["name", "version", "kind", "variant", "status", "path"])
+        if bad:
             print(f"{len(bad)} registered file(s) missing or changed", file=sys.stderr)
-            return 1
-        return 0
+        return data, text, 1 if bad else 0
+    if a.cmd == "compare":
+        from .compare import compare_versions, table
+
+        texts = dict(t.split("=", 1) for t in a.text)
+        res = compare_versions(None, a.name, a.a, a.b, a.variant, texts, a.n_ctx, a.max_tokens, a.threads, reg=reg)
+        return res, table(res), 0
+    from .dashboard import render_dashboard
+
+    render_dashboard(reg, a.out)
+    return {"dashboard": a.out}, f"dashboard written to {a.out}", 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _parser().parse_args(argv)
+    try:
+        data, text, rc = _run(a)
+        print(json.dumps(data, indent=2) if getattr(a, "json", False) else text)
+        sys.stdout.flush()
+        return rc
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # output piped into `head`: the reader is gone, nothing more to say
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

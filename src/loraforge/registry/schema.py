@@ -1,0 +1,186 @@
+"""The registry's schema and its migrations, oldest first: entry i migrates a database from version i to i + 1.
+
+Version 1 (loraforge <= 0.1 as first released) numbered a version per GGUF file. Version 2 numbers a version per
+adapter revision (base and adapter contents and weights) with its artifacts beneath it, keeps registered files
+in a content-addressed store, and adds tags, A/B comparisons and the reason and evidence of every alias move.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sqlite3
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+V1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE versions (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    quant_type TEXT NOT NULL,
+    content_sha256 TEXT NOT NULL,
+    lineage TEXT NOT NULL,
+    metrics TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    UNIQUE (name, version),
+    UNIQUE (name, content_sha256)
+);
+CREATE TABLE files (
+    version_id INTEGER NOT NULL REFERENCES versions(id),
+    role TEXT NOT NULL,
+    path TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    PRIMARY KEY (version_id, role)
+);
+CREATE TABLE aliases (
+    name TEXT NOT NULL,
+    alias TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (name, alias),
+    FOREIGN KEY (name, version) REFERENCES versions(name, version)
+);
+CREATE TABLE alias_history (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    alias TEXT NOT NULL,
+    action TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    previous_version INTEGER,
+    at TEXT NOT NULL
+);
+"""
+
+V2_TABLES = """
+ALTER TABLE versions RENAME TO v1_versions;
+ALTER TABLE files RENAME TO v1_files;
+ALTER TABLE aliases RENAME TO v1_aliases;
+CREATE TABLE versions (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    revision TEXT NOT NULL,
+    lineage TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    UNIQUE (name, version),
+    UNIQUE (name, revision)
+);
+CREATE TABLE artifacts (
+    id INTEGER PRIMARY KEY,
+    version_id INTEGER NOT NULL REFERENCES versions(id),
+    kind TEXT NOT NULL,
+    variant TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    store_path TEXT,
+    source_path TEXT NOT NULL,
+    metrics TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    UNIQUE (version_id, kind, variant)
+);
+CREATE TABLE tags (
+    version_id INTEGER NOT NULL REFERENCES versions(id),
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (version_id, key)
+);
+CREATE TABLE aliases (
+    name TEXT NOT NULL,
+    alias TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (name, alias),
+    FOREIGN KEY (name, version) REFERENCES versions(name, version)
+);
+ALTER TABLE alias_history ADD COLUMN reason TEXT;
+ALTER TABLE alias_history ADD COLUMN evidence TEXT;
+CREATE TABLE comparisons (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    version_a INTEGER NOT NULL,
+    version_b INTEGER NOT NULL,
+    variant TEXT NOT NULL,
+    result TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+"""
+
+
+def revision_key(lineage: dict) -> str:
+    """What makes a version: the base's and each adapter's content, and the adapters' weights, in order."""
+    key = {
+        "base": lineage.get("base_model", {}).get("sha256"),
+        "adapters": [[a.get("sha256"), float(a.get("weight", 1.0))] for a in lineage.get("adapters", [])],
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def _script(c: sqlite3.Connection, sql: str) -> None:
+    for stmt in sql.split(";"):
+        if stmt.strip():
+            c.execute(stmt)
+
+
+def _v1_to_v2(c: sqlite3.Connection) -> None:
+    """One version per adapter revision, numbered in the order revisions first appeared; each v1 version (one
+    GGUF) becomes an artifact of it; aliases and their history follow their GGUF's revision. v1 stored paths,
+    not files: the files are put into the store afterwards, where their content still matches (see store.py)."""
+    _script(c, V2_TABLES)
+    new_version: dict[tuple[str, int], int] = {}
+    next_number: dict[str, int] = {}
+    revision_ids: dict[tuple[str, str], int] = {}
+    for row in c.execute("SELECT * FROM v1_versions ORDER BY name, version").fetchall():
+        lineage = json.loads(row["lineage"])
+        for per_artifact in ("quant_type", "evaluation"):  # v1 kept these per GGUF: not what makes a revision
+            lineage.get("settings", {}).pop(per_artifact, None)
+        rev = revision_key(lineage)
+        if (row["name"], rev) not in revision_ids:
+            next_number[row["name"]] = next_number.get(row["name"], 0) + 1
+            cur = c.execute(
+                "INSERT INTO versions (name, version, revision, lineage, created_at) VALUES (?, ?, ?, ?, ?)",
+                (row["name"], next_number[row["name"]], rev, json.dumps(lineage, sort_keys=True), row["created_at"]),
+            )
+            revision_ids[(row["name"], rev)] = cur.lastrowid
+        vid = revision_ids[(row["name"], rev)]
+        new_version[(row["name"], row["version"])] = c.execute(
+            "SELECT version FROM versions WHERE id = ?", (vid,)
+        ).fetchone()[0]
+        f = c.execute("SELECT * FROM v1_files WHERE version_id = ? AND role = 'model'", (row["id"],)).fetchone()
+        metrics = {"legacy_v1": json.loads(row["metrics"])}
+        c.execute(
+            "INSERT OR IGNORE INTO artifacts (version_id, kind, variant, sha256, size, store_path, source_path,"
+            " metrics, created_at) VALUES (?, 'gguf', ?, ?, ?, NULL, ?, ?, ?)",
+            (vid, row["quant_type"], f["sha256"], f["size"], f["path"], json.dumps(metrics), row["created_at"]),
+        )
+    for a in c.execute("SELECT * FROM v1_aliases").fetchall():
+        c.execute(
+            "INSERT INTO aliases (name, alias, version, updated_at) VALUES (?, ?, ?, ?)",
+            (a["name"], a["alias"], new_version[(a["name"], a["version"])], a["updated_at"]),
+        )
+    for h in c.execute("SELECT * FROM alias_history").fetchall():
+        prev = h["previous_version"]
+        c.execute(
+            "UPDATE alias_history SET version = ?, previous_version = ?, reason = ? WHERE id = ?",
+            (
+                new_version[(h["name"], h["version"])],
+                None if prev is None else new_version[(h["name"], prev)],
+                f"migrated from registry schema 1 (was v{h['version']}, one GGUF)",
+                h["id"],
+            ),
+        )
+    c.execute("DROP TABLE v1_aliases")
+    c.execute("DROP TABLE v1_files")
+    c.execute("DROP TABLE v1_versions")
+    log.info("registry migrated to schema 2: %d GGUF versions became %d revisions", len(new_version), len(revision_ids))
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    lambda c: _script(c, V1),
+    _v1_to_v2,
+]
+SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,153 @@
+"""Continuous fine-tuning through the workflow: the `code` adapter retrained twice and rebuilt gives versions
+1..3 of `code`, each with all its artifacts; the promotion policy moves `production` to the revision that wins
+its A/B test (trained longer on code) and refuses the one that loses it (trained on noise); the dashboard shows
+it all."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+
+import pytest
+
+from loraforge.demo import corpora, train_lora
+from loraforge.registry import Registry
+
+pytestmark = pytest.mark.slow
+REVISIONS = [("code.txt", 8), ("code.txt", 40), ("noise.txt", 40)]  # first, better, worse
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory, models):
+    from conftest import Workflow
+
+    root = tmp_path_factory.mktemp("promotion")
+    c = corpora()
+    (root / "code.txt").write_text(c["code"]["train"])
+    (root / "heldout.txt").write_text(c["code"]["heldout"])
+    rng = random.Random(0)
+    (root / "noise.txt").write_text(
+        " ".join("".join(rng.choice("qxzjkvw") for _ in range(rng.randint(2, 9))) for _ in range(40_000))
+    )
+    adapter = root / "adapter"
+    wf = Workflow(
+        root / "wf",
+        {
+            "base_model": str(models["base"]),
+            "adapters": {"code": str(adapter)},
+            "quantize": {"types": ["Q8_0"]},
+            "evaluation": {"texts": {"code": str(root / "heldout.txt")}, "n_ctx": 64, "max_tokens": 1024},
+            "promote": {"alias": "production", "candidate_quant": "Q8_0", "require": {"code": "better"}},
+        },
+    )
+    decisions = []
+    for text, steps in REVISIONS:
+        shutil.rmtree(adapter, ignore_errors=True)
+        train_lora(models["base"], root / text, adapter, steps=steps, r=8, lr=3e-3, seq=64, batch=4, seed=0)
+        wf.run()
+        decisions.append(json.loads((wf.root / "results" / "registry" / "code" / "promotion.json").read_text()))
+    return wf, decisions
+
+
+def test_each_retraining_is_a_version_with_all_its_artifacts(history):
+    wf, _ = history
+    reg = Registry(wf.root / "registry.sqlite")
+    versions = reg.versions("code")
+    assert [v.version for v in versions] == [1, 2, 3]
+    for v in versions:
+        assert sorted((a.kind, a.variant) for a in v.artifacts) == [("gguf", "F16"), ("gguf", "Q8_0"), ("merged", "hf")]
+        q8 = v.artifact("Q8_0")
+        assert q8.metrics["evaluation"]["artifact_sha256"] == q8.sha256
+    assert len({v.lineage["adapters"][0]["sha256"] for v in versions}) == 3
+
+
+def test_promotion_follows_the_ab_test_both_ways(history):
+    wf, decisions = history
+    assert [(d["candidate"], d["current"], d["moved"]) for d in decisions] == [
+        (1, None, True),
+        (2, 1, True),
+        (3, 2, False),
+    ]
+    reg = Registry(wf.root / "registry.sqlite")
+    assert reg.resolve("code", alias="production").version == 2
+    hist = reg.history("code", "production")
+    assert [(h["action"], h["version"]) for h in hist] == [("promote", 1), ("promote", 2), ("refused", 3)]
+    better, worse = hist[1]["evidence"]["texts"]["code"], hist[2]["evidence"]["texts"]["code"]
+    assert better["ci95"][1] < 0 and better["p_value"] < 0.05 and "is below 0 (better)" in hist[1]["reason"]
+    assert worse["delta_nll"] > 0 and "not shown better" in hist[2]["reason"]
+    log = (wf.root / "logs" / "promote_revision" / "code.log").read_text()
+    assert "code: production stays at v2, v3 not promoted" in log  # one line, and the build did not fail
+    assert len(reg.comparisons("code")) == 2
+    # rollback is still one command, and hands out v1's registered bytes
+    assert reg.rollback("code", "production").version == 1
+    _mv, path = reg.artifact_file("code", "Q8_0", alias="production")
+    assert path.stat().st_size == reg.get("code", 1).artifact("Q8_0").size
+
+
+def test_compare_target_and_cli(history):
+    wf, _ = history
+    wf.run("results/compare/code/v3-vs-v1-Q8_0.json")
+    r = json.loads((wf.root / "results" / "compare" / "code" / "v3-vs-v1-Q8_0.json").read_text())
+    assert (r["a"], r["b"], r["variant"]) == (1, 3, "Q8_0") and r["texts"]["code"]["tokens"] > 500
+
+
+def test_dashboard_renders_every_version_alias_and_comparison(history, tmp_path):
+    wf, _ = history
+    page = wf.root / "results" / "dashboard" / "index.html"
+    html = page.read_text()
+    for needle in ("versions-code", "history-code", "id='comparisons'", "<svg", ">refused<", "v3 vs v2"):
+        assert needle in html, needle
+    assert html.count("<tr>") == 4 * 1 + 1 + 3 + 3 + 2  # 4 header rows, the alias, 3 versions, 3 moves, 2 A/Bs
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed in CI (apt-get install chromium)")
+        pytest.skip("chromium not installed: the dashboard was parsed but not rendered")
+    shot = tmp_path / "dashboard.png"
+    dom = subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'chrome'}",
+            "--dump-dom",
+            f"file://{page}",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    assert "versions-code" in dom and dom.count("<svg") >= 2
+    subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'chrome'}",
+            "--window-size=1400,2000",
+            f"--screenshot={shot}",
+            f"file://{page}",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    assert shot.stat().st_size > 20_000
+    if os.environ.get("LORAFORGE_KEEP_SCREENSHOTS"):
+        shutil.copy(shot, os.environ["LORAFORGE_KEEP_SCREENSHOTS"])
