@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import inspect
 import logging
 import os
@@ -11,6 +12,13 @@ from collections.abc import Callable
 from .errors import PipelineError
 
 log = logging.getLogger("loraforge")
+
+
+def disk_full(e: OSError, kwargs: dict) -> str:
+    """One line for a full disk, naming the output being written (nothing of it is published)."""
+    out = next((v for k, v in kwargs.items() if k.startswith("out") and v), None) or e.filename
+    what = "no space left on device" if e.errno == errno.ENOSPC else "disk quota exceeded"
+    return f"{out}: {what}; nothing was published" if out else f"{what}; nothing was published"
 
 
 def run(log_file: str, fn: Callable, threads: int = 1, **kwargs):
@@ -30,6 +38,12 @@ def run(log_file: str, fn: Callable, threads: int = 1, **kwargs):
         return fn(**kwargs)
     except PipelineError as e:
         log.error("%s", e)
+        sys.exit(1)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            log.exception("unexpected error in %s", getattr(fn, "__qualname__", fn))
+            raise
+        log.error("%s", disk_full(e, kwargs))
         sys.exit(1)
     except Exception:  # a bug, not bad input: its traceback belongs in the rule's log too
         log.exception("unexpected error in %s", getattr(fn, "__qualname__", fn))

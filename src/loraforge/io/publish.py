@@ -10,10 +10,22 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+
+_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.[^.]+\.tmp$")
+
+
+def published_name(path: str | os.PathLike) -> Path:
+    """The output a temporary of ``atomic_file``/``atomic_dir`` becomes (``path`` itself if it is none): what a
+    message should name."""
+    p = Path(path)
+    m = _TEMP_RE.match(p.name)
+    return p.with_name(m["name"]) if m else p
 
 
 def _umask() -> int:

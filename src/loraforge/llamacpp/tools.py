@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from ..errors import PipelineError
+from ..io.publish import published_name
 from .library import FLOAT_TYPES
 from .toolchain import LlamaCpp, locate
 
@@ -49,6 +50,15 @@ def failure_reason(output: str) -> str:
     return lines[-1][-400:] if lines else "no output"
 
 
+def _disk_full(out: Path) -> bool:
+    """Whether the output's filesystem is full (some tools report a short write, not ENOSPC)."""
+    try:
+        st = os.statvfs(out.parent)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < (4 << 20)
+
+
 def run_tool(cmd: list[str], what: str, out: Path, env: dict | None = None, shown_out=None) -> str:
     """Run a llama.cpp program; its output goes to the log; a failure is one line with its reason."""
     log.info("running %s", " ".join(cmd))
@@ -57,8 +67,8 @@ def run_tool(cmd: list[str], what: str, out: Path, env: dict | None = None, show
     log.info("%s output:\n%s", what, output[-8000:])
     if proc.returncode != 0 or not out.exists():
         reason = failure_reason(output)
-        if reason == "no space left on device":
-            raise PipelineError(f"{shown_out or out}: no space left on device (writing it with {what})")
+        if reason == "no space left on device" or _disk_full(out):
+            raise PipelineError(f"{shown_out or published_name(out)}: no space left on device (writing it with {what})")
         raise PipelineError(f"{what} failed (exit {proc.returncode}): {reason}")
     return output
 
