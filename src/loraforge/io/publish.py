@@ -16,7 +16,6 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-
 _TEMP_RE = re.compile(r"^\.(?P<name>.+)\.[^.]+\.tmp$")
 
 
