@@ -23,7 +23,7 @@ def make_llama(
     path: Path, dtype=torch.float32, tied=False, seed=0, vocab=32000, hidden=256, inter=256, layers=2, shard_mb=None
 ) -> Path:
     """A tiny Llama (hidden 256 so K-quants are real) with peaked logits, and a real tokenizer and chat template:
-    the 32000-piece sentencepiece model of Llama 2 / Mistral 7B with Mistral's template (tests/real_tokenizers)."""
+    the 32000-piece sentencepiece model of Llama 2 / Mistral 7B with Mistral's template (loraforge.llamacpp.families)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
@@ -77,7 +77,7 @@ TOKENIZER_DIR: Path
 def real_tokenizer(tmp_path_factory):
     """The tokenizer every tiny Llama of the tests carries (see make_llama), built once."""
     global TOKENIZER_DIR
-    from real_tokenizers import FAMILIES, build_tokenizer
+    from loraforge.llamacpp.families import FAMILIES, build_tokenizer
 
     TOKENIZER_DIR = tmp_path_factory.mktemp("tokenizer")
     build_tokenizer(FAMILIES["mistral"], TOKENIZER_DIR)

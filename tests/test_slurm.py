@@ -13,7 +13,7 @@ from slurm_cluster import LocalSlurm, unavailable_reason
 from loraforge.io.hashing import sha256_file, tree_files
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
-LOCAL_RULES = {"all", "register_model"}
+LOCAL_RULES = {"all", "register_model", "render_dashboard"}
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import json
 import shutil
 
 import pytest
-from real_tokenizers import FAMILIES, build_model
+from loraforge.llamacpp.families import FAMILIES, build_model
 
 from loraforge import convert
 from loraforge.conversion.tokenizer_check import check_chat_rendering, check_tokenizer

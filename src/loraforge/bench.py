@@ -3,7 +3,7 @@
     python -m loraforge.bench merge --size-gb 1 4 --out results/bench/merge.json
 
 For each size: a synthetic Llama-shaped bf16 base (hidden 2048, intermediate 5632, vocab 32000; layers chosen
-to reach the size) and a LoRA r=16 adapter on every linear layer are generated once and cached. Then, each in
+to reach the size; Llama 2's real tokenizer) and a LoRA r=16 adapter on every linear layer are generated once and cached. Then, each in
 its own child process, with the base already in the page cache: a plain ``cp -r`` of the base, PEFT
 ``merge_and_unload`` + save, and the streaming merge. Wall time and the child's peak RSS (``wait4``) of each.
 """
@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .io.publish import atomic_dir, write_text_atomic
+from .llamacpp.families import FAMILIES, build_tokenizer
 from .io.safetensors import encode, write_header
 from .merging.streaming import plan_shards, shard_name, write_index
 
@@ -82,6 +83,7 @@ def make_synthetic(root: Path, size_gb: float, seed: int = 0) -> tuple[Path, Pat
                 _write_safetensors(tmp / fname, {n: ("BF16", shapes[n], bf16(shapes[n])) for n in names})
                 weight_map.update(dict.fromkeys(names, fname))
             write_index(tmp, dtypes, weight_map)
+            build_tokenizer(FAMILIES["llama2"], tmp)  # Llama 2's real 32000-piece tokenizer (preflight reads it)
             (tmp / "config.json").write_text(
                 json.dumps(
                     {
@@ -159,7 +161,7 @@ def _measure(cmd: list[str]) -> tuple[float, float]:
 
 def _merge_cmd(base: Path, adapter: Path, out: Path, method: str) -> list[str]:
     code = (
-        f"from loraforge.merge import merge; merge({str(base)!r}, [{str(adapter)!r}], {str(out)!r}, "
+        f"from loraforge.merging import merge; merge({str(base)!r}, [{str(adapter)!r}], {str(out)!r}, "
         f"method={method!r}, shard_size_mb=2000)"
     )
     return [sys.executable, "-c", code]

@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loraforge.llamacpp.toolchain import locate
+from .toolchain import locate
 
 
 def models_dir() -> Path:
