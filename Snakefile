@@ -18,6 +18,8 @@ include: "rules/convert.smk"
 include: "rules/quantize.smk"
 include: "rules/evaluate.smk"
 include: "rules/registry.smk"
+include: "rules/deploy.smk"
+include: "rules/compress.smk"
 
 
 check_inputs()  # every external input, from headers and JSON only, before any job

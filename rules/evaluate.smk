@@ -29,13 +29,18 @@ rule compute_reference:
 rule evaluate_artifact:
     input:
         unpack(evaluation_inputs),
-        reference=rules.compute_reference.output.reference,
+        # a compressed model is scored against the model it was compressed from
+        reference=lambda w: expand(
+            rules.compute_reference.output.reference, adapter=teacher(w.adapter)
+        ),
     output:
         metrics="results/eval/{adapter}/{artifact}.json",
     log:
         "logs/evaluate_artifact/{adapter}-{artifact}.log",
     benchmark:
         "benchmarks/evaluate_artifact/{adapter}-{artifact}.tsv"
+    wildcard_constraints:
+        adapter="|".join(re.escape(m) for m in EVALUATED),
     conda:
         "../envs/loraforge.yaml"
     threads: THREADS
@@ -79,11 +84,15 @@ rule evaluate_base:
 rule report_quality:
     input:
         base=rules.evaluate_base.output.metrics,
-        metrics=expand(
-            rules.evaluate_artifact.output.metrics,
-            adapter=ADAPTERS,
-            artifact=ARTIFACTS,
-        ),
+        metrics=[
+            m
+            for a in EVALUATED
+            for m in expand(
+                rules.evaluate_artifact.output.metrics,
+                adapter=a,
+                artifact=artifacts_of(a),
+            )
+        ],
     output:
         table=report(
             "results/report/metrics.html",
@@ -112,5 +121,12 @@ rule report_quality:
     resources:
         mem_mb=1000,
         runtime=10,
+    params:
+        # Snakemake's benchmark records of the jobs behind each artifact: read, not inputs (they are not outputs)
+        build_benchmarks={
+            f"{a}/{art}": build_benchmarks(a, art)
+            for a in EVALUATED
+            for art in artifacts_of(a)
+        },
     script:
         "../scripts/report_quality.py"

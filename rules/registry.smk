@@ -16,6 +16,8 @@ rule register_model:
         receipt="results/registry/{adapter}/{gguf_type}.json",
     log:
         "logs/register_model/{adapter}-{gguf_type}.log",
+    wildcard_constraints:
+        adapter="|".join(re.escape(m) for m in EVALUATED),
     conda:
         "../envs/loraforge.yaml"
     threads: 1
@@ -25,7 +27,11 @@ rule register_model:
     params:
         registry=config["registry"]["path"],
         store_mode=config["registry"]["store"],
-        settings=LINEAGE_SETTINGS,
+        settings=lambda w: (
+            {**LINEAGE_SETTINGS, "compress": compress_spec(w.adapter)}
+            if w.adapter in COMPRESSED
+            else LINEAGE_SETTINGS
+        ),
     script:
         "../scripts/register_model.py"
 

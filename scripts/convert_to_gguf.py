@@ -19,4 +19,5 @@ if __name__ == "__main__":
         max_abs_logit_diff=p.max_abs_logit_diff,
         check_text=p.check_text,
         llama_cpp_dir=p.llama_cpp_dir,
+        metadata=dict(p.metadata),
     )

@@ -19,6 +19,8 @@ if __name__ == "__main__":
         kind=p.kind,
         path=i.get("artifact"),
         check_json=i.get("check"),
+        lora=i.get("lora"),
+        lora_check_json=i.get("lora_check"),
         reference=i.reference,
         base_dir=i.get("base"),
         adapters=adapters,

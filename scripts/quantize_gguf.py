@@ -12,6 +12,7 @@ if __name__ == "__main__":
         src_gguf=sm.input.gguf,
         out_gguf=sm.output.gguf,
         check_json=sm.output.check,
-        qtype=sm.wildcards.gguf_type,
+        qtype=sm.params.qtype,
+        imatrix=sm.input.get("imatrix"),
         llama_cpp_dir=sm.params.llama_cpp_dir,
     )

@@ -15,4 +15,5 @@ if __name__ == "__main__":
         tsv=o.tsv,
         size_kld_svg=o.size_kld,
         ppl_svg=o.ppl,
+        build_benchmarks=dict(sm.params.build_benchmarks),
     )

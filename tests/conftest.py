@@ -23,7 +23,8 @@ def make_llama(
     path: Path, dtype=torch.float32, tied=False, seed=0, vocab=32000, hidden=256, inter=256, layers=2, shard_mb=None
 ) -> Path:
     """A tiny Llama (hidden 256 so K-quants are real) with peaked logits, and a real tokenizer and chat template:
-    the 32000-piece sentencepiece model of Llama 2 / Mistral 7B with Mistral's template (loraforge.llamacpp.families)."""
+    the 32000-piece sentencepiece model of Llama 2 / Mistral 7B with Mistral's template
+    (loraforge.llamacpp.families)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)

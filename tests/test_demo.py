@@ -81,13 +81,134 @@ def test_the_model_chats_through_its_template_and_stops_at_the_end_of_turn(demo)
     assert "Paris" in choice.message.content and choice.finish_reason == "stop", choice
 
 
+def test_imatrix_quant_is_closer_to_the_model_than_the_plain_one(demo):
+    for a in ("code", "prose"):
+        plain, imat = metrics(demo, a, "Q4_K_M"), metrics(demo, a, "Q4_K_M-imat")
+        assert imat["mean_kld"] < plain["mean_kld"], (a, imat["mean_kld"], plain["mean_kld"])
+        side = json.loads((demo.root / "results" / "gguf" / a / f"{a}-Q4_K_M-imat.gguf.json").read_text())
+        assert side["imatrix"].endswith(f"{a}.imatrix.gguf") and side["quant_type"] == "Q4_K_M"
+
+
+def test_low_bit_types_build_from_the_demo_imatrix(demo, tmp_path):
+    from loraforge import quantize
+
+    gguf_dir = demo.root / "results" / "gguf" / "code"
+    imatrix = demo.root / "results" / "imatrix" / "code.imatrix.gguf"
+    for qtype in ("IQ4_XS", "Q3_K_M", "Q2_K", "IQ2_XS"):
+        out = tmp_path / f"code-{qtype}.gguf"
+        quantize(gguf_dir / "code-BF16.gguf", out, qtype, threads=2, imatrix=imatrix)
+        assert out.read_bytes()[:4] == b"GGUF"
+
+
+def test_lora_gguf_form_is_the_merged_model_at_a_fraction_of_the_size(demo):
+    for a in ("code", "prose"):
+        lora = demo.root / "results" / "lora" / a / f"{a}-lora-F16.gguf"
+        check = json.loads(lora.with_name(lora.name + ".json").read_text())["check"]
+        assert check["mean_kld"] < 2e-3, check  # bf16 rounding of the merged weights, not a different model
+        for t in ("BF16", "Q8_0", "Q4_K_M"):
+            merged, form = metrics(demo, a, t), metrics(demo, a, f"lora-{t}")
+            assert form["lora_bytes"] < 0.1 * merged["size_bytes"]
+            # same model: the LoRA form's error against the float32 reference is the quantization's, not more
+            assert form["mean_kld"] < 2 * merged["mean_kld"] + 1e-3, (a, t, form["mean_kld"], merged["mean_kld"])
+
+
+def test_gguf_metadata_follows_llama_cpp_naming(demo):
+    from gguf import GGUFReader
+
+    fields = GGUFReader(demo.root / "results" / "gguf" / "code" / "code-Q4_K_M.gguf").fields
+    meta = {k: fields[k].contents() for k in ("general.name", "general.basename", "general.finetune")}
+    assert meta == {
+        "general.name": "SmolLM2-135M-Instruct code",
+        "general.basename": "SmolLM2-135M-Instruct",
+        "general.finetune": "code",
+    }
+    assert (
+        GGUFReader(demo.root / "results" / "gguf" / "base" / "base-Q4_K_M.gguf").fields["general.basename"].contents()
+        == "SmolLM2-135M-Instruct"
+    )
+
+
+def test_deploy_bundle_points_at_the_files_and_reports_measured_numbers(demo):
+    import yaml
+
+    bundle = demo.root / "results" / "deploy" / "code"
+    for mf, want in (("Modelfile", ["code-Q4_K_M.gguf"]), ("Modelfile.lora", ["base-Q4_K_M.gguf", "code-lora"])):
+        lines = (bundle / mf).read_text().splitlines()
+        assert 'PARAMETER stop "<|im_end|>"' in lines and not any(ln.startswith("TEMPLATE") for ln in lines)
+        for ln in lines:
+            if ln.startswith(("FROM ", "ADAPTER ")):
+                assert (bundle / ln.split(" ", 1)[1]).is_file(), ln  # relative to the Modelfile, as Ollama reads it
+        assert all(any(w in ln for ln in lines) for w in want)
+    card = (bundle / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and front["license"] == "apache-2.0"
+    q4 = metrics(demo, "code", "Q4_K_M")
+    assert f"{q4['mean_kld']:.2e}" in card and "lora-Q4_K_M" in card
+
+
+def test_llama_server_switches_lora_adapters_on_the_shared_base(demo):
+    """llama-server with the base GGUF and both LoRA GGUFs: the template it renders is the HF one, switching adapters
+    through /lora-adapters changes the output, and base + code adapter at scale 1 answers as the merged model."""
+    from openai import OpenAI
+    from transformers import AutoTokenizer
+
+    from loraforge.llamacpp.server import llama_server
+
+    res = demo.root / "results"
+    loras = [res / "lora" / a / f"{a}-lora-F16.gguf" for a in ("code", "prose")]
+    messages = [{"role": "user", "content": "Write a Python function that reverses a list."}]
+    prompt = "def fibonacci(n):\n    "
+
+    def greedy(server, scales=None):
+        if scales is not None:
+            server.request("/lora-adapters", [{"id": i, "scale": s} for i, s in enumerate(scales)])
+        out = server.request(
+            "/completion", {"prompt": prompt, "n_predict": 24, "temperature": 0, "cache_prompt": False}
+        )
+        return out["content"]
+
+    with llama_server(res / "gguf" / "base" / "base-BF16.gguf", loras=loras, n_ctx=1024) as server:
+        listed = server.request("/lora-adapters")
+        assert [ad["path"] for ad in listed] == [str(p) for p in loras]
+        hf = AutoTokenizer.from_pretrained(str(res / "merged" / "code"))
+        want = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        assert server.apply_template(messages) == want
+        with_code, with_prose, none = greedy(server, [1, 0]), greedy(server, [0, 1]), greedy(server, [0, 0])
+        assert len({with_code, with_prose, none}) == 3, (with_code, with_prose, none)
+        server.request("/lora-adapters", [{"id": 0, "scale": 1}, {"id": 1, "scale": 0}])
+        reply = OpenAI(base_url=server.url + "/v1", api_key="none").chat.completions.create(
+            model="base+code", temperature=0, max_tokens=200, messages=messages
+        )
+        assert reply.choices[0].finish_reason == "stop", reply  # ended by <|im_end|>
+    with llama_server(res / "gguf" / "code" / "code-BF16.gguf", n_ctx=1024) as merged:
+        assert greedy(merged) == with_code
+
+
+def test_distillation_recovers_what_pruning_lost(demo):
+    """code-drop20: the code model without 6 of its 30 layers, then distilled from it; both scored against the
+    full model's float32 reference. Its Q4_K_M is built, evaluated and registered like any other."""
+    res = demo.root / "results"
+    scores = json.loads((res / "pruned" / "code-drop20.json").read_text())
+    assert scores["layers"] == [30, 24] and len(scores["dropped"]) == 6
+    pruned, distilled = metrics(demo, "code-drop20", "pruned"), metrics(demo, "code-drop20", "distilled")
+    assert distilled["mean_kld"] < 0.9 * pruned["mean_kld"], (pruned["mean_kld"], distilled["mean_kld"])
+    q4 = res / "gguf" / "code-drop20" / "code-drop20-Q4_K_M.gguf"
+    assert q4.stat().st_size < 0.9 * (res / "gguf" / "code" / "code-Q4_K_M.gguf").stat().st_size
+    receipt = json.loads((res / "registry" / "code-drop20" / "Q4_K_M.json").read_text())
+    assert receipt["name"] == "code-drop20"
+
+
 def test_report_renders_table_and_plots(demo, tmp_path):
     demo.run("--report", "report.html")
     page = (demo.root / "report.html").read_text()
     for name in ("metrics.html", "size_vs_kld.svg", "ppl_by_domain.svg"):
         assert name in page
     table = (demo.root / "results" / "report" / "metrics.html").read_text()
-    assert table.count("<tr>") == 1 + 1 + 2 * 5  # header, base, 2 adapters x 5 artifacts
+    # header, base, 2 adapters x 10 artifacts: PEFT, merged, BF16, Q8_0, Q4_K_M, Q4_K_M-imat, and the same four
+    # GGUF types as base + LoRA GGUF
+    # and code-drop20: pruned, distilled and its four GGUF types
+    assert table.count("<tr>") == 1 + 1 + 2 * 10 + 6
+    assert "base GGUF + LoRA GGUF" in table
     for svg in ("size_vs_kld.svg", "ppl_by_domain.svg"):
         text = (demo.root / "results" / "report" / svg).read_text()
         assert text.lstrip().startswith("<?xml") and "<svg" in text and "Q4_K_M" in text

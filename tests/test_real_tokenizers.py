@@ -11,6 +11,7 @@ import json
 
 import pytest
 from conftest import make_adapter
+
 from loraforge.llamacpp.families import FAMILIES, LORA_TARGETS, build_model, build_tokenizer, vectors
 
 # Families whose tokenizer is the vocabulary's own; gemma2's stands in without the dummy-prefix space (Gemma's

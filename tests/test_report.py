@@ -33,7 +33,19 @@ def test_report_of_base_and_artifacts(tmp_path):
         f.write_text(json.dumps(metrics(f"code/{art}", 18.0 + kld * 100, kld, size, 16.0)))
         files.append(f)
     out = {k: tmp_path / f"out.{k}" for k in ("html", "tsv", "svg1", "svg2")}
-    rows = report_quality(tmp_path / "base.json", files, out["html"], out["tsv"], out["svg1"], out["svg2"])
+    bench = {}
+    for job, secs in (("merge", 4.5), ("convert", 7.25), ("quantize", 1.0)):
+        (tmp_path / f"{job}.tsv").write_text(f"s\th:m:s\tmax_rss\n{secs}\t0:00:0{int(secs)}\t100\n")
+        bench[job] = str(tmp_path / f"{job}.tsv")
+    benchmarks = {
+        "code/F16": [bench["merge"], bench["convert"]],
+        "code/Q8_0": [bench["merge"], bench["convert"], bench["quantize"]],
+        "code/Q4_K_M": [bench["merge"], str(tmp_path / "never-ran.tsv")],
+    }
+    rows = report_quality(
+        tmp_path / "base.json", files, out["html"], out["tsv"], out["svg1"], out["svg2"], build_benchmarks=benchmarks
+    )
+    assert [r.get("build_s") for r in rows] == [None, 11.8, 12.8, None]  # a missing record is not measured
     assert [(r["adapter"], r["artifact"]) for r in rows] == [
         ("(base)", "base"),
         ("code", "F16"),
@@ -43,7 +55,8 @@ def test_report_of_base_and_artifacts(tmp_path):
     html = out["html"].read_text()
     assert html.count("<tr>") == 5 and "—" in html  # the base has no KLD: shown as not measured, not 0
     tsv = out["tsv"].read_text().splitlines()
-    assert tsv[0].split("\t")[:5] == ["adapter", "artifact", "size_mb", "bits_per_weight", "mean_kld"]
-    assert tsv[4].split("\t")[4] == "0.002"
+    head = tsv[0].split("\t")
+    assert head[:7] == ["adapter", "artifact", "form", "size_mb", "per_adapter_mb", "bits_per_weight", "mean_kld"]
+    assert tsv[4].split("\t")[6] == "0.002" and tsv[4].split("\t")[2] == "merged GGUF"
     for svg in (out["svg1"], out["svg2"]):
         assert "<svg" in svg.read_text() and "Q4_K_M" in svg.read_text()

@@ -43,6 +43,8 @@ def slurm_run(wf, cluster, *args, check=True):
             "evaluate_artifact",
             "evaluate_base",
             "quantize_gguf",
+            "convert_lora",
+            "compute_imatrix",
         )
     ]
     env_args = [

@@ -35,13 +35,21 @@ def test_dry_run_lists_every_job_and_writes_nothing(built):
     wf, _m, _before, dry = built
     rules = sorted(r for r, _ in dry if r != "all")
     per_adapter = (
-        ["merge_adapter", "convert_to_gguf", "quantize_gguf", "compute_reference"]
-        + ["evaluate_artifact"] * 4
+        ["merge_adapter", "convert_to_gguf", "quantize_gguf", "compute_reference", "convert_lora", "deploy_bundle"]
+        + ["evaluate_artifact"] * 6
         + ["register_model"] * 2
     )
-    assert rules == sorted(per_adapter * 2 + ["evaluate_base", "report_quality", "render_dashboard"])
-    assert {w["adapter"] for r, w in dry if r == "quantize_gguf"} == {"alpha", "beta"}
-    assert {w["artifact"] for r, w in dry if r == "evaluate_artifact"} == {"adapter", "merged", "F16", "Q8_0"}
+    base_gguf = ["convert_to_gguf", "quantize_gguf"]  # the base's own GGUFs, shared by the LoRA GGUF form
+    assert rules == sorted(per_adapter * 2 + base_gguf + ["evaluate_base", "report_quality", "render_dashboard"])
+    assert {w["adapter"] for r, w in dry if r == "quantize_gguf"} == {"alpha", "beta", "base"}
+    assert {w["artifact"] for r, w in dry if r == "evaluate_artifact"} == {
+        "adapter",
+        "merged",
+        "F16",
+        "Q8_0",
+        "lora-F16",
+        "lora-Q8_0",
+    }
 
 
 def test_full_run_outputs_and_sidecars(built):

@@ -111,3 +111,27 @@ def test_empty_or_non_utf8_evaluation_text(workflow, models, tmp_path, content, 
     t.write_bytes(content)
     cfg = user_config(models, evaluation={"texts": {"general": str(t)}})
     _fails_cleanly(workflow(cfg), f"config evaluation.texts.general: {t}: {problem}")
+
+
+def test_imatrix_only_type_without_imatrix_is_refused(workflow, models):
+    wf = workflow(user_config(models, quantize={"types": ["Q8_0", "IQ2_XS"]}))
+    _fails_cleanly(wf, "config quantize.types: IQ2_XS needs an importance matrix")
+
+
+def test_calibration_text_that_is_an_evaluation_text_is_refused(workflow, models):
+    imatrix = {"text": str(models["text"]), "types": ["Q4_K_M"]}
+    wf = workflow(user_config(models, quantize={"types": ["Q8_0"], "imatrix": imatrix}))
+    _fails_cleanly(wf, "overlaps evaluation.texts.general")
+
+
+def test_adapter_named_base_is_refused(workflow, models):
+    wf = workflow(user_config(models, adapters={"base": str(models["alpha"])}))
+    _fails_cleanly(wf, "config adapters.base: 'base' names the base model's own GGUFs")
+
+
+def test_compression_that_drops_every_layer_is_refused(workflow, models, tmp_path):
+    cal = tmp_path / "calibration.txt"
+    cal.write_text("Calibration text that is not the evaluation text.\n" * 50)
+    compress = {"text": str(cal), "specs": {"all": {"drop_layers": 2}}}
+    wf = workflow(user_config(models, compress=compress))
+    _fails_cleanly(wf, "config compress.specs.all: drop_layers 2 removes all 2 layers")

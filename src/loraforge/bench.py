@@ -3,9 +3,10 @@
     python -m loraforge.bench merge --size-gb 1 4 --out results/bench/merge.json
 
 For each size: a synthetic Llama-shaped bf16 base (hidden 2048, intermediate 5632, vocab 32000; layers chosen
-to reach the size; Llama 2's real tokenizer) and a LoRA r=16 adapter on every linear layer are generated once and cached. Then, each in
-its own child process, with the base already in the page cache: a plain ``cp -r`` of the base, PEFT
-``merge_and_unload`` + save, and the streaming merge. Wall time and the child's peak RSS (``wait4``) of each.
+to reach the size; Llama 2's real tokenizer) and a LoRA r=16 adapter on every linear layer are generated once
+and cached. Then, each in its own child process, with the base already in the page cache: a plain ``cp -r`` of
+the base, PEFT ``merge_and_unload`` + save, and the streaming merge. Wall time and the child's peak RSS
+(``wait4``) of each.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from .io.publish import atomic_dir, write_text_atomic
-from .llamacpp.families import FAMILIES, build_tokenizer
 from .io.safetensors import encode, write_header
+from .llamacpp.families import FAMILIES, build_tokenizer
 from .merging.streaming import plan_shards, shard_name, write_index
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,9 @@ log = logging.getLogger(__name__)
 COLUMNS = [
     ("adapter", "adapter"),
     ("artifact", "artifact"),
+    ("form", "form"),
     ("size_mb", "size (MB)"),
+    ("per_adapter_mb", "per adapter (MB)"),
     ("bits_per_weight", "bits/weight"),
     ("mean_kld", "mean KLD"),
     ("median_kld", "median KLD"),
@@ -24,10 +26,23 @@ COLUMNS = [
     ("top1_agreement", "top-1 agreement"),
     ("max_delta_ppl", "max ΔPPL"),
     ("tokens_per_second", "tokens/s"),
+    ("build_s", "build time (s)"),
 ]
 
 
-def _rows(base_json, metric_jsons) -> tuple[list[dict], list[str]]:
+def build_seconds(files: list[str]) -> float | None:
+    """Wall seconds of the jobs in Snakemake benchmark files, summed; None when any is missing (not measured)."""
+    total = 0.0
+    for f in files:
+        p = Path(f)
+        if not p.exists():
+            return None
+        lines = p.read_text().splitlines()
+        total += float(lines[-1].split("\t")[0])  # columns: s, h:m:s, max_rss, ...
+    return round(total, 1)
+
+
+def _rows(base_json, metric_jsons, benchmarks: dict | None = None) -> tuple[list[dict], list[str]]:
     rows, texts = [], []
     entries = [("(base)", "base", Metrics.from_json(json.loads(Path(base_json).read_text())))]
     for p in metric_jsons:
@@ -35,18 +50,30 @@ def _rows(base_json, metric_jsons) -> tuple[list[dict], list[str]]:
         adapter, artifact = m.label.split("/", 1)
         entries.append((adapter, artifact, m))
     for adapter, artifact, m in entries:
-        row = {"adapter": adapter, "artifact": artifact}
+        row = {"adapter": adapter, "artifact": artifact, "form": _form(m.kind)}
         if m.size_bytes is not None:
             row["size_mb"] = m.size_bytes / 1e6
-        for key, _ in COLUMNS[3:]:
+            # what each further adapter costs: its LoRA GGUF beside the shared base, or a whole merged model
+            if artifact != "base":
+                row["per_adapter_mb"] = (m.lora_bytes if m.kind == "lora" else m.size_bytes) / 1e6
+        if artifact == "base":
+            row["form"] = "base model"
+        for key, _ in COLUMNS[5:-1]:
             if getattr(m, key) is not None:
                 row[key] = getattr(m, key)
+        files = (benchmarks or {}).get(f"{adapter}/{artifact}")
+        if files:
+            row["build_s"] = build_seconds(files)
         for t, ppl in m.ppl().items():
             row[f"ppl:{t}"] = ppl
             if t not in texts:
                 texts.append(t)
         rows.append(row)
     return rows, texts
+
+
+def _form(kind: str) -> str:
+    return {"lora": "base GGUF + LoRA GGUF", "gguf": "merged GGUF", "hf": "merged HF", "peft": "PEFT"}.get(kind, kind)
 
 
 def _fmt(v) -> str:
@@ -63,7 +90,7 @@ def _table_html(rows, cols) -> str:
     return (
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>loraforge quality</title><style>"
         "body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:3px 8px;"
-        "text-align:right}td:nth-child(-n+2){text-align:left}</style></head><body>"
+        "text-align:right}td:nth-child(-n+3){text-align:left}</style></head><body>"
         "<h2>Quality of every artifact</h2><p>KLD and top-1 agreement are against the merged model in float32; "
         "— means not measured for that artifact (the base has no reference).</p>"
         f"<table id='metrics'><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table></body></html>\n"
@@ -124,8 +151,11 @@ def _plot_ppl(rows, texts, out) -> None:
     plt.close(fig)
 
 
-def report_quality(base_json, metric_jsons, table_html, tsv, size_kld_svg, ppl_svg) -> list[dict]:
-    rows, texts = _rows(base_json, metric_jsons)
+def report_quality(
+    base_json, metric_jsons, table_html, tsv, size_kld_svg, ppl_svg, build_benchmarks: dict | None = None
+) -> list[dict]:
+    """``build_benchmarks``: "adapter/artifact" -> the Snakemake benchmark files of the jobs that built it."""
+    rows, texts = _rows(base_json, metric_jsons, build_benchmarks)
     cols = COLUMNS + [(f"ppl:{t}", f"PPL {t}") for t in texts]
     write_text_atomic(table_html, _table_html(rows, cols))
     lines = ["\t".join(k for k, _ in cols)] + [

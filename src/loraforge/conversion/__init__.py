@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -21,7 +22,7 @@ from .tokenizer_check import check_chat_rendering, check_tokenizer
 log = logging.getLogger(__name__)
 
 
-def _convert_to(model_dir, out: Path, outtype: str, llama_cpp_dir=None) -> dict:
+def _convert_to(model_dir, out: Path, outtype: str, llama_cpp_dir=None, metadata: dict | None = None) -> dict:
     """Run the conversion into ``out``; the caller publishes it."""
     model = inspect_base(model_dir, what="model")
     outtype = outtype.lower()
@@ -37,7 +38,13 @@ def _convert_to(model_dir, out: Path, outtype: str, llama_cpp_dir=None) -> dict:
         log.info("%s holds float32 weights; writing %s as configured", model_dir, FLOAT_TYPES[outtype])
     lc = locate(llama_cpp_dir)
     with tempfile.TemporaryDirectory(prefix="loraforge-convert-") as work:
-        convert_hf_to_gguf(converter_input(model_dir, Path(work)), out, outtype, lc=lc, shown_as=model_dir)
+        meta = None
+        if metadata:  # llama.cpp's naming keys (general.name, basename, finetune, ...), else guessed from the path
+            meta = Path(work) / "metadata.json"
+            meta.write_text(json.dumps(metadata))
+        convert_hf_to_gguf(
+            converter_input(model_dir, Path(work)), out, outtype, lc=lc, shown_as=model_dir, metadata=meta
+        )
     return {"source_dtype": model.dtype, "outtype": FLOAT_TYPES[outtype], "converter": lc.revision}
 
 
@@ -46,10 +53,13 @@ def convert(
     out_gguf: str | os.PathLike,
     outtype: str = "f16",
     llama_cpp_dir: str | os.PathLike | None = None,
+    metadata: dict | None = None,
 ) -> dict:
-    """Convert an HF model directory to a float GGUF (f16, bf16 or f32). The file appears only when complete."""
+    """Convert an HF model directory to a float GGUF (f16, bf16 or f32). The file appears only when complete.
+
+    ``metadata``: GGUF ``general.*`` keys to set (llama.cpp's ``--metadata``), e.g. ``general.basename``."""
     with atomic_file(out_gguf) as tmp:
-        return _convert_to(model_dir, tmp, outtype, llama_cpp_dir)
+        return _convert_to(model_dir, tmp, outtype, llama_cpp_dir, metadata)
 
 
 def check_conversion(model_dir, gguf, text_file: str | None = None, threads: int = 1) -> tuple[dict, dict]:
@@ -78,12 +88,13 @@ def convert_artifact(
     check_text: str | None = None,
     threads: int = 1,
     llama_cpp_dir=None,
+    metadata: dict | None = None,
 ) -> dict:
     """The convert_to_gguf rule: convert; check the GGUF's tokenizer and chat template against the HF tokenizer
     and its logits against the HF model; publish GGUF and sidecar."""
     out_gguf = Path(out_gguf)
     with atomic_file(out_gguf) as tmp:
-        summary = _convert_to(model_dir, tmp, outtype, llama_cpp_dir)
+        summary = _convert_to(model_dir, tmp, outtype, llama_cpp_dir, metadata)
         if check:
             texts = {"check": Path(check_text).read_text(encoding="utf-8") if check_text else CHECK_TEXT}
             summary["tokenizer"] = check_tokenizer(model_dir, tmp, texts, shown_as=out_gguf)

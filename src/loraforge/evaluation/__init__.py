@@ -25,7 +25,7 @@ from .windows import token_windows
 
 log = logging.getLogger(__name__)
 
-KINDS = ("gguf", "hf", "peft")
+KINDS = ("gguf", "lora", "hf", "peft")
 
 
 def _artifact_size(path: Path) -> int:
@@ -58,11 +58,13 @@ def _same_tokens(scorer, text_file, windows: np.ndarray, gguf) -> bool:
     return True
 
 
-def _scorer(kind: str, path, n_ctx: int, threads: int, base_dir, adapters, batch: int):
+def _scorer(kind: str, path, n_ctx: int, threads: int, base_dir, adapters, batch: int, lora=None):
     from .scorers import GGUFScorer, hf_scorer, peft_scorer
 
-    if kind == "gguf":
-        return GGUFScorer(path, n_ctx, threads)
+    if kind in ("gguf", "lora"):
+        if (kind == "lora") != (lora is not None):
+            raise PipelineError("kind lora takes the base GGUF as path and the LoRA GGUF as lora, and only it does")
+        return GGUFScorer(path, n_ctx, threads, lora)
     if kind == "hf":
         return hf_scorer(path, batch=batch)
     if kind == "peft":
@@ -82,8 +84,10 @@ def evaluate(
     adapters=None,
     batch: int = 8,
     label: str = "",
+    lora=None,
 ) -> Metrics:
-    """Score one artifact. ``kind``: gguf (a GGUF file), hf (a model dir, own dtype), peft (base+adapters).
+    """Score one artifact. ``kind``: gguf (a GGUF file), lora (the base GGUF ``path`` with the LoRA GGUF ``lora``
+    applied by llama.cpp at scale 1), hf (a model dir, own dtype), peft (base+adapters).
 
     With ``reference`` the windows come from it and KLD/top-1/ΔPPL are measured; without, only PPL (on
     ``texts``, tokenized with the artifact's tokenizer).
@@ -98,14 +102,14 @@ def evaluate(
         tok_dir = path if kind == "hf" else base_dir
         tokens = {n: token_windows(tok_dir, p, n_ctx, max_tokens) for n, p in texts.items()}
         lps = {n: None for n in tokens}
-    scorer = _scorer(kind, path, n_ctx, threads, base_dir, adapters, batch)
+    scorer = _scorer(kind, path, n_ctx, threads, base_dir, adapters, batch, lora)
     load_s = time.time() - t_load
     t0 = time.time()
     per_text, all_kld = {}, []
     try:
         for name, windows in tokens.items():
             extra = {}
-            if kind == "gguf" and reference is not None:
+            if kind in ("gguf", "lora") and reference is not None:
                 extra["llama_cpp_tokens_agree"] = _same_tokens(scorer, info["texts"][name]["file"], windows, path)
             acc = TextScorer(windows, lps[name])
             for logits in scorer.logits(windows):
@@ -129,8 +133,12 @@ def evaluate(
         summary["size_bytes"] = _artifact_size(Path(path))
         if Path(path).is_file():
             summary["artifact_sha256"] = sha256_file(path)
-        if "bits_per_weight" in loaded:
+        if "bits_per_weight" in loaded and not lora:
             summary["bits_per_weight"] = loaded["bits_per_weight"]
+    if lora:
+        lora_bytes = Path(lora).stat().st_size
+        summary.update(lora=str(lora), lora_bytes=lora_bytes, lora_sha256=sha256_file(lora))
+        summary["size_bytes"] += lora_bytes
     return Metrics(
         label=label,
         artifact=str(path) if path else "peft:" + ",".join(str(a["path"]) for a in adapters),
@@ -145,13 +153,17 @@ def evaluate(
     )
 
 
-def evaluate_artifact(out_json, label: str, gates: dict | None = None, check_json=None, **kwargs) -> Metrics:
+def evaluate_artifact(
+    out_json, label: str, gates: dict | None = None, check_json=None, lora_check_json=None, **kwargs
+) -> Metrics:
     """The evaluate_artifact rule: measure, then apply gates; a failing gate fails the rule, no JSON written.
 
-    With ``check_json`` (a GGUF's build sidecar), the file must still be the bytes that were built."""
-    expected = json.loads(Path(check_json).read_text()).get("sha256") if check_json else None
-    if expected and sha256_file(kwargs["path"]) != expected:
-        raise PipelineError(changed_since_built(kwargs["path"], check_json))
+    With ``check_json`` (a GGUF's build sidecar; ``lora_check_json`` the LoRA GGUF's), the file must still be the
+    bytes that were built."""
+    for key, sidecar in (("path", check_json), ("lora", lora_check_json)):
+        expected = json.loads(Path(sidecar).read_text()).get("sha256") if sidecar else None
+        if expected and sha256_file(kwargs[key]) != expected:
+            raise PipelineError(changed_since_built(kwargs[key], sidecar))
     result = dataclasses.replace(evaluate(label=label, **kwargs), gates=gates or {})
     log.info("evaluation of %s: %s", label, json.dumps(result.to_json(), indent=1))
     failures = check_gates(result, gates, label)

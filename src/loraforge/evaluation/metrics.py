@@ -36,7 +36,7 @@ class Metrics:
 
     label: str
     artifact: str
-    kind: str  # gguf, hf or peft
+    kind: str  # gguf, lora (base GGUF + LoRA GGUF), hf or peft
     n_ctx: int
     texts: dict[str, TextMetrics]
     scored_tokens: int
@@ -50,7 +50,10 @@ class Metrics:
     max_delta_ppl: float | None = None
     size_bytes: int | None = None
     bits_per_weight: float | None = None
-    artifact_sha256: str | None = None  # the bytes scored (a GGUF file)
+    artifact_sha256: str | None = None  # the bytes scored (a GGUF file; for lora, the base GGUF)
+    lora: str | None = None  # kind lora: the LoRA GGUF applied at scale 1
+    lora_bytes: int | None = None  # its size: what each adapter adds to the shared base (size_bytes is both)
+    lora_sha256: str | None = None
     gates: dict = field(default_factory=dict)
 
     def ppl(self) -> dict[str, float]:

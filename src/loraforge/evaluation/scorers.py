@@ -32,10 +32,10 @@ class HFScorer:
 
 
 class GGUFScorer:
-    def __init__(self, path, n_ctx: int, threads: int):
+    def __init__(self, path, n_ctx: int, threads: int, lora=None):
         from ..llamacpp.library import GGUFModel
 
-        self.m = GGUFModel(Path(path), n_ctx=n_ctx, threads=threads)
+        self.m = GGUFModel(Path(path), n_ctx=n_ctx, threads=threads, lora=Path(lora) if lora else None)
 
     def logits(self, windows: np.ndarray) -> Iterator[np.ndarray]:
         for w in windows:

@@ -39,13 +39,15 @@ def file_types() -> dict[str, int]:
 class GGUFModel:
     """A GGUF loaded in llama.cpp for scoring token sequences."""
 
-    def __init__(self, path: Path, n_ctx: int, threads: int = 1):
+    def __init__(self, path: Path, n_ctx: int, threads: int = 1, lora: Path | None = None):
         lc = llama_cpp()
-        if not Path(path).exists():
-            raise PipelineError(f"{path}: GGUF file does not exist")
+        for p in (path, lora):
+            if p is not None and not Path(p).exists():
+                raise PipelineError(f"{p}: GGUF file does not exist")
         try:
             self.llm = lc.Llama(
                 model_path=str(path),
+                lora_path=str(lora) if lora else None,
                 n_ctx=n_ctx,
                 n_batch=n_ctx,
                 n_ubatch=n_ctx,

@@ -7,7 +7,7 @@ and llama.cpp's test vocabularies and chat templates. ``build()`` fetches that s
 sha256), unpacks the tree into a cache and compiles the tools once; ``make setup`` runs it.
 
 A llama.cpp directory is a source tree with its tools in ``build/bin/`` or ``bin/``: the one ``build()`` makes,
-or your own (e.g. a CUDA build) named by ``$LLAMA_CPP_DIR`` or the config key ``llama_cpp.dir``.
+or your own (e.g. a CUDA build) named by ``$LLAMA_CPP_DIR`` or the config key ``llama_cpp_dir``.
 
     python -m loraforge.llamacpp.toolchain build     # what `make setup` runs (minutes, once)
     python -m loraforge.llamacpp.toolchain where     # the directory in use, its revision and tools

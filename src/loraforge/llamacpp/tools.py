@@ -73,13 +73,15 @@ def run_tool(cmd: list[str], what: str, out: Path, env: dict | None = None, show
     return output
 
 
-def _converter_env() -> dict:
+def converter_env() -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     env.pop("NO_LOCAL_GGUF", None)  # the tree's own gguf-py, of the converter's revision
     return env
 
 
-def convert_hf_to_gguf(model_dir: Path, out: Path, outtype: str, lc: LlamaCpp | None = None, shown_as=None) -> str:
+def convert_hf_to_gguf(
+    model_dir: Path, out: Path, outtype: str, lc: LlamaCpp | None = None, shown_as=None, metadata: Path | None = None
+) -> str:
     """llama.cpp's convert_hf_to_gguf.py in a child process (its memory is freed when it exits; no hub access).
     Messages name ``shown_as`` for the model directory when given. Returns the converter's output."""
     if outtype not in FLOAT_TYPES:
@@ -94,7 +96,9 @@ def convert_hf_to_gguf(model_dir: Path, out: Path, outtype: str, lc: LlamaCpp | 
         "--outtype",
         outtype,
     ]
-    return run_tool(cmd, f"llama.cpp's converter on {shown_as or model_dir}", out, env=_converter_env())
+    if metadata is not None:
+        cmd += ["--metadata", str(metadata)]
+    return run_tool(cmd, f"llama.cpp's converter on {shown_as or model_dir}", out, env=converter_env())
 
 
 def quantize_gguf(

@@ -112,11 +112,17 @@ CREATE TABLE comparisons (
 
 
 def revision_key(lineage: dict) -> str:
-    """What makes a version: the base's and each adapter's content, and the adapters' weights, in order."""
+    """What makes a version: the base's and each adapter's content, the adapters' weights in order, and the build
+    settings that change the artifacts' bytes (float type, GGUF naming, imatrix, compression): a revision's
+    artifacts are immutable, so other settings make another version. (v1 kept the quant type in its settings: it
+    belongs to one artifact, not the version.)"""
+    settings = {k: v for k, v in (lineage.get("settings") or {}).items() if k != "quant_type"}
     key = {
         "base": lineage.get("base_model", {}).get("sha256"),
         "adapters": [[a.get("sha256"), float(a.get("weight", 1.0))] for a in lineage.get("adapters", [])],
     }
+    if settings:  # (no settings: the key of registries written before settings were part of it)
+        key["settings"] = settings
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 

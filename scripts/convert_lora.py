@@ -1,0 +1,23 @@
+"""Rule convert_lora: the adapter as a LoRA GGUF, checked against the merged GGUF (loraforge.conversion.lora)."""
+
+from loraforge.conversion.lora import lora_artifact
+from loraforge.rule import run
+
+if __name__ == "__main__":
+    sm = snakemake  # noqa: F821 - injected by Snakemake
+    i, p = sm.input, sm.params
+    run(
+        sm.log[0],
+        lora_artifact,
+        threads=sm.threads,
+        adapter_dir=i.adapter,
+        base_dir=i.base,
+        out_gguf=sm.output.gguf,
+        check_json=sm.output.check,
+        base_gguf=i.base_gguf,
+        merged_gguf=i.merged_gguf,
+        outtype=p.outtype,
+        weight=p.weight,
+        max_kld=p.max_kld,
+        llama_cpp_dir=p.llama_cpp_dir,
+    )

@@ -1,0 +1,181 @@
+"""A PEFT adapter -> a LoRA GGUF with llama.cpp's convert_lora_to_gguf.py, for llama.cpp's ``--lora`` and
+Ollama's ``ADAPTER``: megabytes beside a quantized base instead of a merged model per adapter.
+
+llama.cpp applies every LoRA tensor pair with the scale alpha / rank, alpha being the one ``lora_alpha`` the
+converter writes. PEFT's scale differs where the adapter uses rsLoRA (alpha / sqrt(rank)) or per-module
+rank/alpha patterns, and a stack weight multiplies it: the converter ignores all three. Such an adapter is
+transformed exactly before conversion, by folding the difference into B:
+
+    B' = B * s_peft(module) * weight * rank(module) / lora_alpha
+
+so that llama.cpp's lora_alpha / rank(module) times B' A is PEFT's delta. What no LoRA GGUF can express is
+refused with one line, and the merged form still builds: DoRA (magnitude vectors), tensors replaced wholesale
+(modules_to_save, resized embeddings), and stacks of several adapters.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import PipelineError
+from ..io.publish import atomic_file
+from ..io.safetensors import TensorReader
+from ..llamacpp.toolchain import locate
+from ..llamacpp.tools import converter_env, run_tool
+from ..merging.lora_math import lora_scaling, pattern_value
+from ..preflight import Adapter, as_specs, inspect_adapter
+
+log = logging.getLogger(__name__)
+
+OUTTYPES = ("f32", "f16", "bf16")
+
+
+def refusal(adapters) -> str | None:
+    """Why ``adapters`` (a stack spec) cannot be a LoRA GGUF, or None when it can."""
+    specs = as_specs(adapters)
+    if len(specs) > 1:
+        return "a stack of several adapters has no single LoRA GGUF (load each with its own scale instead)"
+    ad = inspect_adapter(specs[0].path)
+    if any(lm.magnitude_key for lm in ad.lora.values()):
+        return "DoRA: llama.cpp's LoRA GGUFs have no magnitude vectors"
+    if ad.replaced:
+        return f"it replaces {sorted(ad.replaced)[0]} wholesale (modules_to_save or resized embeddings)"
+    return None
+
+
+def _factor(ad: Adapter, module: str, weight: float) -> float:
+    """What B must be multiplied by for llama.cpp's alpha / rank to give PEFT's scale times the weight."""
+    rank = pattern_value(ad.config.get("rank_pattern") or {}, module, ad.config["r"])
+    return lora_scaling(ad.config, module) * weight * rank / float(ad.config["lora_alpha"])
+
+
+def _transformed(ad: Adapter, weight: float, work: Path) -> tuple[Path, dict]:
+    """The adapter itself when llama.cpp's scale is already PEFT's, else an exact copy with the scale folded
+    into B. Returns (adapter dir for the converter, record of what was done)."""
+    factors = {m: _factor(ad, m, weight) for m in ad.lora}
+    if all(abs(f - 1.0) < 1e-12 for f in factors.values()):
+        return ad.path, {"transformed": False}
+    from safetensors.numpy import save_file
+
+    out = work / "adapter"
+    out.mkdir()
+    b_keys = {lm.b_key: m for m, lm in ad.lora.items()}
+    with TensorReader() as r:  # float32 throughout: numpy has no bfloat16, and the converter writes its outtype
+        tensors = {
+            key: r.float32(info) * np.float32(factors[b_keys[key]] if key in b_keys else 1.0)
+            for key, info in ad.tensors.items()
+        }
+    save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+    cfg = dict(ad.config)
+    for key in ("use_rslora", "rank_pattern", "alpha_pattern"):
+        cfg.pop(key, None)
+    (out / "adapter_config.json").write_text(json.dumps(cfg, indent=2))
+    record = {
+        "transformed": True,
+        "why": [k for k in ("use_rslora", "rank_pattern", "alpha_pattern") if ad.config.get(k)]
+        + (["weight"] if weight != 1.0 else []),
+        "b_factors": sorted({round(f, 6) for f in factors.values()}),
+    }
+    log.info("adapter %s: scale folded into B for llama.cpp (%s)", ad.path, record)
+    return out, record
+
+
+def _convert_lora_to(adapter_dir, base_dir, out: Path, outtype: str, weight: float, llama_cpp_dir) -> dict:
+    """Run the conversion into ``out`` (the caller publishes it)."""
+    if outtype not in OUTTYPES:
+        raise PipelineError(f"unsupported LoRA GGUF outtype {outtype!r} (one of {', '.join(OUTTYPES)})")
+    why = refusal([{"path": adapter_dir, "weight": weight}])
+    if why:
+        raise PipelineError(f"{adapter_dir}: no LoRA GGUF: {why}; its merged form still builds")
+    ad = inspect_adapter(adapter_dir)
+    lc = locate(llama_cpp_dir)
+    with tempfile.TemporaryDirectory(prefix="loraforge-lora-") as work:
+        src, record = _transformed(ad, weight, Path(work))
+        cmd = [
+            sys.executable,
+            str(lc.script("convert_lora_to_gguf.py")),
+            "--base",
+            str(Path(base_dir).resolve()),
+            "--outfile",
+            str(out),
+            "--outtype",
+            outtype,
+            str(src),
+        ]
+        run_tool(cmd, f"llama.cpp's LoRA converter on {adapter_dir}", out, env=converter_env())
+    ranks = sorted({lm.a_shape[0] for lm in ad.lora.values()})
+    return {
+        "adapter": str(adapter_dir),
+        "outtype": outtype.upper(),
+        "converter": lc.revision,
+        "ranks": ranks,
+        "lora_alpha": ad.config["lora_alpha"],
+        **record,
+    }
+
+
+def convert_lora(
+    adapter_dir, base_dir, out_gguf, outtype: str = "f16", weight: float = 1.0, llama_cpp_dir=None
+) -> dict:
+    """Convert one PEFT adapter (on the HF base in ``base_dir``) to a LoRA GGUF; refuses what it cannot express
+    exactly. The file appears only when complete."""
+    with atomic_file(out_gguf) as tmp:
+        return _convert_lora_to(adapter_dir, base_dir, tmp, outtype, weight, llama_cpp_dir)
+
+
+def check_lora(base_gguf, lora_gguf, merged_gguf, threads: int = 1) -> dict:
+    """llama.cpp with the base GGUF and the LoRA GGUF at scale 1 against the merged model's GGUF of the same type:
+    the same model, so the same distributions up to float rounding (the merged weights are rounded to the float
+    type after the delta is added; base + LoRA rounds the base and the delta apart). Mean KL-divergence of the
+    next-token distributions is the measure: top-1 alone flips on near-ties."""
+    from ..checks import CHECK_TEXT, compare_logits
+    from ..evaluation.metrics import log_softmax
+    from ..llamacpp.library import GGUFModel
+
+    with GGUFModel(Path(merged_gguf), n_ctx=256, threads=threads) as m:
+        ids = m.tokenize(CHECK_TEXT)[: min(256, m.n_ctx_train)]
+        ref = m.logits(ids)
+    with GGUFModel(Path(base_gguf), n_ctx=256, threads=threads, lora=Path(lora_gguf)) as b:
+        got = b.logits(ids)
+    lp, lq = log_softmax(ref.astype(np.float64)), log_softmax(got.astype(np.float64))
+    kld = float((np.exp(lp) * (lp - lq)).sum(-1).mean())
+    return {**compare_logits(got, ref), "mean_kld": kld, "reference": f"merged model {Path(merged_gguf).name}"}
+
+
+def lora_artifact(
+    adapter_dir,
+    base_dir,
+    out_gguf,
+    check_json,
+    base_gguf,
+    merged_gguf,
+    outtype: str = "f16",
+    weight: float = 1.0,
+    max_kld: float = 5e-3,
+    threads: int = 1,
+    llama_cpp_dir=None,
+) -> dict:
+    """The convert_lora_to_gguf rule: convert, check base + LoRA against the merged model, publish GGUF and
+    sidecar."""
+    from ..checks import write_sidecar
+    from ..io.hashing import sha256_file
+
+    with atomic_file(out_gguf) as tmp:
+        summary = _convert_lora_to(adapter_dir, base_dir, tmp, outtype, weight, llama_cpp_dir)
+        summary["check"] = res = check_lora(base_gguf, tmp, merged_gguf, threads)
+        res["max_kld"] = max_kld
+        if not res["mean_kld"] <= max_kld:
+            raise PipelineError(
+                f"{out_gguf}: the base with this LoRA disagrees with the merged model (mean KLD "
+                f"{res['mean_kld']:.3g}, max {max_kld:g}; top-1 agreement {res['top1_agreement']:.3f})"
+            )
+        summary.update(size_bytes=tmp.stat().st_size, sha256=sha256_file(tmp))
+    write_sidecar(check_json, summary)
+    log.info("LoRA GGUF %s: %s", out_gguf, summary)
+    return summary

@@ -1,0 +1,257 @@
+"""What users load: an Ollama Modelfile for each deployment form of an adapter, and a Hugging Face model card.
+
+A bundle directory per adapter (``results/deploy/<adapter>/``):
+
+- ``Modelfile``: ``FROM`` the merged model's GGUF;
+- ``Modelfile.lora`` (when the adapter has the LoRA GGUF form): ``FROM`` the base's GGUF of the same type and
+  ``ADAPTER`` the LoRA GGUF;
+- ``README.md``: a model card with YAML front matter (``base_model``, ``base_model_relation``, ``license``,
+  ``tags``, ``quantized_by``) and the measured numbers of every evaluated artifact.
+
+Paths in the Modelfiles are relative to the bundle, as Ollama resolves them, so ``ollama create -f`` works in place
+without copying gigabytes. ``PARAMETER stop`` lists the model's end-of-turn tokens. Ollama derives the prompt
+template from the GGUF's own chat template when it recognizes it; a ``TEMPLATE`` cannot be derived from an arbitrary
+Jinja template, so for an unrecognized one the Modelfile says so in a comment and the build logs a warning.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
+
+from . import __version__
+from .errors import PipelineError
+from .evaluation.metrics import Metrics
+from .io.publish import atomic_dir
+
+log = logging.getLogger(__name__)
+
+# chat-template markers of the families whose template Ollama recognizes in a GGUF (its template/index.json)
+KNOWN_TEMPLATES = {
+    "ChatML": ("<|im_start|>",),
+    "Llama 3": ("<|start_header_id|>",),
+    "Mistral / Llama 2": ("[INST]",),
+    "Gemma": ("<start_of_turn>",),
+    "Phi-3": ("<|user|>", "<|end|>"),
+}
+HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def template_family(template: str | None) -> str | None:
+    if not template:
+        return None
+    for family, markers in KNOWN_TEMPLATES.items():
+        if all(m in template for m in markers):
+            return family
+    return None
+
+
+def stop_tokens(model_dir) -> list[str]:
+    """The end-of-turn tokens of a model directory: its EOS and generation_config's eos_token_id(s)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    ids = {tok.eos_token_id} if tok.eos_token_id is not None else set()
+    gen = Path(model_dir) / "generation_config.json"
+    if gen.exists():
+        eos = json.loads(gen.read_text()).get("eos_token_id")
+        ids |= set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    return [tok.convert_ids_to_tokens(i) for i in sorted(ids)]
+
+
+def chat_template(model_dir) -> str | None:
+    d = Path(model_dir)
+    if (d / "chat_template.jinja").exists():
+        return (d / "chat_template.jinja").read_text(encoding="utf-8")
+    cfg = d / "tokenizer_config.json"
+    t = json.loads(cfg.read_text(encoding="utf-8")).get("chat_template") if cfg.exists() else None
+    return t if isinstance(t, str) else None
+
+
+def modelfile(bundle: Path, from_gguf, stops: list[str], template: str | None, adapter_gguf=None, title="") -> str:
+    def rel(p):
+        return os.path.relpath(Path(p).resolve(), bundle.resolve())
+
+    lines = [f"# {title}", f"# written by loraforge {__version__}; paths are relative to this file", ""]
+    lines.append(f"FROM {rel(from_gguf)}")
+    if adapter_gguf:
+        lines.append(f"ADAPTER {rel(adapter_gguf)}")
+    family = template_family(template)
+    if template is None:
+        lines.insert(2, "# no chat template: a completion model (ollama run with a raw prompt)")
+    elif family:
+        lines.insert(2, f"# prompt template: Ollama takes it from the GGUF's chat template ({family})")
+    else:
+        lines.insert(2, "# WARNING: Ollama may not recognize this GGUF's chat template; if `ollama show --template`")
+        lines.insert(3, "# is empty, add a TEMPLATE (Go template syntax) equivalent to the model's chat_template.jinja")
+        log.warning("%s: chat template of no family Ollama recognizes; the Modelfile carries no TEMPLATE", bundle)
+    lines += [f"PARAMETER stop {json.dumps(s)}" for s in stops]
+    return "\n".join(lines) + "\n"
+
+
+def _license(base_dir, configured: str | None) -> str | None:
+    readme = Path(base_dir) / "README.md"
+    if readme.exists():
+        m = re.match(r"^---\n(.*?)\n---", readme.read_text(encoding="utf-8"), re.S)
+        if m:
+            import yaml
+
+            front = yaml.safe_load(m.group(1)) or {}
+            if front.get("license"):
+                return str(front["license"])
+    return configured
+
+
+def _base_model_id(base_dir, adapter_dirs, configured: str | None) -> str | None:
+    """The base's Hugging Face id: configured, else the adapter's base_model_name_or_path when it is an id."""
+    if configured:
+        return configured
+    for d in adapter_dirs:
+        cfg = Path(d) / "adapter_config.json"
+        name = json.loads(cfg.read_text()).get("base_model_name_or_path") if cfg.exists() else None
+        if name and HF_ID.match(name) and not Path(name).exists():
+            return name
+    return None
+
+
+def _fmt(v, spec):
+    return "–" if v is None else format(v, spec)
+
+
+def metrics_table(metrics: dict[str, Metrics]) -> str:
+    texts = sorted({t for m in metrics.values() for t in m.texts})
+    head = ["artifact", "size MB", "bits/weight", "mean KLD", "top-1", *[f"PPL {t}" for t in texts]]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, m in metrics.items():
+        cells = [
+            name,
+            _fmt(m.size_bytes / 1e6 if m.size_bytes else None, ".1f"),
+            _fmt(m.bits_per_weight, ".2f"),
+            _fmt(m.mean_kld, ".2e"),
+            _fmt(m.top1_agreement, ".3f"),
+            *[_fmt(m.texts[t].ppl if t in m.texts else None, ".3f") for t in texts],
+        ]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def model_card(
+    name: str,
+    adapter: str,
+    base_id: str | None,
+    license_: str | None,
+    quantized_by: str | None,
+    files: dict[str, str],
+    metrics: dict[str, Metrics],
+    base_metrics: Metrics | None,
+) -> str:
+    front = {
+        "base_model": base_id,
+        "base_model_relation": "finetune" if base_id else None,
+        "license": license_,
+        "tags": ["gguf", "llama.cpp", "lora", "loraforge"],
+        "quantized_by": quantized_by,
+    }
+    import yaml
+
+    out = ["---", yaml.safe_dump({k: v for k, v in front.items() if v is not None}, sort_keys=False).strip(), "---", ""]
+    out += [f"# {name} {adapter}", ""]
+    out.append(
+        f"The LoRA adapter `{adapter}` on {f'`{base_id}`' if base_id else 'its base model'}, as GGUF files "
+        "for llama.cpp, Ollama and LM Studio, built and measured by loraforge."
+    )
+    if not license_:
+        out.append("\nLicense: not declared by the base model; set `deploy.license` to state it.")
+    out += ["", "## Files", ""]
+    out += [f"- `{f}`: {what}" for f, what in files.items()]
+    if metrics:
+        out += [
+            "",
+            "## Measured quality",
+            "",
+            "Against the merged model in float32 on held-out text: mean KL-divergence of the next-token "
+            "distribution, top-1 agreement, perplexity per text (lower is better). `lora-<type>` is the base's "
+            "GGUF of that type with the LoRA GGUF applied by llama.cpp.",
+            "",
+            metrics_table(metrics),
+        ]
+        if base_metrics:
+            ppl = ", ".join(f"{t} {m.ppl:.3f}" for t, m in sorted(base_metrics.texts.items()))
+            out += ["", f"The base model without the adapter: PPL {ppl}."]
+    else:
+        out += ["", "No quality numbers: evaluation was disabled for this build."]
+    out += [
+        "",
+        "## Use",
+        "",
+        "llama.cpp: `llama-server -m <merged GGUF>`, or `llama-server -m <base GGUF> --lora <LoRA GGUF>`.",
+        "",
+        "Ollama: `ollama create <name> -f Modelfile` (merged) or `-f Modelfile.lora` (base + adapter).",
+        "",
+        "LM Studio: `lms import <merged GGUF>`; it reads the chat template from the GGUF.",
+    ]
+    return "\n".join(out) + "\n"
+
+
+def deploy_bundle(
+    out_dir,
+    adapter: str,
+    name: str,
+    gguf_type: str,
+    merged_gguf,
+    merged_dir,
+    base_dir,
+    adapter_dirs,
+    base_gguf=None,
+    lora_gguf=None,
+    metrics: dict | None = None,
+    base_metrics=None,
+    base_model_id: str | None = None,
+    license_: str | None = None,
+    quantized_by: str | None = None,
+) -> dict:
+    """Write the bundle directory of one adapter (it appears only when complete)."""
+    for p in [merged_gguf, base_gguf, lora_gguf]:
+        if p is not None and not Path(p).is_file():
+            raise PipelineError(f"{p}: GGUF for the deploy bundle does not exist")
+    out_dir = Path(out_dir)
+    stops, template = stop_tokens(merged_dir), chat_template(merged_dir)
+    loaded = {k: Metrics.from_json(json.loads(Path(p).read_text())) for k, p in (metrics or {}).items()}
+    base_m = Metrics.from_json(json.loads(Path(base_metrics).read_text())) if base_metrics else None
+    files = {str(merged_gguf): f"the merged model, {gguf_type}"}
+    if lora_gguf:
+        files[str(base_gguf)] = f"the base model, {gguf_type} (shared by all adapters)"
+        files[str(lora_gguf)] = "the adapter as a LoRA GGUF (llama.cpp `--lora`, Ollama `ADAPTER`)"
+    base_id = _base_model_id(base_dir, adapter_dirs, base_model_id)
+    lic = _license(base_dir, license_)
+    with atomic_dir(out_dir) as tmp:
+        (tmp / "Modelfile").write_text(
+            modelfile(out_dir, merged_gguf, stops, template, title=f"{name} {adapter}, merged, {gguf_type}")
+        )
+        if lora_gguf:
+            (tmp / "Modelfile.lora").write_text(
+                modelfile(
+                    out_dir,
+                    base_gguf,
+                    stops,
+                    template,
+                    adapter_gguf=lora_gguf,
+                    title=f"{name} {gguf_type} with the LoRA adapter {adapter}",
+                )
+            )
+        (tmp / "README.md").write_text(
+            model_card(name, adapter, base_id, lic, quantized_by, files, loaded, base_m), encoding="utf-8"
+        )
+    summary = {
+        "bundle": str(out_dir),
+        "stops": stops,
+        "template_family": template_family(template),
+        "base_model": base_id,
+        "license": lic,
+        "forms": ["merged"] + (["lora"] if lora_gguf else []),
+    }
+    log.info("deploy bundle %s: %s", out_dir, summary)
+    return summary

@@ -1,0 +1,75 @@
+"""loraforge.conversion.lora: PEFT adapters as LoRA GGUFs that llama.cpp applies exactly as PEFT does.
+
+llama.cpp applies every LoRA pair with lora_alpha / rank; rsLoRA and rank/alpha patterns scale differently, and
+llama.cpp's converter ignores them (shown here: the untransformed GGUF disagrees with the merged model). Folding
+PEFT's scale into B makes base + LoRA GGUF the merged model again."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from conftest import make_adapter
+
+from loraforge import convert, merge
+from loraforge.conversion.lora import check_lora, convert_lora, lora_artifact, refusal
+from loraforge.errors import PipelineError
+from loraforge.llamacpp.toolchain import locate
+from loraforge.llamacpp.tools import converter_env
+
+
+@pytest.fixture(scope="module")
+def base_gguf(models, tmp_path_factory):
+    out = tmp_path_factory.mktemp("lora") / "base-F16.gguf"
+    convert(models["base"], out, outtype="f16")
+    return out
+
+
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [
+        ("plain", {}),
+        ("rslora", {"use_rslora": True}),
+        ("patterns", {"rank_pattern": {"q_proj": 4}, "alpha_pattern": {"v_proj": 3}}),
+    ],
+)
+def test_base_plus_lora_gguf_is_the_merged_model(models, base_gguf, tmp_path, name, kwargs):
+    base = models["base"]
+    ad = make_adapter(base, tmp_path / name, r=8, std=0.02, **kwargs)
+    merge(base, [ad], tmp_path / "merged")
+    convert(tmp_path / "merged", tmp_path / "merged.gguf", outtype="f16")
+    s = lora_artifact(ad, base, tmp_path / "lora.gguf", tmp_path / "lora.json", base_gguf, tmp_path / "merged.gguf")
+    assert s["check"]["mean_kld"] < 1e-4 and s["check"]["max_abs_logit_diff"] < 0.1, s
+    assert s["transformed"] == (name != "plain")
+    assert (tmp_path / "lora.gguf").stat().st_size < 0.2 * (tmp_path / "merged.gguf").stat().st_size
+    if name != "plain":  # what llama.cpp's converter alone makes of this adapter
+        raw = tmp_path / "raw.gguf"
+        script = locate().script("convert_lora_to_gguf.py")
+        cmd = [sys.executable, str(script), "--base", str(base), "--outfile", str(raw), "--outtype", "f16", str(ad)]
+        subprocess.run(cmd, env=converter_env(), check=True, capture_output=True)
+        wrong = check_lora(base_gguf, raw, tmp_path / "merged.gguf")
+        assert wrong["max_abs_logit_diff"] > 5 * s["check"]["max_abs_logit_diff"], (wrong, s["check"])
+        assert wrong["mean_kld"] > 100 * s["check"]["mean_kld"], (wrong, s["check"])
+
+
+def test_stack_weight_is_folded_into_the_lora(models, base_gguf, tmp_path):
+    base = models["base"]
+    merge(base, [{"path": models["alpha"], "weight": 0.5}], tmp_path / "merged")
+    convert(tmp_path / "merged", tmp_path / "merged.gguf", outtype="f16")
+    s = lora_artifact(
+        models["alpha"], base, tmp_path / "l.gguf", tmp_path / "l.json", base_gguf, tmp_path / "merged.gguf", weight=0.5
+    )
+    assert s["transformed"] and s["why"] == ["weight"] and s["check"]["mean_kld"] < 1e-4
+
+
+def test_what_no_lora_gguf_expresses_is_refused_in_one_line(models, tmp_path):
+    base = models["base"]
+    dora = make_adapter(base, tmp_path / "dora", r=4, use_dora=True)
+    assert "DoRA" in refusal([dora])
+    with pytest.raises(PipelineError, match="no LoRA GGUF: DoRA"):
+        convert_lora(dora, base, tmp_path / "x.gguf")
+    assert "stack" in refusal([models["alpha"], models["beta"]])
+    saved = make_adapter(base, tmp_path / "mts", r=4, modules_to_save=["lm_head"])
+    assert "wholesale" in refusal([saved])
+    assert not (tmp_path / "x.gguf").exists()
