@@ -7,7 +7,7 @@ TORCH_CPU_SPEC ?= torch==2.13.0
 TORCH_CPU_PIP_ARGS ?=
 SIZE_GB ?= 1
 
-.PHONY: setup demo test lint dry-run report bench-merge clean
+.PHONY: setup demo test lint dry-run report dashboard bench-merge clean
 
 setup: $(VENV)/.installed
 
@@ -44,6 +44,9 @@ lint: setup
 
 test: setup lint
 	$(BIN)/pytest -ra
+
+dashboard: setup
+	$(BIN)/snakemake --profile profiles/local results/dashboard/index.html
 
 bench-merge: setup
 	$(BIN)/python -m loraforge.bench merge --size-gb $(SIZE_GB) --out results/bench/merge.json  # SIZE_GB="1 4"

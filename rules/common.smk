@@ -322,6 +322,25 @@ def evaluation_inputs(wildcards):
 
 def register_inputs(wildcards):
     a, t = wildcards.adapter, wildcards.gguf_type
+    if (
+        t == f"lora-{LORA_TYPE}"
+    ):  # the adapter's LoRA GGUF, an artifact of the same revision
+        lora = LORA_GGUF.format(adapter=a)
+        inputs = {
+            "gguf": lora,
+            "check": f"{lora}.json",
+            "merge": expand(rules.merge_adapter.output.check, adapter=a)[0],
+            "merged": model_dir(a),
+        }
+        if (
+            EVAL
+        ):  # waits for base + LoRA's evaluation (its gates); its numbers belong to the pair, not the file
+            inputs["evaluated"] = expand(
+                rules.evaluate_artifact.output.metrics,
+                adapter=a,
+                artifact=f"lora-{FLOAT}",
+            )[0]
+        return inputs
     inputs = {
         "gguf": gguf_of(a, t),
         "check": gguf_of(a, t, "check"),
@@ -388,6 +407,11 @@ def registry_receipts():
     return (
         expand(
             rules.register_model.output.receipt, adapter=EVALUATED, gguf_type=GGUF_TYPES
+        )
+        + expand(
+            rules.register_model.output.receipt,
+            adapter=lora_adapters(),
+            gguf_type=f"lora-{LORA_TYPE}",
         )
         if REGISTER
         else []

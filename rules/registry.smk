@@ -18,6 +18,7 @@ rule register_model:
         "logs/register_model/{adapter}-{gguf_type}.log",
     wildcard_constraints:
         adapter="|".join(re.escape(m) for m in EVALUATED),
+        gguf_type="|".join(re.escape(t) for t in GGUF_TYPES + [f"lora-{LORA_TYPE}"]),
     conda:
         "../envs/loraforge.yaml"
     threads: 1

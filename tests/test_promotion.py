@@ -41,6 +41,8 @@ def history(tmp_path_factory, models):
             "quantize": {"types": ["Q8_0"]},
             "evaluation": {"texts": {"code": str(root / "heldout.txt")}, "n_ctx": 64, "max_tokens": 1024},
             "promote": {"alias": "production", "candidate_quant": "Q8_0", "require": {"code": "better"}},
+            "lora": {"enabled": False},  # the forms are the demo's and test_workflow's subject, not this one's
+            "deploy": {"enabled": False},
         },
     )
     decisions = []

@@ -37,7 +37,7 @@ def test_dry_run_lists_every_job_and_writes_nothing(built):
     per_adapter = (
         ["merge_adapter", "convert_to_gguf", "quantize_gguf", "compute_reference", "convert_lora", "deploy_bundle"]
         + ["evaluate_artifact"] * 6
-        + ["register_model"] * 2
+        + ["register_model"] * 3  # F16, Q8_0 and the LoRA GGUF
     )
     base_gguf = ["convert_to_gguf", "quantize_gguf"]  # the base's own GGUFs, shared by the LoRA GGUF form
     assert rules == sorted(per_adapter * 2 + base_gguf + ["evaluate_base", "report_quality", "render_dashboard"])
@@ -83,7 +83,12 @@ def test_every_gguf_is_registered_under_its_revision_with_lineage_and_metrics(bu
     wf, m, *_ = built
     reg = Registry(wf.root / "registry.sqlite")
     (v,) = reg.versions("alpha")  # one adapter revision: one version, its artifacts beneath it
-    assert sorted((a.kind, a.variant) for a in v.artifacts) == [("gguf", "F16"), ("gguf", "Q8_0"), ("merged", "hf")]
+    assert sorted((a.kind, a.variant) for a in v.artifacts) == [
+        ("gguf", "F16"),
+        ("gguf", "Q8_0"),
+        ("gguf", "lora-F16"),
+        ("merged", "hf"),
+    ]
     q8 = v.artifact("Q8_0")
     assert q8.source_path == str((wf.root / "results" / "gguf" / "alpha" / "alpha-Q8_0.gguf").resolve())
     assert Path(q8.store_path).read_bytes() == Path(q8.source_path).read_bytes()
@@ -93,7 +98,7 @@ def test_every_gguf_is_registered_under_its_revision_with_lineage_and_metrics(bu
         {"path": str(m["alpha"].resolve()), "weight": 1.0, "sha256": tree_fingerprint(m["alpha"])}
     ]
     assert {"torch", "transformers", "peft", "llama-cpp-python"} <= set(v.lineage["tools"])
-    assert v.lineage["settings"]["convert"] == {"outtype": "f16"}
+    assert v.lineage["settings"]["convert"] == {"outtype": "f16", "name": None, "quantized_by": None}
     ev = q8.metrics["evaluation"]
     assert 0 < ev["mean_kld"] < 0.05 and q8.metrics["check"]["finite_logits"] is True
     assert set(ev["texts"]) == {"general"} and ev["artifact_sha256"] == q8.sha256

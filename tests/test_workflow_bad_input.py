@@ -135,3 +135,15 @@ def test_compression_that_drops_every_layer_is_refused(workflow, models, tmp_pat
     compress = {"text": str(cal), "specs": {"all": {"drop_layers": 2}}}
     wf = workflow(user_config(models, compress=compress))
     _fails_cleanly(wf, "config compress.specs.all: drop_layers 2 removes all 2 layers")
+
+
+def test_adapter_names_that_look_like_each_others_files_get_their_own_paths(workflow, models):
+    """Issue 15 #9: `x` and `x.merge` once shared a sidecar. Every artifact of an adapter now lives under a
+    directory of its name, so names that extend each other plan distinct outputs."""
+    names = {"x": models["alpha"], "x.merge": models["beta"], "x-Q8_0": models["alpha"], "x.imatrix": models["beta"]}
+    wf = workflow(user_config(models, adapters={n: str(p) for n, p in names.items()}))
+    jobs = wf.planned()
+    merged = sorted(w["adapter"] for r, w in jobs if r == "merge_adapter")
+    assert merged == sorted(names)
+    outputs = [(r, tuple(sorted(w.items()))) for r, w in jobs if r != "all"]
+    assert len(outputs) == len(set(outputs))  # no two jobs of a rule with the same wildcards

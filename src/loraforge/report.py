@@ -51,6 +51,8 @@ def _rows(base_json, metric_jsons, benchmarks: dict | None = None) -> tuple[list
         entries.append((adapter, artifact, m))
     for adapter, artifact, m in entries:
         row = {"adapter": adapter, "artifact": artifact, "form": _form(m.kind)}
+        if artifact in ("pruned", "distilled"):
+            row["form"] = f"{artifact} HF"
         if m.size_bytes is not None:
             row["size_mb"] = m.size_bytes / 1e6
             # what each further adapter costs: its LoRA GGUF beside the shared base, or a whole merged model
