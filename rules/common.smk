@@ -374,6 +374,17 @@ if IMATRIX:
     }
 
 
+BUDGET_MB = config["memory"]["budget_mb"]
+
+
+def bounded_mem_mb(estimate_mb, runtime_mb=1500):
+    """A torch job's mem_mb: its whole-model estimate, or the memory budget (plus the runtime's own) when a model
+    that large would stream layer by layer within it."""
+    if BUDGET_MB is None:
+        return int(estimate_mb)
+    return int(min(estimate_mb, BUDGET_MB + runtime_mb))
+
+
 def dir_size_mb(path):
     p = Path(path)
     if not p.exists():

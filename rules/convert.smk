@@ -21,7 +21,7 @@ rule convert_to_gguf:
     threads: THREADS
     resources:
         # lazy converter + the HF model in float32 for the logit check
-        mem_mb=lambda w, input: int(1500 + 3 * dir_size_mb(input.model_dir)),
+        mem_mb=lambda w, input: bounded_mem_mb(1500 + 3 * dir_size_mb(input.model_dir)),
         runtime=60,
     params:
         outtype=config["convert"]["outtype"],
@@ -29,6 +29,7 @@ rule convert_to_gguf:
         min_top1=config["convert"]["min_top1"],
         max_abs_logit_diff=config["convert"]["max_abs_logit_diff"],
         check_text=config["checks"]["text"],
+        budget_mb=BUDGET_MB,
         llama_cpp_dir=config["llama_cpp_dir"],
         metadata=lambda w: gguf_metadata(w.adapter),
         fingerprint=lambda w: fingerprint(BASE) if w.adapter == "base" else None,

@@ -15,13 +15,14 @@ rule compute_reference:
         "../envs/loraforge.yaml"
     threads: THREADS
     resources:
-        mem_mb=lambda w, input: int(2000 + 3 * dir_size_mb(input.model_dir)),
+        mem_mb=lambda w, input: bounded_mem_mb(2000 + 3 * dir_size_mb(input.model_dir)),
         runtime=60,
     params:
         names=list(config["evaluation"]["texts"]),
         n_ctx=config["evaluation"]["n_ctx"],
         max_tokens=config["evaluation"]["max_tokens"],
         batch=config["evaluation"]["batch"],
+        budget_mb=BUDGET_MB,
     script:
         "../scripts/compute_reference.py"
 
@@ -45,13 +46,18 @@ rule evaluate_artifact:
         "../envs/loraforge.yaml"
     threads: THREADS
     resources:
-        mem_mb=lambda w, input: int(2000 + 3 * input.size_mb),
+        mem_mb=lambda w, input: (
+            bounded_mem_mb(2000 + 3 * input.size_mb)
+            if artifact_kind(w.artifact) in ("hf", "peft")
+            else int(2000 + 3 * input.size_mb)
+        ),
         runtime=60,
     params:
         kind=lambda w: artifact_kind(w.artifact),
         weights=adapter_weights,
         gates=lambda w: config["evaluation"]["gates"].get(w.artifact, {}),
         batch=config["evaluation"]["batch"],
+        budget_mb=BUDGET_MB,
     script:
         "../scripts/evaluate_artifact.py"
 
@@ -70,13 +76,14 @@ rule evaluate_base:
         "../envs/loraforge.yaml"
     threads: THREADS
     resources:
-        mem_mb=lambda w, input: int(2000 + 2 * input.size_mb),
+        mem_mb=lambda w, input: bounded_mem_mb(2000 + 2 * input.size_mb),
         runtime=60,
     params:
         names=list(config["evaluation"]["texts"]),
         n_ctx=config["evaluation"]["n_ctx"],
         max_tokens=config["evaluation"]["max_tokens"],
         batch=config["evaluation"]["batch"],
+        budget_mb=BUDGET_MB,
     script:
         "../scripts/evaluate_base.py"
 

@@ -16,14 +16,14 @@ rule merge_adapter:
     threads: THREADS
     resources:
         # streaming: largest tensor + constant; the PEFT check (and method peft) holds the model twice
-        mem_mb=lambda w, input: int(
-            1500
-            + (
-                3
-                if config["merge"]["check"] or config["merge"]["method"] == "peft"
-                else 0.2
+        mem_mb=lambda w, input: (
+            bounded_mem_mb(1500 + 3 * dir_size_mb(input.base))
+            if config["merge"]["check"] and config["merge"]["method"] != "peft"
+            else int(
+                1500
+                + (3 if config["merge"]["method"] == "peft" else 0.2)
+                * dir_size_mb(input.base)
             )
-            * dir_size_mb(input.base)
         ),
         runtime=60,
     params:
@@ -34,6 +34,7 @@ rule merge_adapter:
         check=config["merge"]["check"],
         max_kld=config["merge"]["max_kld"],
         check_text=config["checks"]["text"],
+        budget_mb=BUDGET_MB,
         version=loraforge.__version__,
     script:
         "../scripts/merge_adapter.py"

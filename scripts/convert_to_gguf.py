@@ -20,4 +20,5 @@ if __name__ == "__main__":
         check_text=p.check_text,
         llama_cpp_dir=p.llama_cpp_dir,
         metadata=dict(p.metadata),
+        budget_mb=p.budget_mb,
     )

@@ -25,4 +25,5 @@ if __name__ == "__main__":
         base_dir=i.get("base"),
         adapters=adapters,
         batch=p.batch,
+        budget_mb=p.budget_mb,
     )

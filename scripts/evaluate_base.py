@@ -18,4 +18,5 @@ if __name__ == "__main__":
         n_ctx=p.n_ctx,
         max_tokens=p.max_tokens,
         batch=p.batch,
+        budget_mb=p.budget_mb,
     )

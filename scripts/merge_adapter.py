@@ -20,4 +20,5 @@ if __name__ == "__main__":
         check=p.check,
         check_text=p.check_text,
         max_kld=dict(p.max_kld),
+        budget_mb=p.budget_mb,
     )

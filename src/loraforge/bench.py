@@ -151,7 +151,7 @@ print(json.dumps({"wall": time.perf_counter() - t0, "rss_kb": usage.ru_maxrss,
 """
 
 
-def _measure(cmd: list[str]) -> tuple[float, float]:
+def measure_child(cmd: list[str]) -> tuple[float, float]:
     """(wall seconds, peak RSS MB) of one child process."""
     out = subprocess.run([sys.executable, "-c", _LAUNCHER, *cmd], capture_output=True, text=True)
     res = json.loads(out.stdout.strip().splitlines()[-1]) if out.stdout.strip() else {"rc": out.returncode}
@@ -186,7 +186,7 @@ def bench_merge(size_gb: float, cache: Path, work: Path) -> dict:
         ("streaming", _merge_cmd(base, adapter, work / "streaming", "streaming")),
     ):
         shutil.rmtree(work / name, ignore_errors=True)
-        wall, rss = _measure(cmd)
+        wall, rss = measure_child(cmd)
         res[f"{name}_s"] = round(wall, 3)
         res[f"{name}_peak_rss_mb"] = round(rss, 1)
         shutil.rmtree(work / name, ignore_errors=True)

@@ -62,19 +62,25 @@ def convert(
         return _convert_to(model_dir, tmp, outtype, llama_cpp_dir, metadata)
 
 
-def check_conversion(model_dir, gguf, text_file: str | None = None, threads: int = 1) -> tuple[dict, dict]:
-    """llama.cpp logits of the GGUF vs. the HF model's float32 logits on the fixed check text.
+def check_conversion(
+    model_dir, gguf, text_file: str | None = None, threads: int = 1, budget_mb: float | None = None
+) -> tuple[dict, dict]:
+    """llama.cpp logits of the GGUF vs. the HF model's float32 logits on the fixed check text (the HF model
+    streamed layer by layer when it does not fit ``budget_mb``).
 
     Returns (comparison, GGUF info) from the one load of the GGUF."""
-    import torch
-
-    from ..merging.peft_reference import load_hf_model
+    from ..io.streamed_model import inference_model
 
     ids = check_token_ids(model_dir, text_file)
-    ref = hf_logits(load_hf_model(model_dir, dtype=torch.float32), ids)
+    model = inference_model(model_dir, "float32", budget_mb, len(ids))
+    ref, plan = hf_logits(model, ids), model.memory_plan
+    del model
     with GGUFModel(Path(gguf), n_ctx=len(ids), threads=threads) as g:
         got, info = g.logits(ids), g.info()
-    return {**compare_logits(got, ref), "reference": "HF model, float32"}, info
+    res = {**compare_logits(got, ref), "reference": "HF model, float32"}
+    if budget_mb is not None:
+        res["memory_plan"] = plan
+    return res, info
 
 
 def convert_artifact(
@@ -89,6 +95,7 @@ def convert_artifact(
     threads: int = 1,
     llama_cpp_dir=None,
     metadata: dict | None = None,
+    budget_mb: float | None = None,
 ) -> dict:
     """The convert_to_gguf rule: convert; check the GGUF's tokenizer and chat template against the HF tokenizer
     and its logits against the HF model; publish GGUF and sidecar."""
@@ -100,7 +107,7 @@ def convert_artifact(
             summary["tokenizer"] = check_tokenizer(model_dir, tmp, texts, shown_as=out_gguf)
             summary["tokenizer"].update(check_chat_rendering(model_dir, tmp, llama_cpp_dir, threads, out_gguf))
             log.info("tokenizer check passed: %s", summary["tokenizer"])
-            res, info = check_conversion(model_dir, tmp, check_text, threads)
+            res, info = check_conversion(model_dir, tmp, check_text, threads, budget_mb)
             res.update(min_top1=min_top1, max_abs_logit_diff_allowed=max_abs_logit_diff)
             summary["check"] = res
             if res["top1_agreement"] < min_top1 or not res["max_abs_logit_diff"] <= max_abs_logit_diff:

@@ -58,7 +58,7 @@ def _same_tokens(scorer, text_file, windows: np.ndarray, gguf) -> bool:
     return True
 
 
-def _scorer(kind: str, path, n_ctx: int, threads: int, base_dir, adapters, batch: int, lora=None):
+def _scorer(kind: str, path, n_ctx: int, threads: int, base_dir, adapters, batch: int, lora=None, budget_mb=None):
     from .scorers import GGUFScorer, hf_scorer, peft_scorer
 
     if kind in ("gguf", "lora"):
@@ -66,9 +66,9 @@ def _scorer(kind: str, path, n_ctx: int, threads: int, base_dir, adapters, batch
             raise PipelineError("kind lora takes the base GGUF as path and the LoRA GGUF as lora, and only it does")
         return GGUFScorer(path, n_ctx, threads, lora)
     if kind == "hf":
-        return hf_scorer(path, batch=batch)
+        return hf_scorer(path, batch=batch, budget_mb=budget_mb, n_ctx=n_ctx)
     if kind == "peft":
-        return peft_scorer(base_dir, adapters, batch=batch)
+        return peft_scorer(base_dir, adapters, batch=batch, budget_mb=budget_mb, n_ctx=n_ctx)
     raise PipelineError(f"unknown artifact kind {kind!r} (one of {', '.join(KINDS)})")
 
 
@@ -85,9 +85,11 @@ def evaluate(
     batch: int = 8,
     label: str = "",
     lora=None,
+    budget_mb: float | None = None,
 ) -> Metrics:
     """Score one artifact. ``kind``: gguf (a GGUF file), lora (the base GGUF ``path`` with the LoRA GGUF ``lora``
-    applied by llama.cpp at scale 1), hf (a model dir, own dtype), peft (base+adapters).
+    applied by llama.cpp at scale 1), hf (a model dir, own dtype), peft (base+adapters). HF and PEFT models that
+    do not fit ``budget_mb`` (MB) stream layer by layer; a GGUF is memory-mapped by llama.cpp.
 
     With ``reference`` the windows come from it and KLD/top-1/ΔPPL are measured; without, only PPL (on
     ``texts``, tokenized with the artifact's tokenizer).
@@ -102,7 +104,7 @@ def evaluate(
         tok_dir = path if kind == "hf" else base_dir
         tokens = {n: token_windows(tok_dir, p, n_ctx, max_tokens) for n, p in texts.items()}
         lps = {n: None for n in tokens}
-    scorer = _scorer(kind, path, n_ctx, threads, base_dir, adapters, batch, lora)
+    scorer = _scorer(kind, path, n_ctx, threads, base_dir, adapters, batch, lora, budget_mb)
     load_s = time.time() - t_load
     t0 = time.time()
     per_text, all_kld = {}, []
@@ -135,6 +137,8 @@ def evaluate(
             summary["artifact_sha256"] = sha256_file(path)
         if "bits_per_weight" in loaded and not lora:
             summary["bits_per_weight"] = loaded["bits_per_weight"]
+    if "memory_plan" in loaded:
+        summary["memory_plan"] = loaded["memory_plan"]
     if lora:
         lora_bytes = Path(lora).stat().st_size
         summary.update(lora=str(lora), lora_bytes=lora_bytes, lora_sha256=sha256_file(lora))

@@ -54,6 +54,7 @@ class Metrics:
     lora: str | None = None  # kind lora: the LoRA GGUF applied at scale 1
     lora_bytes: int | None = None  # its size: what each adapter adds to the shared base (size_bytes is both)
     lora_sha256: str | None = None
+    memory_plan: dict | None = None  # HF/PEFT with a memory budget: loaded whole or streamed, and the batch
     gates: dict = field(default_factory=dict)
 
     def ppl(self) -> dict[str, float]:

@@ -19,13 +19,20 @@ log = logging.getLogger(__name__)
 
 
 def compute_reference(
-    model_dir, texts: dict[str, str], out, n_ctx: int = 128, max_tokens: int = 4096, batch: int = 8
+    model_dir,
+    texts: dict[str, str],
+    out,
+    n_ctx: int = 128,
+    max_tokens: int = 4096,
+    batch: int = 8,
+    budget_mb: float | None = None,
 ) -> dict:
-    """Float32 log-probs of the HF model in ``model_dir`` on every evaluation text -> one safetensors file."""
+    """Float32 log-probs of the HF model in ``model_dir`` on every evaluation text -> one safetensors file
+    (the model streamed layer by layer when it does not fit ``budget_mb``)."""
     from safetensors.numpy import save_file
 
     t0 = time.time()
-    scorer = hf_scorer(model_dir, dtype="float32", batch=batch)
+    scorer = hf_scorer(model_dir, dtype="float32", batch=batch, budget_mb=budget_mb, n_ctx=n_ctx)
     tensors, meta = {}, {}
     for name, path in texts.items():
         windows = token_windows(model_dir, path, n_ctx, max_tokens)
@@ -34,6 +41,8 @@ def compute_reference(
         tensors[f"logprobs.{name}"] = np.ascontiguousarray(np.concatenate(lps), dtype=np.float32)
         meta[name] = {"file": str(path), "windows": int(len(windows)), "scored_tokens": int(windows[:, 1:].size)}
     info = {"n_ctx": n_ctx, "texts": meta, "seconds": round(time.time() - t0, 3), "model": str(model_dir)}
+    info.update(scorer.info())
+    scorer.close()
     with atomic_file(out) as tmp:
         save_file(tensors, str(tmp), metadata={"loraforge": json.dumps(info)})
     log.info("reference logits of %s: %s", model_dir, info)

@@ -25,9 +25,13 @@ class HFScorer:
                 yield self.model(x).logits.float().numpy()
 
     def info(self) -> dict:
-        return {}
+        plan = getattr(self.model, "memory_plan", None)
+        return {"memory_plan": plan} if plan and plan.get("budget_mb") is not None else {}
 
     def close(self) -> None:
+        streamed = getattr(self.model, "streamed", None)  # PEFT forwards attributes to the model it wraps
+        if streamed is not None:
+            streamed.close()
         del self.model
 
 
@@ -55,17 +59,23 @@ class GGUFScorer:
         self.m.close()
 
 
-def hf_scorer(model_dir, dtype="auto", batch: int = 8) -> HFScorer:
-    import torch
-
-    from ..merging.peft_reference import load_hf_model
-
-    return HFScorer(load_hf_model(model_dir, dtype=torch.float32 if dtype == "float32" else dtype), batch)
+def _batch(model, batch: int) -> int:
+    """A streamed model reads every weight once per pass: it takes as many windows per pass as its plan allows."""
+    plan = getattr(model, "memory_plan", None) or {}
+    return plan["batch"] if plan.get("streamed") else batch
 
 
-def peft_scorer(base_dir, adapters, batch: int = 8) -> HFScorer:
+def hf_scorer(model_dir, dtype="auto", batch: int = 8, budget_mb: float | None = None, n_ctx: int = 256) -> HFScorer:
+    from ..io.streamed_model import inference_model
+
+    model = inference_model(model_dir, dtype, budget_mb, n_ctx)
+    return HFScorer(model, _batch(model, batch))
+
+
+def peft_scorer(base_dir, adapters, batch: int = 8, budget_mb: float | None = None, n_ctx: int = 256) -> HFScorer:
     from ..merging.peft_reference import peft_model
     from ..preflight import validate_inputs
 
     base, loaded = validate_inputs(base_dir, adapters)
-    return HFScorer(peft_model(base.path, loaded, merge_all=False), batch)
+    model = peft_model(base.path, loaded, merge_all=False, budget_mb=budget_mb, n_ctx=n_ctx)
+    return HFScorer(model, _batch(model, batch))

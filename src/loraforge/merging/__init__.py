@@ -133,6 +133,7 @@ def merge_artifact(
     check: bool = True,
     check_text: str | None = None,
     max_kld: dict | None = None,
+    budget_mb: float | None = None,
 ) -> dict:
     """The merge_adapter rule: merge, check against PEFT, then publish the dir and its JSON sidecar (which
     records the inputs' content fingerprints)."""
@@ -140,7 +141,7 @@ def merge_artifact(
 
     if not check:
         log.warning("merge check disabled in config: merged logits will not be compared with PEFT")
-    checking = {"text_file": check_text, "max_kld": max_kld} if check else None
+    checking = {"text_file": check_text, "max_kld": max_kld, "budget_mb": budget_mb} if check else None
     summary = _publish(base_dir, adapters, out_dir, method, shard_size_mb, check=checking)
     summary["inputs"] = input_lineage(base_dir, adapters)
     write_sidecar(check_json, summary)

@@ -16,8 +16,9 @@ import numpy as np
 from ..checks import check_token_ids, compare_logits, hf_logits
 from ..errors import PipelineError
 from ..evaluation.metrics import log_softmax
+from ..io.streamed_model import inference_model
 from ..preflight import Adapter, AdapterSpec, BaseModel
-from .peft_reference import load_hf_model, peft_model
+from .peft_reference import peft_model
 
 # mean KLD allowed by the merged weights' rounding to the base dtype (10x the rounding measured on real models)
 DEFAULT_MAX_KLD = {"F32": 1e-6, "F16": 5e-4, "BF16": 5e-3}
@@ -36,14 +37,19 @@ def check_merged(
     text_file: str | None = None,
     max_kld: dict | None = None,
     shown_as=None,
+    budget_mb: float | None = None,
 ) -> dict:
     """Mean KLD and top-1 agreement of the merged model against PEFT's unmerged application, both in float32;
-    raises one line naming ``shown_as`` (the output users will see) beyond the dtype's bound."""
-    import torch
+    raises one line naming ``shown_as`` (the output users will see) beyond the dtype's bound.
 
+    With ``budget_mb``, models too large for it stream layer by layer (loraforge.io.streamed_model), one at a time."""
     ids = check_token_ids(merged_dir, text_file)
-    ref = hf_logits(peft_model(base.path, loaded, merge_all=False).float(), ids)
-    got = hf_logits(load_hf_model(merged_dir, dtype=torch.float32), ids)
+    model = peft_model(base.path, loaded, merge_all=False, dtype="float32", budget_mb=budget_mb, n_ctx=len(ids))
+    ref, plans = hf_logits(model, ids), {"reference": model.memory_plan}
+    del model  # one model in memory at a time
+    model = inference_model(merged_dir, "float32", budget_mb, len(ids))
+    got, plans["merged"] = hf_logits(model, ids), model.memory_plan
+    del model
     res = compare_logits(got, ref)
     bound = float({**DEFAULT_MAX_KLD, **(max_kld or {})}[base.dtype])
     res.update(
@@ -53,6 +59,8 @@ def check_merged(
         dtype=base.dtype,
         reference="PEFT, adapters applied unmerged, float32",
     )
+    if budget_mb is not None:
+        res["memory_plan"] = plans
     if not res["mean_kld"] <= bound or res["top1_agreement"] < MIN_TOP1:
         raise PipelineError(
             f"{shown_as or merged_dir}: the merged model differs from the adapters applied through PEFT: mean KLD "
