@@ -26,3 +26,25 @@ def test_a_bug_keeps_its_traceback_in_the_log(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "job.log")], capture_output=True, text=True)
     assert proc.returncode != 0
     assert "ZeroDivisionError" in (tmp_path / "job.log").read_text()
+
+
+def test_every_job_logs_its_wall_time_and_peak_memory(tmp_path):
+    """The numbers `make bench-8b` reads: a job holding 300 MB shows it; a child's 600 MB count, beside it."""
+    import json
+
+    code = (
+        "import subprocess, sys, numpy as np\n"
+        "from loraforge.rule import run\n"
+        "def job():\n"
+        "    a = np.ones(300 * 2**20 // 8)\n"
+        "    child = 'import numpy as np, time; b = np.ones(600 * 2**17); time.sleep(1.5)'\n"
+        "    subprocess.run([sys.executable, '-c', child])\n"
+        "    return a.sum()\n"
+        "run(sys.argv[1], job)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "job.log")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    line = next(x for x in (tmp_path / "job.log").read_text().splitlines() if "job resources:" in x)
+    res = json.loads(line.split("job resources: ", 1)[1])
+    assert res["wall_s"] >= 1 and 300 <= res["vm_hwm_mb"] < 1000 and res["peak_rss_mb"] >= res["vm_hwm_mb"]
+    assert res["max_child_rss_mb"] >= 600 and res["peak_anon_mb"] >= 850  # both at once, sampled
