@@ -1,5 +1,6 @@
 # Helpers shared by the workflow files: config validation, wildcard constraints, input functions, targets.
 import functools
+import os
 import re
 from pathlib import Path
 
@@ -8,6 +9,7 @@ from snakemake.logging import logger
 from snakemake.utils import validate
 
 import loraforge
+import loraforge.device
 from loraforge.errors import PipelineError
 from loraforge.io.hashing import WORKFLOW_HASH_CACHE, HashCache, tree_fingerprint
 from loraforge.evaluation.windows import read_text
@@ -375,6 +377,7 @@ if IMATRIX:
 
 
 BUDGET_MB = config["memory"]["budget_mb"]
+os.environ[loraforge.device.ENV] = config["device"]  # every job's device (loraforge.device), local or on SLURM
 
 
 def bounded_mem_mb(estimate_mb, runtime_mb=1500):

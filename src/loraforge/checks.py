@@ -71,8 +71,10 @@ def check_token_ids(model_dir: str | os.PathLike, text_file: str | None = None, 
 def hf_logits(model, ids: list[int]) -> np.ndarray:
     import torch
 
+    from .device import torch_device
+
     with torch.no_grad():
-        return model(torch.tensor([ids])).logits[0].float().numpy()
+        return model(torch.tensor([ids], device=torch_device())).logits[0].float().cpu().numpy()
 
 
 def compare_logits(test: np.ndarray, ref: np.ndarray) -> dict:

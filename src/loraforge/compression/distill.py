@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..checks import write_sidecar
+from ..device import torch_device
 from ..errors import PipelineError
 from ..io.publish import atomic_dir, atomic_file
 from .prune import SIDE_FILES
@@ -55,7 +56,7 @@ def distill(
     if len(windows) < batch:
         raise PipelineError(f"{text}: too short for one batch of {batch} windows of {n_ctx} tokens")
     order = np.random.default_rng(seed).permutation(len(windows))
-    device = "cuda" if torch.cuda.is_available() else "cpu"  # (the GPU path is untested here: no GPU)
+    device = torch_device()  # the config's device (the GPU path is unmeasured here: no GPU)
     teacher = load_hf_model(teacher_dir, dtype=torch.float32).eval().to(device)
     student = load_hf_model(student_dir, dtype=torch.float32).to(device)
     out_dtype = load_dtype(student_dir)

@@ -13,16 +13,19 @@ import numpy as np
 
 class HFScorer:
     def __init__(self, model, batch: int = 8):
+        from ..device import torch_device
+
         self.model = model.eval()
         self.batch = batch
+        self.device = torch_device()
 
     def logits(self, windows: np.ndarray) -> Iterator[np.ndarray]:
         import torch
 
         with torch.no_grad():
             for s in range(0, len(windows), self.batch):
-                x = torch.from_numpy(windows[s : s + self.batch].astype(np.int64))
-                yield self.model(x).logits.float().numpy()
+                x = torch.from_numpy(windows[s : s + self.batch].astype(np.int64)).to(self.device)
+                yield self.model(x).logits.float().cpu().numpy()
 
     def info(self) -> dict:
         plan = getattr(self.model, "memory_plan", None)

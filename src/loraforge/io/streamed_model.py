@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..device import torch_device
 from ..errors import PipelineError
 from .safetensors import ITEMSIZE, TensorInfo, TensorReader, decode, read_header, rows_cols
 
@@ -71,10 +72,10 @@ def _decoder_layers(model):
 class StreamedWeights:
     """Hooks that give a meta-device model its weights one unit at a time, from the checkpoint."""
 
-    def __init__(self, model, model_dir, dtype):
+    def __init__(self, model, model_dir, dtype, device: str = "cpu"):
         self.dir = Path(model_dir)
         self.index = checkpoint_index(model_dir)
-        self.dtype = dtype
+        self.dtype, self.device = dtype, device
         self.reader = TensorReader()
         prefix = getattr(model, "base_model_prefix", "")
         # one Parameter may stand under several names (tied embeddings): the checkpoint holds it under one of them
@@ -113,7 +114,7 @@ class StreamedWeights:
 
         info = self.index[key]
         rows, cols = rows_cols(info.shape)
-        out = torch.empty((rows, cols), dtype=self.dtype)
+        out = torch.empty((rows, cols), dtype=self.dtype, device=self.device)
         step = max(1, BLOCK_BYTES // max(1, cols * ITEMSIZE.get(info.dtype, 4)))
         for r0 in range(0, rows, step):
             r1 = min(rows, r0 + step)
@@ -166,7 +167,11 @@ def streamed_model(model_dir, dtype="float32"):
     model.tie_weights()  # tied embeddings: one meta Parameter under both names, as the checkpoint stores it once
     model.eval()
     model.requires_grad_(False)
-    model.streamed = StreamedWeights(model, model_dir, dtype)
+    device = torch_device()
+    for module in model.modules():  # the buffers (rotary frequencies) are real: they go where the compute goes
+        for name, buf in module.named_buffers(recurse=False):
+            module._buffers[name] = buf.to(device)
+    model.streamed = StreamedWeights(model, model_dir, dtype, device)
     log.info(
         "%s: streaming %d units (largest %.0f MB in %s) instead of loading %.0f MB",
         model_dir,
@@ -232,5 +237,6 @@ def inference_model(model_dir, dtype="float32", budget_mb: float | None = None, 
         model = streamed_model(model_dir, dtype)
     else:
         model = load_hf_model(model_dir, dtype=torch.float32 if dtype == "float32" else "auto").eval()
+        model.to(torch_device())
     model.memory_plan = plan
     return model

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..device import llama_gpu_layers
 from ..errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class GGUFModel:
                 logits_all=True,
                 n_threads=threads,
                 n_threads_batch=threads,
+                n_gpu_layers=llama_gpu_layers(),
                 verbose=False,
                 seed=0,
             )

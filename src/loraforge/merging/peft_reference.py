@@ -70,12 +70,14 @@ def peft_model(
             model = model.merge_and_unload()
     if streamed:
         model.base_model.set_adapter([f"lf{i}" for i in range(len(loaded))])
-        compute = model.streamed.dtype
+        compute, device = model.streamed.dtype, model.streamed.device
         for prm in model.parameters():
             if not prm.is_meta:
-                prm.data = prm.data.to(compute)  # the adapters' tensors in the compute dtype too
-    elif dtype == "float32":
-        model = model.float()
+                prm.data = prm.data.to(device, compute)  # the adapters' tensors in the compute dtype too
+    else:
+        from ..device import torch_device
+
+        model = (model.float() if dtype == "float32" else model).to(torch_device())
     model.eval()
     model.memory_plan = plan
     return model
