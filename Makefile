@@ -7,7 +7,7 @@ TORCH_CPU_SPEC ?= torch==2.13.0
 TORCH_CPU_PIP_ARGS ?=
 SIZE_GB ?= 1
 
-.PHONY: setup demo test lint dry-run report dashboard bench-merge clean
+.PHONY: setup demo test lint dry-run report dashboard bench-merge bench-8b clean
 
 setup: $(VENV)/.installed
 
@@ -50,6 +50,9 @@ dashboard: setup
 
 bench-merge: setup
 	$(BIN)/python -m loraforge.bench merge --size-gb $(SIZE_GB) --out results/bench/merge.json  # SIZE_GB="1 4"
+
+bench-8b: setup  # a Llama-3.1-8B-shaped model through the default workflow: time and memory of every job (~1 h)
+	$(BIN)/python -m loraforge.bench_8b --out results/bench/8b.json
 
 clean:
 	rm -rf results logs benchmarks .snakemake report.html

@@ -50,7 +50,7 @@ def _layers_for(size_gb: float) -> int:
     return max(1, round((size_gb * 1e9 - fixed) / per_layer))
 
 
-def _write_safetensors(path: Path, tensors: dict[str, tuple[str, tuple, object]]) -> None:
+def write_safetensors(path: Path, tensors: dict[str, tuple[str, tuple, object]]) -> None:
     """tensors: name -> (dtype, shape, generator of the raw array); written one tensor at a time."""
     meta = {n: (d, s) for n, (d, s, _g) in tensors.items()}
     with open(path, "wb") as f:
@@ -81,7 +81,7 @@ def make_synthetic(root: Path, size_gb: float, seed: int = 0) -> tuple[Path, Pat
             weight_map = {}
             for k, names in enumerate(shards, 1):
                 fname = shard_name(k, len(shards))
-                _write_safetensors(tmp / fname, {n: ("BF16", shapes[n], bf16(shapes[n])) for n in names})
+                write_safetensors(tmp / fname, {n: ("BF16", shapes[n], bf16(shapes[n])) for n in names})
                 weight_map.update(dict.fromkeys(names, fname))
             write_index(tmp, dtypes, weight_map)
             build_tokenizer(FAMILIES["llama2"], tmp)  # Llama 2's real 32000-piece tokenizer (preflight reads it)
@@ -120,7 +120,7 @@ def make_synthetic(root: Path, size_gb: float, seed: int = 0) -> tuple[Path, Pat
                             lambda s=shape: rng.standard_normal(s, dtype=np.float32) * 0.01,
                         )
         with atomic_dir(adapter) as tmp:
-            _write_safetensors(tmp / "adapter_model.safetensors", tensors)
+            write_safetensors(tmp / "adapter_model.safetensors", tensors)
             (tmp / "adapter_config.json").write_text(
                 json.dumps(
                     {

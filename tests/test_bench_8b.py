@@ -1,0 +1,40 @@
+"""loraforge.bench_8b: the 8B benchmark's model, workflow and measurements, on a smaller config of the same shape
+(Llama 3.1's tokenizer and template, GQA, llama3 rope scaling) with a budget that makes every torch step stream."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from loraforge.bench_8b import CONFIG, run_benchmark
+
+SMALL = dict(
+    CONFIG, hidden_size=1024, intermediate_size=2048, num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=2
+)
+BUDGET = 1000  # MB: the small model's float32 weights alone take 1.2 GB
+
+
+@pytest.mark.slow
+def test_benchmark_runs_the_default_workflow_streamed_and_records_every_job(tmp_path):
+    work = tmp_path / "work"
+    res = run_benchmark(tmp_path / "cache", work, tmp_path / "out.json", 2, SMALL, BUDGET, shard_bytes=int(300e6))
+    assert res["workflow_rc"] == 0
+    assert json.loads((tmp_path / "out.json").read_text())["jobs"] == res["jobs"]
+    base = next(d for d in (tmp_path / "cache").iterdir() if (d / "config.json").exists())
+    assert len(list(base.glob("*.safetensors"))) > 2
+    tok = json.loads((base / "tokenizer.json").read_text())
+    assert {t["id"]: t["content"] for t in tok["added_tokens"]}[128008] == "<|eom_id|>"  # Llama 3.1's, not 3's
+    rules = {j["rule"] for j in res["jobs"]}
+    assert {"merge_adapter", "convert_to_gguf", "quantize_gguf", "compute_reference", "evaluate_artifact"} <= rules
+    assert all(j["wall_s"] > 0 and j["peak_rss_mb"] > 0 for j in res["jobs"])
+    r = work / "results"
+    merge = json.loads((r / "checks" / "merge" / "support.json").read_text())["check"]
+    assert merge["memory_plan"]["reference"]["streamed"] and merge["memory_plan"]["merged"]["streamed"]
+    conv = json.loads((r / "gguf" / "support" / "support-BF16.gguf.json").read_text())
+    assert conv["check"]["memory_plan"]["streamed"] and conv["tokenizer"]["special_ids"]["eos"] == 128009
+    for art in ("adapter", "merged"):
+        assert json.loads((r / "eval" / "support" / f"{art}.json").read_text())["memory_plan"]["streamed"]
+    torch_jobs = [j for j in res["jobs"] if j["rule"] in ("merge_adapter", "compute_reference", "evaluate_base")]
+    print({f"{j['rule']} {j['job']}": j["peak_anon_mb"] for j in res["jobs"]})
+    assert max(j["peak_anon_mb"] for j in torch_jobs) < BUDGET + 1000  # the budget, plus the Python runtime
