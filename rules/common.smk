@@ -451,6 +451,7 @@ def convert_source(wildcards):
     return model_dir(wildcards.adapter)
 
 
+SPLIT = config["deploy"]["split_max_size"]  # GGUFs over it also as llama.cpp split sets
 DEPLOY_TYPE = config["deploy"]["gguf_type"] or (QUANTS[0] if QUANTS else FLOAT)
 if DEPLOY_TYPE not in GGUF_TYPES:
     raise WorkflowError(
@@ -474,6 +475,10 @@ def deploy_inputs(wildcards):
             rules.evaluate_artifact.output.metrics, adapter=a, artifact=artifacts_of(a)
         )
         inputs["base_metrics"] = rules.evaluate_base.output.metrics
+    if SPLIT:
+        inputs["splits"] = expand(
+            rules.split_gguf.output.check, adapter=a, gguf_type=GGUF_TYPES
+        )
     return inputs
 
 
@@ -513,10 +518,19 @@ def deploy_bundles():
     )
 
 
+def split_sets():
+    return (
+        expand(rules.split_gguf.output.split, adapter=EVALUATED, gguf_type=GGUF_TYPES)
+        if SPLIT
+        else []
+    )
+
+
 def all_targets():
     targets = expand(GGUF, adapter=EVALUATED, gguf_type=GGUF_TYPES)
     targets += expand(LORA_GGUF, adapter=lora_adapters())
     targets += deploy_bundles()
+    targets += split_sets()
     if EVAL:
         targets.append(rules.report_quality.output.table)
     targets += registry_receipts()

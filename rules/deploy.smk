@@ -24,3 +24,27 @@ rule deploy_bundle:
         quantized_by=config["deploy"]["quantized_by"],
     script:
         "../scripts/deploy_bundle.py"
+
+
+rule split_gguf:
+    input:
+        gguf=GGUF,
+        check=f"{GGUF}.json",
+    output:
+        split=directory("results/split/{adapter}/{adapter}-{gguf_type}"),
+        check="results/split/{adapter}/{adapter}-{gguf_type}.json",
+    log:
+        "logs/split_gguf/{adapter}-{gguf_type}.log",
+    wildcard_constraints:
+        adapter="|".join(re.escape(m) for m in EVALUATED),
+    conda:
+        "../envs/loraforge.yaml"
+    threads: THREADS
+    resources:
+        mem_mb=lambda w, input: int(1000 + 0.2 * input.size_mb),
+        runtime=60,
+    params:
+        max_size=SPLIT,
+        llama_cpp_dir=config["llama_cpp_dir"],
+    script:
+        "../scripts/split_gguf.py"

@@ -24,4 +24,5 @@ if __name__ == "__main__":
         base_model_id=p.base_model_id,
         license_=p.license,
         quantized_by=p.quantized_by,
+        splits=i.get("splits"),
     )

@@ -12,7 +12,7 @@ from loraforge.bench_8b import CONFIG, run_benchmark
 SMALL = dict(
     CONFIG, hidden_size=1024, intermediate_size=2048, num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=2
 )
-BUDGET = 1000  # MB: the small model's float32 weights alone take 1.2 GB
+BUDGET = 900  # MB: below the small model in float32 (1.2 GB) and in bf16 with its activations (0.96 GB)
 
 
 @pytest.mark.slow
@@ -22,7 +22,7 @@ def test_benchmark_runs_the_default_workflow_streamed_and_records_every_job(tmp_
     assert res["workflow_rc"] == 0
     assert json.loads((tmp_path / "out.json").read_text())["jobs"] == res["jobs"]
     base = next(d for d in (tmp_path / "cache").iterdir() if (d / "config.json").exists())
-    assert len(list(base.glob("*.safetensors"))) > 2
+    assert len(list(base.glob("*.safetensors"))) >= 2  # sharded
     tok = json.loads((base / "tokenizer.json").read_text())
     assert {t["id"]: t["content"] for t in tok["added_tokens"]}[128008] == "<|eom_id|>"  # Llama 3.1's, not 3's
     rules = {j["rule"] for j in res["jobs"]}

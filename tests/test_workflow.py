@@ -264,3 +264,29 @@ def test_artifacts_are_readable_by_others(built):
     for p in [res / "gguf" / "alpha" / "alpha-Q8_0.gguf", res / "merged" / "alpha" / "model.safetensors"]:
         assert stat.S_IMODE(p.stat().st_mode) == 0o644, p
     assert stat.S_IMODE((res / "merged" / "alpha").stat().st_mode) == 0o755
+
+
+def test_split_sets_build_beside_the_ggufs_and_the_card_lists_them(built_copy):
+    """Issue 12: with deploy.split_max_size every GGUF is also written as llama.cpp's split set; only those jobs
+    and the bundles that list them run."""
+    wf, _m = built_copy
+    cfg = wf.config()
+    cfg["deploy"] = {"split_max_size": "20M"}
+    wf.write_config(cfg)
+    jobs = sorted((r, w.get("adapter"), w.get("gguf_type")) for r, w in wf.planned() if r != "all")
+    assert jobs == sorted(
+        [("split_gguf", a, t) for a in ("alpha", "beta") for t in ("F16", "Q8_0")]
+        + [("deploy_bundle", a, None) for a in ("alpha", "beta")]
+    )
+    wf.run()
+    res = wf.root / "results" / "split" / "alpha"
+    f16 = json.loads((res / "alpha-F16.json").read_text())  # 35 MB: two files of at most 20 MB
+    assert [f["name"] for f in f16["files"]] == ["alpha-F16-00001-of-00002.gguf", "alpha-F16-00002-of-00002.gguf"]
+    assert f16["check"]["logits"] == "identical to the whole file's"
+    q8 = json.loads((res / "alpha-Q8_0.json").read_text())  # 19 MB: kept whole
+    assert [f["name"] for f in q8["files"]] == ["alpha-Q8_0.gguf"]
+    assert (res / "alpha-Q8_0" / "alpha-Q8_0.gguf").stat().st_ino == (
+        wf.root / "results" / "gguf" / "alpha" / "alpha-Q8_0.gguf"
+    ).stat().st_ino  # a hard link: no second copy on disk
+    card = (wf.root / "results" / "deploy" / "alpha" / "README.md").read_text()
+    assert "results/split/alpha/alpha-F16/alpha-F16-00001-of-00002.gguf" in card

@@ -212,8 +212,10 @@ def deploy_bundle(
     base_model_id: str | None = None,
     license_: str | None = None,
     quantized_by: str | None = None,
+    splits=None,
 ) -> dict:
-    """Write the bundle directory of one adapter (it appears only when complete)."""
+    """Write the bundle directory of one adapter (it appears only when complete). ``splits``: the sidecars of
+    its GGUFs in llama.cpp's split format (loraforge.quantization.split), listed in the card."""
     for p in [merged_gguf, base_gguf, lora_gguf]:
         if p is not None and not Path(p).is_file():
             raise PipelineError(f"{p}: GGUF for the deploy bundle does not exist")
@@ -225,6 +227,13 @@ def deploy_bundle(
     if lora_gguf:
         files[str(base_gguf)] = f"the base model, {gguf_type} (shared by all adapters)"
         files[str(lora_gguf)] = "the adapter as a LoRA GGUF (llama.cpp `--lora`, Ollama `ADAPTER`)"
+    for sidecar in splits or []:
+        s = json.loads(Path(sidecar).read_text())
+        first = Path(sidecar).with_suffix("") / s["load_with"]
+        files[str(first)] = (
+            f"{Path(s['source']).name} in {len(s['files'])} file(s) of at most {s['max_size']} (llama.cpp loads "
+            "the set from this first file; Ollama and LM Studio take the whole file)"
+        )
     base_id = _base_model_id(base_dir, adapter_dirs, base_model_id)
     lic = _license(base_dir, license_)
     with atomic_dir(out_dir) as tmp:
