@@ -59,6 +59,25 @@ def write_safetensors(path: Path, tensors: dict[str, tuple[str, tuple, object]])
             f.write(memoryview(np.ascontiguousarray(gen())).cast("B"))
 
 
+def write_lora(adapter_dir: Path, tensors: dict, r: int, alpha: int, base_name: str) -> None:
+    """A PEFT LoRA adapter directory on every linear layer: ``tensors`` as for :func:`write_safetensors`, and the
+    adapter_config.json PEFT writes."""
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": r,
+        "lora_alpha": alpha,
+        "lora_dropout": 0.0,
+        "target_modules": [m for mods in LINEAR.values() for m in mods],
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "base_model_name_or_path": base_name,
+    }
+    with atomic_dir(adapter_dir) as tmp:
+        write_safetensors(tmp / "adapter_model.safetensors", tensors)
+        (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2))
+
+
 def make_synthetic(root: Path, size_gb: float, seed: int = 0) -> tuple[Path, Path]:
     """Cached synthetic base (bf16, sharded ~2 GB) and LoRA adapter; returns (base_dir, adapter_dir)."""
     layers = _layers_for(size_gb)
@@ -119,23 +138,7 @@ def make_synthetic(root: Path, size_gb: float, seed: int = 0) -> tuple[Path, Pat
                             shape,
                             lambda s=shape: rng.standard_normal(s, dtype=np.float32) * 0.01,
                         )
-        with atomic_dir(adapter) as tmp:
-            write_safetensors(tmp / "adapter_model.safetensors", tensors)
-            (tmp / "adapter_config.json").write_text(
-                json.dumps(
-                    {
-                        "peft_type": "LORA",
-                        "task_type": "CAUSAL_LM",
-                        "r": r,
-                        "lora_alpha": 32,
-                        "lora_dropout": 0.0,
-                        "target_modules": [m for mods in LINEAR.values() for m in mods],
-                        "bias": "none",
-                        "fan_in_fan_out": False,
-                        "base_model_name_or_path": str(base),
-                    }
-                )
-            )
+        write_lora(adapter, tensors, r, 32, str(base))
     return base, adapter
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .bench import LINEAR, write_safetensors
+from .bench import write_lora, write_safetensors
 from .checks import CHECK_TEXT
 from .io.publish import atomic_dir, write_text_atomic
 from .io.safetensors import encode
@@ -181,24 +181,7 @@ def make_llama31_8b(root: Path, seed: int = 0, cfg: dict = CONFIG, shard_bytes: 
                 (out_f, RANK),
                 lambda s=(out_f, RANK): rng.standard_normal(s, dtype=np.float32) * 0.002,
             )
-        with atomic_dir(adapter) as tmp:
-            write_safetensors(tmp / "adapter_model.safetensors", tensors)
-            (tmp / "adapter_config.json").write_text(
-                json.dumps(
-                    {
-                        "peft_type": "LORA",
-                        "task_type": "CAUSAL_LM",
-                        "r": RANK,
-                        "lora_alpha": 2 * RANK,
-                        "lora_dropout": 0.0,
-                        "target_modules": [m for mods in LINEAR.values() for m in mods],
-                        "bias": "none",
-                        "fan_in_fan_out": False,
-                        "base_model_name_or_path": "meta-llama/Llama-3.1-8B-Instruct",
-                    },
-                    indent=2,
-                )
-            )
+        write_lora(adapter, tensors, RANK, 2 * RANK, "meta-llama/Llama-3.1-8B-Instruct")
     return base, adapter
 
 
