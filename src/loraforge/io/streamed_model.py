@@ -130,6 +130,11 @@ class StreamedWeights:
             for pname, key in self.keys.get(id(m), {}).items():
                 p = m._parameters.get(pname)
                 if p is not None and p.is_meta:
+                    if tuple(p.shape) != self.index[key].shape:
+                        raise PipelineError(
+                            f"{self.dir}: tensor {key} has shape {list(self.index[key].shape)}, the model's "
+                            f"parameter {list(p.shape)}"
+                        )
                     m._parameters[pname] = torch.nn.Parameter(self.tensor(key), requires_grad=False)
                     done.append((m, pname, p))
         self.loaded.setdefault(id(unit), []).extend(done)
