@@ -107,15 +107,23 @@ def _gguf_fields(vocab: str) -> dict:
     return {k: f.contents() for k, f in r.fields.items() if k.startswith("tokenizer.")}
 
 
-def _spm_tokenizer(vocab: str, out: Path, extra: tuple[str, ...] = (), prefix_space: bool = True, add_bos: bool = True):
+def _spm_tokenizer(
+    vocab: str,
+    out: Path,
+    extra: tuple[str, ...] = (),
+    prefix_space: bool = True,
+    add_bos: bool = True,
+    rstrip: bool = False,
+):
     """A sentencepiece tokenizer (Llama 2, Phi-3) rebuilt from the GGUF's pieces, scores and types, with
     ``extra`` user-defined pieces appended (as Gemma's turn tokens are in its model), loaded by transformers.
 
     Pieces after the sentencepiece model proper (Phi-3's chat markers and padding, the first control piece
-    after </s>) become the tokenizer's added tokens, as in the real checkpoint."""
+    after </s>) become the tokenizer's added tokens, as in the real checkpoint. ``rstrip``: they and </s> eat the
+    whitespace after them, as Phi-3's do in its tokenizer.json (and in llama.cpp, for a model named phi3)."""
     import sentencepiece.sentencepiece_model_pb2 as sp
     from tokenizers import Tokenizer, decoders, normalizers
-    from transformers import LlamaTokenizer, PreTrainedTokenizerFast
+    from transformers import AddedToken, LlamaTokenizer, PreTrainedTokenizerFast
 
     f = _gguf_fields(vocab)
     kinds = sp.ModelProto.SentencePiece
@@ -167,12 +175,15 @@ def _spm_tokenizer(vocab: str, out: Path, extra: tuple[str, ...] = (), prefix_sp
             decoders.Strip(" ", int(prefix_space), 0),
         ]
     )
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    eos = AddedToken("</s>", rstrip=True, special=True, normalized=False) if rstrip else "</s>"
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token=eos, unk_token="<unk>")
     # control and user-defined pieces (chat markers) are matched whole in text, as sentencepiece does
     special = [p for i, (p, _s, k) in enumerate(pieces) if i > 2 and k in (kinds.CONTROL, kinds.USER_DEFINED)]
     special += added
     if special:
-        tok.add_special_tokens({"additional_special_tokens": special})
+        strip = [rstrip and p != "<|endoftext|>" for p in special]
+        tokens = [AddedToken(p, rstrip=r, special=True, normalized=False) for p, r in zip(special, strip, strict=True)]
+        tok.add_special_tokens({"additional_special_tokens": tokens})
     return tok
 
 
@@ -199,8 +210,13 @@ def build_tokenizer(family: Family, out: Path):
 
     if family.vocab in ("llama-spm", "phi-3"):
         tok = _spm_tokenizer(
-            family.vocab, out, family.added, prefix_space=family.arch != "gemma2", add_bos=family.arch != "phi3"
-        )  # Phi-3.5 adds no BOS: its template has none
+            family.vocab,
+            out,
+            family.added,
+            prefix_space=family.arch != "gemma2",
+            add_bos=family.arch != "phi3",  # Phi-3.5 adds no BOS: its template has none
+            rstrip=family.arch == "phi3",
+        )
     elif family.vocab == "llama-bpe":
         tok = _llama3_tokenizer()
     else:
