@@ -6,6 +6,8 @@ PEFT's scale into B makes base + LoRA GGUF the merged model again."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 
@@ -73,3 +75,7 @@ def test_what_no_lora_gguf_expresses_is_refused_in_one_line(models, tmp_path):
     saved = make_adapter(base, tmp_path / "mts", r=4, modules_to_save=["lm_head"])
     assert "wholesale" in refusal([saved])
     assert not (tmp_path / "x.gguf").exists()
+    gpt2 = shutil.copytree(models["alpha"], tmp_path / "gpt2-style")  # GPT-2's Conv1D adapters: llama.cpp crashes
+    cfg = json.loads((gpt2 / "adapter_config.json").read_text())
+    (gpt2 / "adapter_config.json").write_text(json.dumps({**cfg, "fan_in_fan_out": True}))
+    assert "fan_in_fan_out" in refusal([gpt2]) and "SIGSEGV" in refusal([gpt2])

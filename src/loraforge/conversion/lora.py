@@ -46,6 +46,8 @@ def refusal(adapters) -> str | None:
         return "DoRA: llama.cpp's LoRA GGUFs have no magnitude vectors"
     if ad.replaced:
         return f"it replaces {sorted(ad.replaced)[0]} wholesale (modules_to_save or resized embeddings)"
+    if ad.config.get("fan_in_fan_out"):  # measured: tests/test_real_tokenizers.py, the gpt2 family
+        return "fan_in_fan_out (GPT-2's Conv1D layers): llama.cpp 0.3.36 crashes (SIGSEGV) applying its LoRA GGUF"
     return None
 
 
