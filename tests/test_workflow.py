@@ -111,7 +111,7 @@ def test_registering_again_adds_no_version(built_copy):
     shutil.rmtree(wf.root / "results" / "registry")  # receipts gone: every registration runs again
     wf.run()
     (v,) = Registry(wf.root / "registry.sqlite").versions("alpha")
-    assert len(v.artifacts) == 3
+    assert len(v.artifacts) == 4  # F16, Q8_0, the LoRA GGUF, the merged dir
 
 
 def test_second_run_does_nothing(built):
@@ -135,10 +135,17 @@ def test_adding_a_quant_type_builds_only_the_new_files(built_copy):
     cfg["quantize"]["types"] = ["Q8_0", "Q4_K_M"]
     wf.write_config(cfg)
     jobs = [(r, w.get("adapter"), w.get("gguf_type", w.get("artifact"))) for r, w in wf.planned()]
+    # the new type of each merged model and of the base (for the LoRA form), evaluated both ways; the bundles and
+    # the report list it
     assert sorted(j for j in jobs if j[0] != "all") == [
+        ("deploy_bundle", "alpha", None),
+        ("deploy_bundle", "beta", None),
         ("evaluate_artifact", "alpha", "Q4_K_M"),
+        ("evaluate_artifact", "alpha", "lora-Q4_K_M"),
         ("evaluate_artifact", "beta", "Q4_K_M"),
+        ("evaluate_artifact", "beta", "lora-Q4_K_M"),
         ("quantize_gguf", "alpha", "Q4_K_M"),
+        ("quantize_gguf", "base", "Q4_K_M"),
         ("quantize_gguf", "beta", "Q4_K_M"),
         ("register_model", "alpha", "Q4_K_M"),
         ("register_model", "beta", "Q4_K_M"),
@@ -156,12 +163,15 @@ def test_changing_one_adapter_rebuilds_only_its_chain(built_copy):
     t[key] = t[key] + 0.01
     save_file(t, weights, metadata={"format": "pt"})
     jobs = [(r, w.get("adapter")) for r, w in wf.planned() if r != "all"]
-    assert sorted(jobs) == [("compute_reference", "alpha"), ("convert_to_gguf", "alpha")] + [
-        ("evaluate_artifact", "alpha")
-    ] * 4 + [("merge_adapter", "alpha"), ("quantize_gguf", "alpha")] + [("register_model", "alpha")] * 2 + [
-        ("render_dashboard", None),
-        ("report_quality", None),
-    ]
+    # alpha's chain, both forms (its LoRA GGUF too; the base's GGUFs stay), its bundle, the report and dashboard
+    assert sorted(jobs) == [
+        ("compute_reference", "alpha"),
+        ("convert_lora", "alpha"),
+        ("convert_to_gguf", "alpha"),
+        ("deploy_bundle", "alpha"),
+    ] + [("evaluate_artifact", "alpha")] * 6 + [("merge_adapter", "alpha"), ("quantize_gguf", "alpha")] + [
+        ("register_model", "alpha")
+    ] * 3 + [("render_dashboard", None), ("report_quality", None)]
     wf.run()
     assert file_hashes(wf.root / "results" / "gguf" / "beta") == beta_before
     assert wf.planned() == []
@@ -250,7 +260,7 @@ def test_a_gguf_changed_after_its_build_is_refused_not_registered(built_copy):
     log = (wf.root / "logs" / "evaluate_artifact" / "alpha-Q8_0.log").read_text()
     assert f"{gguf.relative_to(wf.root)}: content changed since it was built" in log
     reg = Registry(wf.root / "registry.sqlite")
-    assert [len(v.artifacts) for v in reg.versions("alpha")] == [3]  # F16, Q8_0, merged: nothing new
+    assert [len(v.artifacts) for v in reg.versions("alpha")] == [4]  # F16, Q8_0, LoRA, merged: nothing new
     # and the registered bytes are still the ones that were built and measured
     _mv, path = reg.artifact_file("alpha", "Q8_0")
     assert path.read_bytes() != gguf.read_bytes()
