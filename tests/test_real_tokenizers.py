@@ -51,6 +51,9 @@ def test_family_through_the_workflow(name, workflow, tmp_path):
     wf = workflow(
         {
             "base_model": str(base),
+            # named as a real model is (llama.cpp strips the whitespace after Phi-3's chat markers only in a GGUF
+            # whose general.name says phi3, as the real tokenizer does: a Phi-3 named otherwise fails the check)
+            "name": f"tiny-{name}",
             "adapters": {name: str(adapter)},
             "quantize": {"types": ["Q8_0"]},
             "convert": {"outtype": "f32"},
