@@ -16,7 +16,7 @@ class HFScorer:
         from ..device import torch_device
 
         self.model = model.eval()
-        self.batch = batch
+        self.batch = _batch(model, batch)
         self.device = torch_device()
 
     def logits(self, windows: np.ndarray) -> Iterator[np.ndarray]:
@@ -71,8 +71,7 @@ def _batch(model, batch: int) -> int:
 def hf_scorer(model_dir, dtype="auto", batch: int = 8, budget_mb: float | None = None, n_ctx: int = 256) -> HFScorer:
     from ..io.streamed_model import inference_model
 
-    model = inference_model(model_dir, dtype, budget_mb, n_ctx)
-    return HFScorer(model, _batch(model, batch))
+    return HFScorer(inference_model(model_dir, dtype, budget_mb, n_ctx), batch)
 
 
 def peft_scorer(base_dir, adapters, batch: int = 8, budget_mb: float | None = None, n_ctx: int = 256) -> HFScorer:
@@ -80,5 +79,4 @@ def peft_scorer(base_dir, adapters, batch: int = 8, budget_mb: float | None = No
     from ..preflight import validate_inputs
 
     base, loaded = validate_inputs(base_dir, adapters)
-    model = peft_model(base.path, loaded, merge_all=False, budget_mb=budget_mb, n_ctx=n_ctx)
-    return HFScorer(model, _batch(model, batch))
+    return HFScorer(peft_model(base.path, loaded, merge_all=False, budget_mb=budget_mb, n_ctx=n_ctx), batch)

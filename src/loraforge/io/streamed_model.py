@@ -200,17 +200,17 @@ def _activation_bytes_per_window(model_dir, n_ctx: int) -> int:
     return n_ctx * 4 * (3 * cfg.vocab_size + 16 * hidden + 4 * inter)
 
 
-def plan_memory(model_dir, itemsize: int, budget_mb: float | None, n_ctx: int = 256, copies: int = 1) -> dict:
-    """Whether ``copies`` whole models at ``itemsize`` bytes per weight fit ``budget_mb`` with room for their
-    activations; if not, they stream, and the batch of windows one pass takes is what the budget leaves."""
-    whole = parameter_bytes(model_dir, itemsize) * copies
+def plan_memory(model_dir, itemsize: int, budget_mb: float | None, n_ctx: int = 256) -> dict:
+    """Whether the whole model at ``itemsize`` bytes per weight fits ``budget_mb`` with room for its activations;
+    if not, it streams, and the batch of windows one pass takes is what the budget leaves."""
+    whole = parameter_bytes(model_dir, itemsize)
     per_window = _activation_bytes_per_window(model_dir, n_ctx)
     if budget_mb is None:
         return {"streamed": False, "weights_bytes": whole, "batch": None}
     budget = budget_mb * 1e6
     if whole + 2 * per_window <= budget:
         return {"streamed": False, "weights_bytes": whole, "batch": None, "budget_mb": budget_mb}
-    held = largest_unit_bytes(model_dir, itemsize) * copies
+    held = largest_unit_bytes(model_dir, itemsize)
     if held + per_window > budget:
         raise PipelineError(
             f"{model_dir}: memory.budget_mb {budget_mb:g} is too small even streamed: one layer takes "
@@ -224,10 +224,10 @@ def plan_memory(model_dir, itemsize: int, budget_mb: float | None, n_ctx: int = 
     }
 
 
-def plan_for(model_dir, dtype="float32", budget_mb: float | None = None, n_ctx: int = 256, copies: int = 1) -> dict:
+def plan_for(model_dir, dtype="float32", budget_mb: float | None = None, n_ctx: int = 256) -> dict:
     """:func:`plan_memory` for a model computed in ``dtype`` ("float32" or "auto": as stored)."""
     itemsize = 4 if dtype == "float32" else max(ITEMSIZE.get(i.dtype, 4) for i in checkpoint_index(model_dir).values())
-    return plan_memory(model_dir, itemsize, budget_mb, n_ctx, copies)
+    return plan_memory(model_dir, itemsize, budget_mb, n_ctx)
 
 
 def inference_model(model_dir, dtype="float32", budget_mb: float | None = None, n_ctx: int = 256):
