@@ -377,7 +377,8 @@ if IMATRIX:
 
 
 BUDGET_MB = config["memory"]["budget_mb"]
-os.environ[loraforge.device.ENV] = config["device"]  # every job's device (loraforge.device), local or on SLURM
+# every job's device (loraforge.device), local or on SLURM
+os.environ[loraforge.device.ENV] = config["device"]
 
 
 def bounded_mem_mb(estimate_mb, runtime_mb=1500):
