@@ -13,6 +13,7 @@ so a bf16 model is computed and accumulated in float32), not mmap'd: mapped page
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from pathlib import Path
@@ -29,13 +30,20 @@ BLOCK_BYTES = 64 << 20  # rows read and cast per block
 
 
 def checkpoint_index(model_dir) -> dict[str, TensorInfo]:
-    """Every tensor of a model directory's safetensors shards, from their headers."""
+    """Every tensor of a model directory's safetensors shards, from their headers (read once per version of the
+    files: planning a load asks for the index several times)."""
     files = sorted(Path(model_dir).glob("*.safetensors"))
     if not files:
         raise PipelineError(f"{model_dir}: no *.safetensors weights")
+    stamps = tuple((str(f.absolute()), st.st_mtime_ns, st.st_size) for f in files for st in [f.stat()])
+    return dict(_read_index(stamps))
+
+
+@functools.lru_cache(maxsize=16)
+def _read_index(stamps: tuple[tuple[str, int, int], ...]) -> dict[str, TensorInfo]:
     index: dict[str, TensorInfo] = {}
-    for f in files:
-        index.update(read_header(f))
+    for path, _, _ in stamps:
+        index.update(read_header(path))
     return index
 
 
@@ -44,8 +52,9 @@ def parameter_bytes(model_dir, itemsize: int = 4) -> int:
     return sum(itemsize * math.prod(i.shape) for i in checkpoint_index(model_dir).values())
 
 
-def largest_unit_bytes(model_dir, itemsize: int = 4) -> int:
-    """The most bytes one streamed unit (a decoder layer, or one tensor outside the layers) holds at a time."""
+def largest_unit(model_dir, itemsize: int = 4) -> tuple[str, int]:
+    """The streamed unit (a decoder layer, or one tensor outside the layers) that holds the most bytes at a time,
+    and those bytes."""
     units: dict[str, int] = {}
     for name, info in checkpoint_index(model_dir).items():
         parts = name.split(".")
@@ -56,7 +65,7 @@ def largest_unit_bytes(model_dir, itemsize: int = 4) -> int:
         )
         unit = ".".join(parts[:cut]) if cut else name
         units[unit] = units.get(unit, 0) + itemsize * math.prod(info.shape)
-    return max(units.values())
+    return max(units.items(), key=lambda kv: kv[1])
 
 
 def _decoder_layers(model):
@@ -177,13 +186,16 @@ def streamed_model(model_dir, dtype="float32"):
         for name, buf in module.named_buffers(recurse=False):
             module._buffers[name] = buf.to(device)
     model.streamed = StreamedWeights(model, model_dir, dtype, device)
+    itemsize = torch.finfo(dtype).bits // 8
+    unit, held = largest_unit(model_dir, itemsize)
     log.info(
-        "%s: streaming %d units (largest %.0f MB in %s) instead of loading %.0f MB",
+        "%s: streaming %d units (largest %s, %.0f MB in %s) instead of loading %.0f MB",
         model_dir,
         len(model.streamed.units),
-        largest_unit_bytes(model_dir, torch.finfo(dtype).bits // 8) / 1e6,
+        unit,
+        held / 1e6,
         str(dtype).removeprefix("torch."),
-        parameter_bytes(model_dir, torch.finfo(dtype).bits // 8) / 1e6,
+        parameter_bytes(model_dir, itemsize) / 1e6,
     )
     return model
 
@@ -210,11 +222,11 @@ def plan_memory(model_dir, itemsize: int, budget_mb: float | None, n_ctx: int = 
     budget = budget_mb * 1e6
     if whole + 2 * per_window <= budget:
         return {"streamed": False, "weights_bytes": whole, "batch": None, "budget_mb": budget_mb}
-    held = largest_unit_bytes(model_dir, itemsize)
+    unit, held = largest_unit(model_dir, itemsize)
     if held + per_window > budget:
         raise PipelineError(
-            f"{model_dir}: memory.budget_mb {budget_mb:g} is too small even streamed: one layer takes "
-            f"{held / 1e6:.0f} MB and one window of {n_ctx} tokens {per_window / 1e6:.0f} MB"
+            f"{model_dir}: memory.budget_mb {budget_mb:g} is too small even streamed: its largest unit ({unit}) "
+            f"takes {held / 1e6:.0f} MB and one window of {n_ctx} tokens {per_window / 1e6:.0f} MB"
         )
     return {
         "streamed": True,
