@@ -14,9 +14,9 @@ from loraforge.errors import PipelineError
 from loraforge.io.hashing import WORKFLOW_HASH_CACHE, HashCache, tree_fingerprint
 from loraforge.evaluation.windows import read_text
 from loraforge.preflight import inspect_base, validate_inputs
-from loraforge.quantization import IMATRIX_REQUIRED
+from loraforge.quantization import IMATRIX_REQUIRED, row_multiple
 from loraforge.quantization.imatrix import overlap
-from loraforge.compression import layers_to_drop
+from loraforge.compression import check_spec
 
 try:
     validate(config, schema="../schemas/config.schema.yaml")
@@ -44,6 +44,8 @@ for _t in QUANTS:
             "(with a calibration text) instead"
         )
 GGUF_TYPES = [FLOAT] + QUANTS + IMAT_QUANTS
+# a narrowed MLP's width: the row length every GGUF type needs for its own blocks (256 with K-quants)
+ROW_MULTIPLE = max(row_multiple(t) for t in GGUF_TYPES)
 LORA = config["lora"]["enabled"]
 LORA_TYPE = config["lora"]["outtype"].upper()
 if "base" in ADAPTERS:
@@ -158,10 +160,10 @@ def check_inputs():
                     "the scores optimistic; use other text"
                 )
     if COMPRESS and not produced_here(BASE):
-        n_layers = int(inspect_base(BASE).config.get("num_hidden_layers", 0))
+        base_config = inspect_base(BASE).config
         for spec_name, spec in COMPRESS["specs"].items():
             try:
-                layers_to_drop(spec, n_layers)
+                check_spec(spec, base_config, ROW_MULTIPLE)
             except PipelineError as e:
                 raise WorkflowError(f"config compress.specs.{spec_name}: {e}") from None
 

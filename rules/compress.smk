@@ -1,6 +1,6 @@
 # Compression beyond quantization: <adapter>-<spec> is the merged model without its least important decoder
-# layers (results/pruned), optionally distilled from the merged model (results/distilled); convert, quantize,
-# evaluate and register treat it like an adapter's merged model.
+# layers and/or MLP channels (results/pruned), optionally distilled from the merged model (results/distilled);
+# convert, quantize, evaluate and register treat it like an adapter's merged model.
 
 
 rule prune_model:
@@ -27,6 +27,7 @@ rule prune_model:
         fingerprint=fingerprint(COMPRESS["text"]) if COMPRESS else None,
         n_ctx=(COMPRESS or {}).get("n_ctx", 256),
         max_tokens=(COMPRESS or {}).get("max_tokens", 4096),
+        row_multiple=ROW_MULTIPLE,
         version=loraforge.__version__,
     script:
         "../scripts/prune_model.py"

@@ -1,4 +1,4 @@
-"""Rule prune_model: drop the least important decoder layers (loraforge.compression.prune)."""
+"""Rule prune_model: drop the least important decoder layers and MLP channels (loraforge.compression.prune)."""
 
 from loraforge.compression.prune import prune
 from loraforge.rule import run
@@ -17,4 +17,5 @@ if __name__ == "__main__":
         spec=dict(p.spec),
         n_ctx=p.n_ctx,
         max_tokens=p.max_tokens,
+        row_multiple=p.row_multiple,
     )

@@ -89,6 +89,15 @@ def test_imatrix_quant_is_closer_to_the_model_than_the_plain_one(demo):
         assert side["imatrix"].endswith(f"{a}.imatrix.gguf") and side["quant_type"] == "Q4_K_M"
 
 
+def test_fallback_tensors_are_counted(demo):
+    """SmolLM2's hidden size, 576, is not a whole number of K-quant blocks (256 values): llama-quantize gives the six
+    matrices per layer whose rows are 576 long (q, k, v, o, gate, up) a fallback type in Q4_K_M. Q8_0's 32-value
+    blocks fit every row."""
+    for a in ("code", "prose"):
+        side = {q: json.loads((demo.root / "results" / "gguf" / a / f"{a}-{q}.gguf.json").read_text()) for q in GGUFS}
+        assert side["Q4_K_M"]["fallback_tensors"] == 6 * 30 and side["Q8_0"]["fallback_tensors"] == 0
+
+
 def test_low_bit_types_build_from_the_demo_imatrix(demo, tmp_path):
     from loraforge import quantize
 

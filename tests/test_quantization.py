@@ -29,6 +29,7 @@ def test_quantize_and_check(f16_gguf, tmp_path):
     out = tmp_path / "m-Q8_0.gguf"
     summary = quantize_artifact(f16_gguf, out, tmp_path / "m-Q8_0.gguf.json", "Q8_0")
     assert out.read_bytes()[:4] == b"GGUF" and 8.0 < summary["bits_per_weight"] < 9.0
+    assert summary["fallback_tensors"] == 0  # rows of 256: whole Q8_0 blocks
     check = json.loads((tmp_path / "m-Q8_0.gguf.json").read_text())["check"]
     assert check["finite_logits"] and check["top1_agreement"] > 0.9
 

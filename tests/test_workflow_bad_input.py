@@ -137,6 +137,15 @@ def test_compression_that_drops_every_layer_is_refused(workflow, models, tmp_pat
     _fails_cleanly(wf, "config compress.specs.all: drop_layers 2 removes all 2 layers")
 
 
+def test_an_mlp_width_the_quantizer_cannot_block_is_refused(workflow, models, tmp_path):
+    """Q4_K_M's blocks are 256 values long: a down projection with rows of 200 would get a fallback type."""
+    cal = tmp_path / "calibration.txt"
+    cal.write_text("Calibration text that is not the evaluation text.\n" * 50)
+    compress = {"text": str(cal), "specs": {"narrow": {"mlp_width": 200}}}
+    wf = workflow(user_config(models, quantize={"types": ["Q8_0", "Q4_K_M"]}, compress=compress))
+    _fails_cleanly(wf, "config compress.specs.narrow: mlp_width 200 is not a multiple of 256")
+
+
 def test_adapter_names_that_look_like_each_others_files_get_their_own_paths(workflow, models):
     """Issue 15 #9: `x` and `x.merge` once shared a sidecar. Every artifact of an adapter now lives under a
     directory of its name, so names that extend each other plan distinct outputs."""

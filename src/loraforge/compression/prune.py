@@ -1,4 +1,5 @@
-"""Depth pruning: remove the decoder layers whose output differs least (in angle) from their input."""
+"""Structured pruning: remove the decoder layers whose output differs least (in angle) from their input, and the
+MLP channels that add least to the residual stream."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from ..checks import write_sidecar
 from ..errors import PipelineError
 from ..io.publish import atomic_dir
 from ..preflight import inspect_base
-from . import layers_to_drop
+from . import check_spec
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +39,36 @@ def _decoder_layers(model):
     return layers
 
 
-def layer_importance(model, windows: np.ndarray, batch: int = 4) -> list[float]:
-    """Mean angular distance (radians / pi, in [0, 1]) between each decoder layer's input and output hidden
-    states over every token of ``windows``."""
+def _gated_mlp(layer):
+    """A decoder layer's MLP and its layout: "split" (gate_proj, up_proj; Llama, Mistral, Qwen) or "fused"
+    (gate_up_proj, gate rows first; Phi-3), then down_proj. Other MLPs cannot be narrowed here."""
+    import torch
+
+    mlp = getattr(layer, "mlp", None)
+    lin = {n: getattr(mlp, n, None) for n in ("gate_proj", "up_proj", "gate_up_proj", "down_proj")}
+    if isinstance(lin["down_proj"], torch.nn.Linear):
+        if isinstance(lin["gate_proj"], torch.nn.Linear) and isinstance(lin["up_proj"], torch.nn.Linear):
+            return mlp, "split"
+        if isinstance(lin["gate_up_proj"], torch.nn.Linear):
+            return mlp, "fused"
+    raise PipelineError(
+        f"{type(layer).__name__}: mlp_width needs a gated MLP (gate_proj and up_proj, or gate_up_proj, then "
+        f"down_proj); this model's is {type(mlp).__name__}"
+    )
+
+
+def importance(model, windows: np.ndarray, channels: bool = False, batch: int = 4):
+    """Measured on every token of ``windows``: each decoder layer's mean angular distance (radians / pi, in [0, 1])
+    between its input and output hidden states, and with ``channels`` each MLP channel's mean contribution to the
+    residual stream (mean |activation| times the norm of its down-projection column), one array per layer."""
     import torch
 
     layers = _decoder_layers(model)
     sums, count = np.zeros(len(layers)), 0
     captured: dict[int, float] = {}
+    mags = [None] * len(layers)
 
-    def hook(i):
+    def layer_hook(i):
         def fn(_module, args, kwargs, output):
             x = args[0] if args else kwargs["hidden_states"]
             y = output[0] if isinstance(output, tuple) else output
@@ -56,7 +77,17 @@ def layer_importance(model, windows: np.ndarray, batch: int = 4) -> list[float]:
 
         return fn
 
-    handles = [layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    def channel_hook(i):
+        def fn(_module, args):
+            m = args[0].detach().float().abs().sum(dim=tuple(range(args[0].dim() - 1))).double()
+            mags[i] = m if mags[i] is None else mags[i] + m
+
+        return fn
+
+    handles = [layer.register_forward_hook(layer_hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    if channels:
+        downs = [_gated_mlp(layer)[0].down_proj for layer in layers]
+        handles += [d.register_forward_pre_hook(channel_hook(i)) for i, d in enumerate(downs)]
     try:
         with torch.no_grad():
             for s in range(0, len(windows), batch):
@@ -67,7 +98,47 @@ def layer_importance(model, windows: np.ndarray, batch: int = 4) -> list[float]:
     finally:
         for h in handles:
             h.remove()
-    return (sums / count).tolist()
+    if not channels:
+        return (sums / count).tolist(), None
+    with torch.no_grad():
+        col_norms = [d.weight.float().norm(dim=0).double() for d in downs]
+    return (sums / count).tolist(), [(m / count * n).numpy() for m, n in zip(mags, col_norms, strict=True)]
+
+
+def _take(linear, index, dim: int):
+    """``linear`` keeping only the output rows (dim 0) or input columns (dim 1) in ``index``, in place."""
+    import torch
+
+    linear.weight = torch.nn.Parameter(linear.weight.data.index_select(dim, index).clone(), requires_grad=False)
+    if dim == 0:
+        linear.out_features = len(index)
+        if linear.bias is not None:
+            linear.bias = torch.nn.Parameter(linear.bias.data[index].clone(), requires_grad=False)
+    else:
+        linear.in_features = len(index)
+
+
+def narrow_mlps(model, width: int, scores: list[np.ndarray]) -> list[list[int]]:
+    """Each decoder layer's MLP keeping its ``width`` highest-scoring channels (in place; ties keep the lower
+    index), the config's intermediate_size with it. Returns the channels kept per layer."""
+    import torch
+
+    kept = []
+    for layer, score in zip(_decoder_layers(model), scores, strict=True):
+        mlp, kind = _gated_mlp(layer)
+        keep = np.sort(np.argsort(-np.asarray(score), kind="stable")[:width])
+        idx = torch.from_numpy(keep)
+        if kind == "split":
+            _take(mlp.gate_proj, idx, 0)
+            _take(mlp.up_proj, idx, 0)
+        else:  # Phi-3: gate rows, then up rows
+            _take(mlp.gate_up_proj, torch.cat([idx, idx + mlp.gate_up_proj.out_features // 2]), 0)
+        _take(mlp.down_proj, idx, 1)
+        if hasattr(mlp, "intermediate_size"):
+            mlp.intermediate_size = width
+        kept.append(keep.tolist())
+    model.config.intermediate_size = width
+    return kept
 
 
 def drop_layers(model, drop: list[int]):
@@ -89,32 +160,38 @@ def drop_layers(model, drop: list[int]):
 
 
 def prune(
-    teacher_dir, text, out_dir, sidecar, spec: dict, n_ctx: int = 256, max_tokens: int = 4096, threads: int = 1
+    teacher_dir,
+    text,
+    out_dir,
+    sidecar,
+    spec: dict,
+    n_ctx: int = 256,
+    max_tokens: int = 4096,
+    threads: int = 1,
+    row_multiple: int = 1,
 ) -> dict:
-    """Measure layer importance of the model in ``teacher_dir`` on ``text``, remove the least important layers
-    (``spec["drop_layers"]``), write the pruned model (source dtype) to ``out_dir`` and the scores to ``sidecar``."""
+    """Measure the importance of the layers (and with ``spec["mlp_width"]`` of the MLP channels) of the model in
+    ``teacher_dir`` on ``text``; remove the least important layers (``spec["drop_layers"]``) and narrow every MLP
+    to its most important channels; write the pruned model (source dtype) to ``out_dir`` and the scores to
+    ``sidecar``. A width given as a fraction is rounded to a multiple of ``row_multiple`` (the GGUF types')."""
     import torch
 
     from ..evaluation.windows import token_windows
     from ..merging.peft_reference import load_hf_model
 
     src = inspect_base(teacher_dir, what="model")
-    n_layers = int(src.config.get("num_hidden_layers", 0))
-    n_drop = layers_to_drop(spec, n_layers)
+    plan = check_spec(spec, src.config, row_multiple)
+    n_layers, width = int(src.config.get("num_hidden_layers", 0)), plan["width"]
     windows = token_windows(teacher_dir, text, n_ctx, max_tokens)
     model = load_hf_model(teacher_dir, dtype=torch.float32).eval()
-    scores = layer_importance(model, windows)
-    drop = sorted(int(i) for i in np.argsort(scores, kind="stable")[:n_drop])
+    if width:
+        for layer in _decoder_layers(model):
+            _gated_mlp(layer)  # refused before measuring
+    scores, channels = importance(model, windows, channels=bool(width))
+    drop = sorted(int(i) for i in np.argsort(scores, kind="stable")[: plan["drop"]])
     log.info("layer importance (angular distance): %s; dropping %s", [round(s, 4) for s in scores], drop)
     del model
     model = load_hf_model(teacher_dir, dtype="auto")
-    drop_layers(model, drop)
-    out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(str(tmp))
-        for name in SIDE_FILES:
-            if (Path(teacher_dir) / name).exists() and not (tmp / name).exists():
-                shutil.copy2(Path(teacher_dir) / name, tmp / name)
     summary = {
         "teacher": str(teacher_dir),
         "spec": spec,
@@ -124,6 +201,22 @@ def prune(
         "dropped": drop,
         "layers": [n_layers, n_layers - len(drop)],
     }
+    if width:
+        inter = int(src.config["intermediate_size"])
+        kept = narrow_mlps(model, width, channels)  # before dropping: the scores are indexed by the full stack
+        # per kept layer: the share of its measured channel importance the kept channels carry
+        share = [float(c[k].sum() / c.sum()) if c.sum() > 0 else 1.0 for c, k in zip(channels, kept, strict=True)]
+        summary["mlp_width"] = [inter, width]
+        summary["channel_importance_kept"] = [round(v, 6) for i, v in enumerate(share) if i not in drop]
+        log.info("MLP width %d -> %d; importance kept per layer: %s", inter, width, [round(v, 3) for v in share])
+    drop_layers(model, drop)
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(str(tmp))
+        for name in SIDE_FILES:
+            if (Path(teacher_dir) / name).exists() and not (tmp / name).exists():
+                shutil.copy2(Path(teacher_dir) / name, tmp / name)
     write_sidecar(sidecar, summary)
-    log.info("pruned %s -> %s: %s", teacher_dir, out_dir, json.dumps({k: summary[k] for k in ("dropped", "layers")}))
+    done = {k: summary[k] for k in ("dropped", "layers", "mlp_width") if k in summary}
+    log.info("pruned %s -> %s: %s", teacher_dir, out_dir, json.dumps(done))
     return summary

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -101,15 +102,23 @@ def convert_hf_to_gguf(
     return run_tool(cmd, f"llama.cpp's converter on {shown_as or model_dir}", out, env=converter_env())
 
 
+# llama-quantize's summary when rows of some tensors are not a whole number of the type's blocks (src/llama-quant.cpp)
+_FALLBACK = re.compile(r"WARNING: (\d+) of (\d+) tensor\(s\) required fallback quantization")
+
+
 def quantize_gguf(
     src: Path, dst: Path, qtype: str, threads: int, imatrix: Path | None = None, lc: LlamaCpp | None = None
-) -> str:
-    """llama-quantize ``src`` into ``dst`` as ``qtype`` (with an importance matrix when given). Returns the tool."""
+) -> tuple[str, int]:
+    """llama-quantize ``src`` into ``dst`` as ``qtype`` (with an importance matrix when given). Returns the tool and
+    how many tensors got a fallback type instead of ``qtype``'s (their rows do not split into its blocks)."""
     lc = lc or locate()
     exe = lc.tool("llama-quantize")
     cmd = [str(exe)]
     if imatrix is not None:
         cmd += ["--imatrix", str(imatrix)]
     cmd += [str(src), str(dst), qtype, str(threads)]
-    run_tool(cmd, f"llama-quantize {qtype}", dst)
-    return f"{exe} ({lc.revision})"
+    output = run_tool(cmd, f"llama-quantize {qtype}", dst)
+    m = _FALLBACK.search(output)  # llama-quantize says nothing when no tensor needed one
+    if m:
+        log.warning("%s: %s of %s tensors got a fallback type, not %s's own", dst.name, m[1], m[2], qtype)
+    return f"{exe} ({lc.revision})", int(m[1]) if m else 0

@@ -22,6 +22,20 @@ log = logging.getLogger(__name__)
 # make without an importance matrix (src/llama-quant.cpp, tensor_requires_imatrix).
 IMATRIX_REQUIRED = frozenset({"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "IQ3_XS", "Q2_K_S"})
 
+# Block sizes of the tensor types a llama.cpp file type is made of (ggml's QK_* constants); every other quantized
+# type (the K, IQ and TQ families) has 256-value blocks (QK_K).
+_FLOAT_TYPES = frozenset({"F32", "F16", "BF16"})
+_ROW_MULTIPLE = {"Q4_0": 32, "Q4_1": 32, "Q5_0": 32, "Q5_1": 32, "Q8_0": 32, "IQ4_NL": 32, "MXFP4_MOE": 32, "NVFP4": 64}
+
+
+def row_multiple(qtype: str) -> int:
+    """What a tensor's row length must be a multiple of to get ``qtype``'s own blocks (GGUF type names, an
+    importance-matrix quant's ``-imat`` too). llama-quantize gives a row of another length a fallback type."""
+    t = qtype.upper().removesuffix("-IMAT")
+    if t in _FLOAT_TYPES:
+        return 1
+    return _ROW_MULTIPLE.get(t, 256)
+
 
 def _quantize_to(src_gguf, out: Path, qtype: str, threads: int, llama_cpp_dir, imatrix=None) -> dict:
     """Run the quantization into ``out``; the caller publishes it."""
@@ -34,8 +48,9 @@ def _quantize_to(src_gguf, out: Path, qtype: str, threads: int, llama_cpp_dir, i
     if qtype in IMATRIX_REQUIRED and imatrix is None:
         raise PipelineError(f"quantization type {qtype} needs an importance matrix (quantize.imatrix)")
     lc = locate(llama_cpp_dir)
-    tool = quantize_gguf(src, out, qtype, threads, Path(imatrix) if imatrix else None, lc=lc)
-    return {"quant_type": qtype, "tool": tool, "imatrix": str(imatrix) if imatrix else None}
+    tool, fallback = quantize_gguf(src, out, qtype, threads, Path(imatrix) if imatrix else None, lc=lc)
+    imat = str(imatrix) if imatrix else None
+    return {"quant_type": qtype, "tool": tool, "imatrix": imat, "fallback_tensors": fallback}
 
 
 def quantize(
