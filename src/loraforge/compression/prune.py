@@ -184,10 +184,7 @@ def prune(
     n_layers, width = int(src.config.get("num_hidden_layers", 0)), plan["width"]
     windows = token_windows(teacher_dir, text, n_ctx, max_tokens)
     model = load_hf_model(teacher_dir, dtype=torch.float32).eval()
-    if width:
-        for layer in _decoder_layers(model):
-            _gated_mlp(layer)  # refused before measuring
-    scores, channels = importance(model, windows, channels=bool(width))
+    scores, channels = importance(model, windows, channels=bool(width))  # an MLP it cannot narrow: refused first
     drop = sorted(int(i) for i in np.argsort(scores, kind="stable")[: plan["drop"]])
     log.info("layer importance (angular distance): %s; dropping %s", [round(s, 4) for s in scores], drop)
     del model

@@ -12,7 +12,7 @@ from ..checks import CHECK_TEXT, compare_logits, write_sidecar
 from ..errors import PipelineError
 from ..io.hashing import sha256_file
 from ..io.publish import atomic_file
-from ..llamacpp.library import GGUFModel, file_types
+from ..llamacpp.library import FLOAT_TYPES, GGUFModel, file_types
 from ..llamacpp.toolchain import locate
 from ..llamacpp.tools import quantize_gguf
 
@@ -24,7 +24,6 @@ IMATRIX_REQUIRED = frozenset({"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "I
 
 # Block sizes of the tensor types a llama.cpp file type is made of (ggml's QK_* constants); every other quantized
 # type (the K, IQ and TQ families) has 256-value blocks (QK_K).
-_FLOAT_TYPES = frozenset({"F32", "F16", "BF16"})
 _ROW_MULTIPLE = {"Q4_0": 32, "Q4_1": 32, "Q5_0": 32, "Q5_1": 32, "Q8_0": 32, "IQ4_NL": 32, "MXFP4_MOE": 32, "NVFP4": 64}
 
 
@@ -32,7 +31,7 @@ def row_multiple(qtype: str) -> int:
     """What a tensor's row length must be a multiple of to get ``qtype``'s own blocks (GGUF type names, an
     importance-matrix quant's ``-imat`` too). llama-quantize gives a row of another length a fallback type."""
     t = qtype.upper().removesuffix("-IMAT")
-    if t in _FLOAT_TYPES:
+    if t in FLOAT_TYPES.values():
         return 1
     return _ROW_MULTIPLE.get(t, 256)
 
