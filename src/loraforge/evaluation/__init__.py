@@ -41,6 +41,17 @@ def changed_since_built(path, check_json) -> str:
     )
 
 
+def verify_built(path, check_json) -> str | None:
+    """``path``'s sha256 when its build sidecar ``check_json`` recorded one (refused if it differs), else None."""
+    expected = json.loads(Path(check_json).read_text()).get("sha256") if check_json else None
+    if not expected:
+        return None
+    sha = sha256_file(path)
+    if sha != expected:
+        raise PipelineError(changed_since_built(path, check_json))
+    return sha
+
+
 def _same_tokens(scorer, text_file, windows: np.ndarray, gguf) -> bool:
     """Whether llama.cpp tokenizes the text (from the GGUF's own vocabulary) into the ids that are scored, as users
     of the GGUF will feed it; a difference fails the evaluation, since its numbers would not be theirs."""
@@ -165,9 +176,8 @@ def evaluate_artifact(
     With ``check_json`` (a GGUF's build sidecar; ``lora_check_json`` the LoRA GGUF's), the file must still be the
     bytes that were built."""
     for key, sidecar in (("path", check_json), ("lora", lora_check_json)):
-        expected = json.loads(Path(sidecar).read_text()).get("sha256") if sidecar else None
-        if expected and sha256_file(kwargs[key]) != expected:
-            raise PipelineError(changed_since_built(kwargs[key], sidecar))
+        if sidecar:
+            verify_built(kwargs[key], sidecar)
     result = dataclasses.replace(evaluate(label=label, **kwargs), gates=gates or {})
     log.info("evaluation of %s: %s", label, json.dumps(result.to_json(), indent=1))
     failures = check_gates(result, gates, label)

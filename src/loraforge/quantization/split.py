@@ -8,7 +8,6 @@ it and gives logits identical to the whole file's on the check text.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -56,14 +55,12 @@ def split_gguf(gguf, out_dir, check_json, max_size: str, threads: int = 1, llama
     """The split_gguf rule: ``gguf`` as files of at most ``max_size`` in ``out_dir``, checked; a JSON sidecar.
 
     The GGUF must still be the bytes its build sidecar (``<gguf>.json``) recorded."""
-    from ..evaluation import changed_since_built
+    from ..evaluation import verify_built
 
     gguf, out_dir = Path(gguf), Path(out_dir)
     limit = size_bytes(max_size)
-    sha = sha256_file(gguf)
     built = Path(f"{gguf}.json")
-    if built.exists() and json.loads(built.read_text()).get("sha256") not in (None, sha):
-        raise PipelineError(changed_since_built(gguf, built))
+    sha = verify_built(gguf, built if built.exists() else None) or sha256_file(gguf)
     with atomic_dir(out_dir) as tmp:
         if gguf.stat().st_size <= limit:
             try:
