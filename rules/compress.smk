@@ -1,33 +1,34 @@
 # Compression beyond quantization: <adapter>-<spec> is the merged model without its least important decoder
 # layers and/or MLP channels (results/pruned), optionally distilled from the merged model (results/distilled);
 # convert, quantize, evaluate and register treat it like an adapter's merged model.
+COMPRESS = plan.compress or {}
 
 
 rule prune_model:
     input:
-        teacher=lambda w: model_dir(teacher(w.model)),
+        teacher=lambda w: plan.model_dir(plan.teacher(w.model)),
         text=external(COMPRESS["text"]) if COMPRESS else [],
     output:
-        model_dir=directory("results/pruned/{model}"),
-        scores="results/pruned/{model}.json",
+        model_dir=directory(paths.PRUNED),
+        scores=paths.PRUNE_SCORES,
     log:
-        "logs/prune_model/{model}.log",
+        paths.log("prune_model", "{model}"),
     benchmark:
-        "benchmarks/prune_model/{model}.tsv"
+        paths.benchmark("prune_model", "{model}")
     wildcard_constraints:
-        model="|".join(re.escape(m) for m in COMPRESSED) or "^$",
+        model=one_of(plan.compressed),
     conda:
         "../envs/loraforge.yaml"
-    threads: THREADS
+    threads: plan.threads
     resources:
-        mem_mb=lambda w, input: int(2000 + 4 * dir_size_mb(input.teacher)),
+        mem_mb=lambda w, input: int(2000 + 4 * size_mb(input.teacher)),
         runtime=60,
     params:
-        spec=lambda w: compress_spec(w.model),
-        fingerprint=fingerprint(COMPRESS["text"]) if COMPRESS else None,
-        n_ctx=(COMPRESS or {}).get("n_ctx", 256),
-        max_tokens=(COMPRESS or {}).get("max_tokens", 4096),
-        row_multiple=ROW_MULTIPLE,
+        spec=lambda w: plan.compress_spec(w.model),
+        fingerprint=fingerprint(COMPRESS.get("text")),
+        n_ctx=COMPRESS.get("n_ctx", 256),
+        max_tokens=COMPRESS.get("max_tokens", 4096),
+        row_multiple=plan.row_multiple,
         version=loraforge.__version__,
     script:
         "../scripts/prune_model.py"
@@ -35,29 +36,29 @@ rule prune_model:
 
 rule distill_model:
     input:
-        teacher=lambda w: model_dir(teacher(w.model)),
+        teacher=lambda w: plan.model_dir(plan.teacher(w.model)),
         student=rules.prune_model.output.model_dir,
         text=external(COMPRESS["text"]) if COMPRESS else [],
     output:
-        model_dir=directory("results/distilled/{model}"),
-        curve="results/distilled/{model}.json",
+        model_dir=directory(paths.DISTILLED),
+        curve=paths.DISTILL_CURVE,
     log:
-        "logs/distill_model/{model}.log",
+        paths.log("distill_model", "{model}"),
     benchmark:
-        "benchmarks/distill_model/{model}.tsv"
+        paths.benchmark("distill_model", "{model}")
     wildcard_constraints:
-        model="|".join(re.escape(m) for m in COMPRESSED) or "^$",
+        model=one_of(plan.compressed),
     conda:
         "../envs/loraforge.yaml"
-    threads: THREADS
+    threads: plan.threads
     resources:
         # teacher and student in float32, the student's gradients and AdamW's two moments
-        mem_mb=lambda w, input: int(3000 + 12 * dir_size_mb(input.teacher)),
+        mem_mb=lambda w, input: int(3000 + 12 * size_mb(input.teacher)),
         runtime=240,
     params:
-        distill=lambda w: compress_spec(w.model)["distill"],
-        fingerprint=fingerprint(COMPRESS["text"]) if COMPRESS else None,
-        n_ctx=(COMPRESS or {}).get("n_ctx", 256),
+        distill=lambda w: plan.compress_spec(w.model)["distill"],
+        fingerprint=fingerprint(COMPRESS.get("text")),
+        n_ctx=COMPRESS.get("n_ctx", 256),
         version=loraforge.__version__,
     script:
         "../scripts/distill_model.py"

@@ -5,23 +5,21 @@
 
 rule convert_to_gguf:
     input:
-        model_dir=convert_source,
+        unpack(lambda w: with_external(plan.convert_inputs(w.model))),
     output:
-        gguf=GGUF,
-        check=f"{GGUF}.json",
+        # the float type is part of the pattern: quantize_gguf's outputs never match it
+        gguf=paths.fill(paths.GGUF, gguf_type=plan.float_type),
+        check=paths.fill(paths.GGUF_CHECK, gguf_type=plan.float_type),
     log:
-        "logs/convert_to_gguf/{adapter}-{gguf_type}.log",
+        paths.log("convert_to_gguf", f"{{model}}-{plan.float_type}"),
     benchmark:
-        "benchmarks/convert_to_gguf/{adapter}-{gguf_type}.tsv"
-    wildcard_constraints:
-        gguf_type=FLOAT,
-        adapter="|".join(re.escape(m) for m in MODELS),
+        paths.benchmark("convert_to_gguf", f"{{model}}-{plan.float_type}")
     conda:
         "../envs/loraforge.yaml"
-    threads: THREADS
+    threads: plan.threads
     resources:
         # lazy converter + the HF model in float32 for the logit check
-        mem_mb=lambda w, input: bounded_mem_mb(1500 + 3 * dir_size_mb(input.model_dir)),
+        mem_mb=lambda w, input: plan.bounded_mem_mb(1500 + 3 * size_mb(input.model_dir)),
         runtime=60,
     params:
         outtype=config["convert"]["outtype"],
@@ -29,10 +27,10 @@ rule convert_to_gguf:
         min_top1=config["convert"]["min_top1"],
         max_abs_logit_diff=config["convert"]["max_abs_logit_diff"],
         check_text=config["checks"]["text"],
-        budget_mb=BUDGET_MB,
+        budget_mb=plan.budget_mb,
         llama_cpp_dir=config["llama_cpp_dir"],
-        metadata=lambda w: gguf_metadata(w.adapter),
-        fingerprint=lambda w: fingerprint(BASE) if w.adapter == "base" else None,
+        metadata=lambda w: plan.gguf_metadata(w.model),
+        fingerprint=lambda w: fingerprint(plan.base) if w.model == "base" else None,
         version=loraforge.__version__,
     script:
         "../scripts/convert_to_gguf.py"
@@ -40,26 +38,26 @@ rule convert_to_gguf:
 
 rule convert_lora:
     input:
-        adapter=lambda w: external(adapter_specs(w.adapter)[0]["path"]),
-        base=external(BASE),
-        base_gguf=gguf_of("base", FLOAT),
-        merged_gguf=lambda w: gguf_of(w.adapter, FLOAT),
+        adapter=lambda w: external(plan.adapter_specs(w.adapter)[0]["path"]),
+        base=external(plan.base),
+        base_gguf=plan.gguf("base", plan.float_type),
+        merged_gguf=lambda w: plan.gguf(w.adapter, plan.float_type),
     output:
-        gguf=LORA_GGUF,
-        check=f"{LORA_GGUF}.json",
+        gguf=plan.lora_gguf,
+        check=f"{plan.lora_gguf}.json",
     log:
-        "logs/convert_lora/{adapter}.log",
+        paths.log("convert_lora", "{adapter}"),
     benchmark:
-        "benchmarks/convert_lora/{adapter}.tsv"
+        paths.benchmark("convert_lora", "{adapter}")
     conda:
         "../envs/loraforge.yaml"
-    threads: THREADS
+    threads: plan.threads
     resources:
         mem_mb=lambda w, input: int(1500 + 2 * input.size_mb),
         runtime=30,
     params:
         fingerprints=input_fingerprints,
-        weight=lambda w: adapter_specs(w.adapter)[0]["weight"],
+        weight=lambda w: plan.adapter_specs(w.adapter)[0]["weight"],
         outtype=config["lora"]["outtype"],
         max_kld=config["lora"]["max_kld"],
         llama_cpp_dir=config["llama_cpp_dir"],

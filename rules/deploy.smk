@@ -1,14 +1,14 @@
 # What users load, per adapter: Ollama Modelfiles (merged GGUF; base GGUF + LoRA GGUF) and a model card with the
-# measured numbers, in results/deploy/<adapter>/.
+# measured numbers, in results/deploy/<adapter>/; optionally every GGUF as llama.cpp's split set.
 
 
 rule deploy_bundle:
     input:
-        unpack(deploy_inputs),
+        unpack(lambda w: with_external(plan.deploy_inputs(w.adapter))),
     output:
-        bundle=directory("results/deploy/{adapter}"),
+        bundle=directory(paths.DEPLOY),
     log:
-        "logs/deploy_bundle/{adapter}.log",
+        paths.log("deploy_bundle", "{adapter}"),
     conda:
         "../envs/loraforge.yaml"
     threads: 1
@@ -16,9 +16,9 @@ rule deploy_bundle:
         mem_mb=1000,
         runtime=10,
     params:
-        name=lambda w: gguf_metadata(w.adapter)["general.basename"],
-        gguf_type=DEPLOY_TYPE,
-        artifacts=lambda w: artifacts_of(w.adapter) if EVAL else [],
+        name=lambda w: plan.gguf_metadata(w.adapter)["general.basename"],
+        gguf_type=plan.deploy_type,
+        artifacts=lambda w: plan.artifacts_of(w.adapter) if plan.evaluate else [],
         base_model_id=config["deploy"]["base_model"],
         license=config["deploy"]["license"],
         quantized_by=config["deploy"]["quantized_by"],
@@ -28,23 +28,23 @@ rule deploy_bundle:
 
 rule split_gguf:
     input:
-        gguf=GGUF,
-        check=f"{GGUF}.json",
+        gguf=paths.GGUF,
+        check=paths.GGUF_CHECK,
     output:
-        split=directory("results/split/{adapter}/{adapter}-{gguf_type}"),
-        check="results/split/{adapter}/{adapter}-{gguf_type}.json",
+        split=directory(paths.SPLIT),
+        check=paths.SPLIT_CHECK,
     log:
-        "logs/split_gguf/{adapter}-{gguf_type}.log",
+        paths.log("split_gguf", "{model}-{gguf_type}"),
     wildcard_constraints:
-        adapter="|".join(re.escape(m) for m in EVALUATED),
+        model=one_of(plan.evaluated),
     conda:
         "../envs/loraforge.yaml"
-    threads: THREADS
+    threads: plan.threads
     resources:
         mem_mb=lambda w, input: int(1000 + 0.2 * input.size_mb),
         runtime=60,
     params:
-        max_size=SPLIT,
+        max_size=plan.split,
         llama_cpp_dir=config["llama_cpp_dir"],
     script:
         "../scripts/split_gguf.py"

@@ -4,86 +4,78 @@
 rule compute_reference:
     input:
         model_dir=rules.merge_adapter.output.model_dir,
-        texts=eval_texts(),
+        texts=list(plan.texts.values()),
     output:
-        reference="results/eval/{adapter}/reference.safetensors",
+        reference=paths.REFERENCE,
     log:
-        "logs/compute_reference/{adapter}.log",
+        paths.log("compute_reference", "{adapter}"),
     benchmark:
-        "benchmarks/compute_reference/{adapter}.tsv"
+        paths.benchmark("compute_reference", "{adapter}")
     conda:
         "../envs/loraforge.yaml"
-    threads: THREADS
+    threads: plan.threads
     resources:
-        mem_mb=lambda w, input: bounded_mem_mb(2000 + 3 * dir_size_mb(input.model_dir)),
+        mem_mb=lambda w, input: plan.bounded_mem_mb(2000 + 3 * size_mb(input.model_dir)),
         runtime=60,
     params:
-        names=list(config["evaluation"]["texts"]),
+        names=list(plan.texts),
         n_ctx=config["evaluation"]["n_ctx"],
         max_tokens=config["evaluation"]["max_tokens"],
         batch=config["evaluation"]["batch"],
-        budget_mb=BUDGET_MB,
+        budget_mb=plan.budget_mb,
     script:
         "../scripts/compute_reference.py"
 
 
 rule evaluate_artifact:
     input:
-        unpack(evaluation_inputs),
-        # a compressed model is scored against the model it was compressed from
-        reference=lambda w: expand(
-            rules.compute_reference.output.reference, adapter=teacher(w.adapter)
-        ),
+        unpack(lambda w: with_external(plan.evaluation_inputs(w.model, w.artifact))),
     output:
-        metrics="results/eval/{adapter}/{artifact}.json",
+        metrics=paths.METRICS,
     log:
-        "logs/evaluate_artifact/{adapter}-{artifact}.log",
+        paths.log("evaluate_artifact", "{model}-{artifact}"),
     benchmark:
-        "benchmarks/evaluate_artifact/{adapter}-{artifact}.tsv"
+        paths.benchmark("evaluate_artifact", "{model}-{artifact}")
     wildcard_constraints:
-        adapter="|".join(re.escape(m) for m in EVALUATED),
+        model=one_of(plan.evaluated),
     conda:
         "../envs/loraforge.yaml"
-    threads: THREADS
+    threads: plan.threads
     resources:
-        mem_mb=lambda w, input: (
-            bounded_mem_mb(2000 + 3 * input.size_mb)
-            if artifact_kind(w.artifact) in ("hf", "peft")
-            else int(2000 + 3 * input.size_mb)
-        ),
+        mem_mb=lambda w, input: plan.evaluation_mem_mb(w.artifact, input.size_mb),
         runtime=60,
     params:
-        kind=lambda w: artifact_kind(w.artifact),
-        weights=adapter_weights,
+        kind=lambda w: plan.artifact_kind(w.artifact),
+        weights=lambda w: plan.adapter_weights(w.model),
         gates=lambda w: config["evaluation"]["gates"].get(w.artifact, {}),
         batch=config["evaluation"]["batch"],
-        budget_mb=BUDGET_MB,
+        budget_mb=plan.budget_mb,
     script:
         "../scripts/evaluate_artifact.py"
 
 
 rule evaluate_base:
     input:
-        base=external(BASE),
-        texts=eval_texts(),
+        base=external(plan.base),
+        texts=list(plan.texts.values()),
     output:
-        metrics="results/base/eval.json",
+        metrics=paths.BASE_METRICS,
     log:
-        "logs/evaluate_base/base.log",
+        paths.log("evaluate_base", "base"),
     benchmark:
-        "benchmarks/evaluate_base/base.tsv"
+        paths.benchmark("evaluate_base", "base")
     conda:
         "../envs/loraforge.yaml"
-    threads: THREADS
+    threads: plan.threads
     resources:
-        mem_mb=lambda w, input: bounded_mem_mb(2000 + 2 * input.size_mb),
+        mem_mb=lambda w, input: plan.bounded_mem_mb(2000 + 2 * input.size_mb),
         runtime=60,
     params:
-        names=list(config["evaluation"]["texts"]),
+        names=list(plan.texts),
         n_ctx=config["evaluation"]["n_ctx"],
         max_tokens=config["evaluation"]["max_tokens"],
         batch=config["evaluation"]["batch"],
-        budget_mb=BUDGET_MB,
+        budget_mb=plan.budget_mb,
     script:
         "../scripts/evaluate_base.py"
 
@@ -91,37 +83,29 @@ rule evaluate_base:
 rule report_quality:
     input:
         base=rules.evaluate_base.output.metrics,
-        metrics=[
-            m
-            for a in EVALUATED
-            for m in expand(
-                rules.evaluate_artifact.output.metrics,
-                adapter=a,
-                artifact=artifacts_of(a),
-            )
-        ],
+        metrics=plan.evaluations(),
     output:
         table=report(
-            "results/report/metrics.html",
+            paths.REPORT_TABLE,
             caption="../report/metrics.rst",
             category="Quality",
             labels={"figure": "all artifacts x metrics"},
         ),
-        tsv="results/report/metrics.tsv",
+        tsv=paths.REPORT_TSV,
         size_kld=report(
-            "results/report/size_vs_kld.svg",
+            paths.REPORT_SIZE_KLD,
             caption="../report/size_vs_kld.rst",
             category="Quality",
             labels={"figure": "size vs mean KLD"},
         ),
         ppl=report(
-            "results/report/ppl_by_domain.svg",
+            paths.REPORT_PPL,
             caption="../report/ppl_by_domain.rst",
             category="Quality",
             labels={"figure": "perplexity per text"},
         ),
     log:
-        "logs/report_quality/report.log",
+        paths.log("report_quality", "report"),
     conda:
         "../envs/loraforge.yaml"
     threads: 1
@@ -130,10 +114,6 @@ rule report_quality:
         runtime=10,
     params:
         # Snakemake's benchmark records of the jobs behind each artifact: read, not inputs (they are not outputs)
-        build_benchmarks={
-            f"{a}/{art}": build_benchmarks(a, art)
-            for a in EVALUATED
-            for art in artifacts_of(a)
-        },
+        build_benchmarks=plan.report_benchmarks(),
     script:
         "../scripts/report_quality.py"

@@ -3,38 +3,29 @@
 
 rule merge_adapter:
     input:
-        unpack(merge_inputs),
+        unpack(lambda w: with_external(plan.adapter_inputs(w.adapter))),
     output:
-        model_dir=directory("results/merged/{adapter}"),
-        check="results/checks/merge/{adapter}.json",
+        model_dir=directory(paths.MERGED),
+        check=paths.MERGE_CHECK,
     log:
-        "logs/merge_adapter/{adapter}.log",
+        paths.log("merge_adapter", "{adapter}"),
     benchmark:
-        "benchmarks/merge_adapter/{adapter}.tsv"
+        paths.benchmark("merge_adapter", "{adapter}")
     conda:
         "../envs/loraforge.yaml"
-    threads: THREADS
+    threads: plan.threads
     resources:
-        # streaming: largest tensor + constant; the PEFT check (and method peft) holds the model twice
-        mem_mb=lambda w, input: (
-            bounded_mem_mb(1500 + 3 * dir_size_mb(input.base))
-            if config["merge"]["check"] and config["merge"]["method"] != "peft"
-            else int(
-                1500
-                + (3 if config["merge"]["method"] == "peft" else 0.2)
-                * dir_size_mb(input.base)
-            )
-        ),
+        mem_mb=lambda w, input: plan.merge_mem_mb(size_mb(input.base)),
         runtime=60,
     params:
-        weights=adapter_weights,
+        weights=lambda w: plan.adapter_weights(w.adapter),
         fingerprints=input_fingerprints,
         method=config["merge"]["method"],
         shard_size_mb=config["merge"]["shard_size_mb"],
         check=config["merge"]["check"],
         max_kld=config["merge"]["max_kld"],
         check_text=config["checks"]["text"],
-        budget_mb=BUDGET_MB,
+        budget_mb=plan.budget_mb,
         version=loraforge.__version__,
     script:
         "../scripts/merge_adapter.py"

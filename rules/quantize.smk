@@ -1,20 +1,19 @@
 # float GGUF -> quantized GGUF (llama.cpp), checked: loads and gives finite logits. <type>-imat GGUFs use an
 # importance matrix computed by llama-imatrix on the calibration text (quantize.imatrix).
+IMATRIX = plan.imatrix or {}
 
 
 rule compute_imatrix:
     input:
-        gguf=lambda w: gguf_of(w.adapter, FLOAT),
+        gguf=lambda w: plan.gguf(w.model, plan.float_type),
         text=external(IMATRIX["text"]) if IMATRIX else [],
     output:
-        imatrix=IMATRIX_FILE,
-        check=f"{IMATRIX_FILE}.json",
+        imatrix=paths.IMATRIX,
+        check=paths.IMATRIX_CHECK,
     log:
-        "logs/compute_imatrix/{adapter}.log",
+        paths.log("compute_imatrix", "{model}"),
     benchmark:
-        "benchmarks/compute_imatrix/{adapter}.tsv"
-    wildcard_constraints:
-        adapter="|".join(re.escape(m) for m in MODELS),
+        paths.benchmark("compute_imatrix", "{model}")
     conda:
         "../envs/loraforge.yaml"
     threads: config["quantize"]["threads"]
@@ -22,9 +21,9 @@ rule compute_imatrix:
         mem_mb=lambda w, input: int(1000 + 1.2 * input.size_mb),
         runtime=120,
     params:
-        fingerprint=fingerprint(IMATRIX["text"]) if IMATRIX else None,
-        n_ctx=(IMATRIX or {}).get("n_ctx", 512),
-        chunks=(IMATRIX or {}).get("chunks", 100),
+        fingerprint=fingerprint(IMATRIX.get("text")),
+        n_ctx=IMATRIX.get("n_ctx", 512),
+        chunks=IMATRIX.get("chunks", 100),
         llama_cpp_dir=config["llama_cpp_dir"],
         version=loraforge.__version__,
     script:
@@ -33,17 +32,16 @@ rule compute_imatrix:
 
 rule quantize_gguf:
     input:
-        unpack(quantize_inputs),
+        unpack(lambda w: plan.quantize_inputs(w.model, w.gguf_type)),
     output:
-        gguf=GGUF,
-        check=f"{GGUF}.json",
+        gguf=paths.GGUF,
+        check=paths.GGUF_CHECK,
     log:
-        "logs/quantize_gguf/{adapter}-{gguf_type}.log",
+        paths.log("quantize_gguf", "{model}-{gguf_type}"),
     benchmark:
-        "benchmarks/quantize_gguf/{adapter}-{gguf_type}.tsv"
+        paths.benchmark("quantize_gguf", "{model}-{gguf_type}")
     wildcard_constraints:
-        gguf_type="|".join(re.escape(t) for t in QUANTS + IMAT_QUANTS),
-        adapter="|".join(re.escape(m) for m in MODELS),
+        gguf_type=one_of(plan.quants + plan.imat_quants),
     conda:
         "../envs/loraforge.yaml"
     threads: config["quantize"]["threads"]

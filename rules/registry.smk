@@ -11,14 +11,14 @@ localrules:
 
 rule register_model:
     input:
-        unpack(register_inputs),
+        unpack(lambda w: plan.register_inputs(w.model, w.variant)),
     output:
-        receipt="results/registry/{adapter}/{gguf_type}.json",
+        receipt=paths.RECEIPT,
     log:
-        "logs/register_model/{adapter}-{gguf_type}.log",
+        paths.log("register_model", "{model}-{variant}"),
     wildcard_constraints:
-        adapter="|".join(re.escape(m) for m in EVALUATED),
-        gguf_type="|".join(re.escape(t) for t in GGUF_TYPES + [f"lora-{LORA_TYPE}"]),
+        model=one_of(plan.evaluated),
+        variant=one_of(plan.gguf_types + [plan.lora_variant]),
     conda:
         "../envs/loraforge.yaml"
     threads: 1
@@ -28,11 +28,7 @@ rule register_model:
     params:
         registry=config["registry"]["path"],
         store_mode=config["registry"]["store"],
-        settings=lambda w: (
-            {**LINEAGE_SETTINGS, "compress": compress_spec(w.adapter)}
-            if w.adapter in COMPRESSED
-            else LINEAGE_SETTINGS
-        ),
+        settings=lambda w: plan.lineage_settings(w.model),
     script:
         "../scripts/register_model.py"
 
@@ -41,26 +37,28 @@ rule promote_revision:
     input:
         receipts=lambda w: expand(
             rules.register_model.output.receipt,
-            adapter=w.adapter,
-            gguf_type=GGUF_TYPES,
+            model=w.adapter,
+            variant=plan.gguf_types,
         ),
-        texts=eval_texts(),
+        texts=list(plan.texts.values()),
     output:
-        decision="results/registry/{adapter}/promotion.json",
+        decision=paths.PROMOTION,
     log:
-        "logs/promote_revision/{adapter}.log",
+        paths.log("promote_revision", "{adapter}"),
     benchmark:
-        "benchmarks/promote_revision/{adapter}.tsv"
+        paths.benchmark("promote_revision", "{adapter}")
     conda:
         "../envs/loraforge.yaml"
-    threads: THREADS
+    threads: plan.threads
     resources:
-        mem_mb=lambda w, input: int(1500 + 3 * gguf_size_mb(w.adapter, PROMOTE_QUANT)),
+        mem_mb=lambda w: int(
+            1500 + 3 * size_mb(plan.gguf(w.adapter, plan.promote_quant))
+        ),
         runtime=60,
     params:
         registry=config["registry"]["path"],
-        policy=config.get("promote"),
-        names=list(config["evaluation"]["texts"]),
+        policy=plan.promote,
+        names=list(plan.texts),
         n_ctx=config["evaluation"]["n_ctx"],
         max_tokens=config["evaluation"]["max_tokens"],
     script:
@@ -69,23 +67,25 @@ rule promote_revision:
 
 rule compare_versions:
     input:
-        texts=eval_texts(),
+        texts=list(plan.texts.values()),
     output:
-        result="results/compare/{name}/v{b}-vs-v{a}-{gguf_type}.json",
+        result=paths.COMPARISON,
     log:
-        "logs/compare_versions/{name}-v{b}-vs-v{a}-{gguf_type}.log",
+        paths.log("compare_versions", "{model}-v{b}-vs-v{a}-{variant}"),
     wildcard_constraints:
         a=r"\d+",
         b=r"\d+",
+        model=r"[^/]+",
+        variant=r"[^/]+",
     conda:
         "../envs/loraforge.yaml"
-    threads: THREADS
+    threads: plan.threads
     resources:
         mem_mb=4000,
         runtime=60,
     params:
         registry=config["registry"]["path"],
-        names=list(config["evaluation"]["texts"]),
+        names=list(plan.texts),
         n_ctx=config["evaluation"]["n_ctx"],
         max_tokens=config["evaluation"]["max_tokens"],
     script:
@@ -94,12 +94,12 @@ rule compare_versions:
 
 rule render_dashboard:
     input:
-        receipts=registry_receipts(),
-        decisions=promotion_decisions(),
+        receipts=plan.receipts(),
+        decisions=plan.promotions(),
     output:
-        html="results/dashboard/index.html",
+        html=paths.DASHBOARD,
     log:
-        "logs/render_dashboard/dashboard.log",
+        paths.log("render_dashboard", "dashboard"),
     conda:
         "../envs/loraforge.yaml"
     threads: 1

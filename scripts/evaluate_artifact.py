@@ -14,7 +14,7 @@ if __name__ == "__main__":
         evaluate_artifact,
         threads=sm.threads,
         out_json=sm.output.metrics,
-        label=f"{w.adapter}/{w.artifact}",
+        label=f"{w.model}/{w.artifact}",
         gates=dict(p.gates),
         kind=p.kind,
         path=i.get("artifact"),

@@ -18,6 +18,15 @@ from loraforge.io.hashing import sha256_file, tree_files, tree_fingerprint
 pytestmark = pytest.mark.slow
 
 
+def name_of(w: dict) -> str | None:
+    """The model a job is about: an adapter, or any model with GGUFs (an adapter's, the base's, a compressed one)."""
+    return w.get("adapter", w.get("model"))
+
+
+def type_of(w: dict) -> str | None:
+    return w.get("gguf_type", w.get("variant", w.get("artifact")))
+
+
 def file_hashes(root):
     return {str(p.relative_to(root)): sha256_file(p) for p in tree_files(root)}
 
@@ -41,7 +50,7 @@ def test_dry_run_lists_every_job_and_writes_nothing(built):
     )
     base_gguf = ["convert_to_gguf", "quantize_gguf"]  # the base's own GGUFs, shared by the LoRA GGUF form
     assert rules == sorted(per_adapter * 2 + base_gguf + ["evaluate_base", "report_quality", "render_dashboard"])
-    assert {w["adapter"] for r, w in dry if r == "quantize_gguf"} == {"alpha", "beta", "base"}
+    assert {w["model"] for r, w in dry if r == "quantize_gguf"} == {"alpha", "beta", "base"}
     assert {w["artifact"] for r, w in dry if r == "evaluate_artifact"} == {
         "adapter",
         "merged",
@@ -134,7 +143,7 @@ def test_adding_a_quant_type_builds_only_the_new_files(built_copy):
     cfg = wf.config()
     cfg["quantize"]["types"] = ["Q8_0", "Q4_K_M"]
     wf.write_config(cfg)
-    jobs = [(r, w.get("adapter"), w.get("gguf_type", w.get("artifact"))) for r, w in wf.planned()]
+    jobs = [(r, name_of(w), type_of(w)) for r, w in wf.planned()]
     # the new type of each merged model and of the base (for the LoRA form), evaluated both ways; the bundles and
     # the report list it
     assert sorted(j for j in jobs if j[0] != "all") == [
@@ -162,7 +171,7 @@ def test_changing_one_adapter_rebuilds_only_its_chain(built_copy):
     key = next(k for k in t if "lora_B" in k)
     t[key] = t[key] + 0.01
     save_file(t, weights, metadata={"format": "pt"})
-    jobs = [(r, w.get("adapter")) for r, w in wf.planned() if r != "all"]
+    jobs = [(r, name_of(w)) for r, w in wf.planned() if r != "all"]
     # alpha's chain, both forms (its LoRA GGUF too; the base's GGUFs stay), its bundle, the report and dashboard
     assert sorted(jobs) == [
         ("compute_reference", "alpha"),
@@ -181,17 +190,19 @@ def test_changing_one_adapter_rebuilds_only_its_chain(built_copy):
     assert [v.version for v in reg.versions("alpha")] == [1, 2] and len(reg.versions("beta")) == 1
 
 
-def test_failed_check_leaves_no_output(workflow, models):
-    cfg = user_config(models)
-    cfg["adapters"] = {"alpha": str(models["alpha"])}
-    cfg["convert"] = {"max_abs_logit_diff": 1e-9}  # impossible for F16: the check must fail the rule
-    wf = workflow(cfg)
+def test_failed_check_leaves_no_output(built_copy):
+    """A conversion check that cannot pass (F16 never matches to 1e-9): the rule fails, its log names the check,
+    and neither the GGUF nor its sidecar is left (the earlier build's are removed, no temporary stays)."""
+    wf, _m = built_copy
+    cfg = wf.config()
+    cfg["convert"] = {"max_abs_logit_diff": 1e-9}
+    wf.write_config(cfg)
     proc = wf.run("results/gguf/alpha/alpha-F16.gguf", check=False)
     assert proc.returncode != 0
     log = (wf.root / "logs" / "convert_to_gguf" / "alpha-F16.log").read_text()
     assert "llama.cpp logits disagree with the HF model" in log
     gguf_dir = wf.root / "results" / "gguf" / "alpha"
-    assert not gguf_dir.exists() or all_files(gguf_dir) == []
+    assert [f for f in all_files(gguf_dir) if "F16" in f or f.endswith(".tmp") or "/." in f] == []
     assert (wf.root / "results" / "merged" / "alpha" / "model.safetensors").exists()  # upstream kept
 
 
@@ -204,7 +215,8 @@ def test_bf16_base_to_f16_is_logged(workflow, tmp_path):
         {
             "base_model": str(base),
             "adapters": {"a": str(ad)},
-            "quantize": {"types": ["Q8_0"]},
+            "quantize": {"types": ["Q8_0"], "threads": 1},
+            "threads": 1,
             "evaluation": {"enabled": False},
         }
     )
@@ -217,19 +229,19 @@ def test_bf16_base_to_f16_is_logged(workflow, tmp_path):
     assert all(v.dtype == torch.bfloat16 for v in merged.values())
 
 
-def test_failing_quality_gate_names_artifact_metric_threshold_value(workflow, models):
-    cfg = user_config(models)
-    cfg["adapters"] = {"alpha": str(models["alpha"])}
-    cfg["evaluation"] = {"texts": {"general": str(models["text"])}, "gates": {"Q8_0": {"max_mean_kld": 1e-12}}}
-    wf = workflow(cfg)
+def test_failing_quality_gate_names_artifact_metric_threshold_value(built_copy):
+    wf, _m = built_copy
+    cfg = wf.config()
+    cfg["evaluation"]["gates"] = {"Q8_0": {"max_mean_kld": 1e-12}}
+    wf.write_config(cfg)
     proc = wf.run("results/eval/alpha/Q8_0.json", check=False)
     assert proc.returncode != 0
     log = (wf.root / "logs" / "evaluate_artifact" / "alpha-Q8_0.log").read_text()
     line = next(ln for ln in log.splitlines() if "quality gate failed" in ln)
     assert "alpha/Q8_0" in line and "mean_kld = " in line and "max_mean_kld = 1e-12" in line
     assert not (wf.root / "results" / "eval" / "alpha" / "Q8_0.json").exists()
-    # the F16 has no gate: its numbers are measured and written
-    wf.run("results/eval/alpha/F16.json")
+    # the F16 has no gate: nothing of it reruns, and its numbers are measured and written
+    assert wf.planned("results/eval/alpha/F16.json") == []
     f16 = json.loads((wf.root / "results" / "eval" / "alpha" / "F16.json").read_text())
     assert f16["top1_agreement"] >= 0.98 and f16["scored_tokens"] > 500
 
@@ -283,7 +295,7 @@ def test_split_sets_build_beside_the_ggufs_and_the_card_lists_them(built_copy):
     cfg = wf.config()
     cfg["deploy"] = {"split_max_size": "20M"}
     wf.write_config(cfg)
-    jobs = sorted((r, w.get("adapter"), w.get("gguf_type")) for r, w in wf.planned() if r != "all")
+    jobs = sorted((r, name_of(w), w.get("gguf_type")) for r, w in wf.planned() if r != "all")
     assert jobs == sorted(
         [("split_gguf", a, t) for a in ("alpha", "beta") for t in ("F16", "Q8_0")]
         + [("deploy_bundle", a, None) for a in ("alpha", "beta")]

@@ -1,0 +1,292 @@
+"""The seed's own model size through the default workflow: a Llama-3.1-8B-Instruct-shaped model on this machine.
+
+    python -m bench.llama8b --out results/bench/8b.json        # make bench-8b
+
+The base has the exact Llama-3.1-8B-Instruct config (hidden 4096, 32 layers, 32 heads, 8 KV heads, intermediate
+14336, vocab 128256, rope_theta 500000 with llama3 rope scaling), bf16 in 4 safetensors shards (16 GB), with
+llama.cpp's real Llama 3 tokenizer and Llama-3.1-8B-Instruct's chat template; its weights are seeded random,
+scaled so that activations stay finite and predictions are confident (the head is a multiple of the embedding,
+the sublayers add little to the residual stream), as a trained model's are: a check's top-1 agreement is not then
+decided by ties of a random model. The adapter is a rank-16 LoRA on every linear layer. Both are generated once
+into the cache.
+
+Then the default workflow runs on them (Q8_0 and Q4_K_M, evaluation on a short text, registry, deploy bundle)
+with the default memory budget, and every job's wall time and peak memory (loraforge.rule's ``job resources``
+log line: this process and its children, and the anonymous part) go to the JSON. The LoRA GGUF form is off and
+the registry hard-links: the base's own GGUFs and a copied store would need another 60 GB of disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from loraforge.checks import CHECK_TEXT
+from loraforge.io.publish import atomic_dir, write_text_atomic
+from loraforge.io.safetensors import encode
+from loraforge.merging.streaming import plan_shards, shard_name, write_index
+
+from .families import FAMILIES, build_tokenizer
+from .merge import write_lora, write_safetensors
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+
+# meta-llama/Llama-3.1-8B-Instruct's config.json
+CONFIG = {
+    "architectures": ["LlamaForCausalLM"],
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "bos_token_id": 128000,
+    "eos_token_id": [128001, 128008, 128009],
+    "head_dim": 128,
+    "hidden_act": "silu",
+    "hidden_size": 4096,
+    "initializer_range": 0.02,
+    "intermediate_size": 14336,
+    "max_position_embeddings": 131072,
+    "mlp_bias": False,
+    "model_type": "llama",
+    "num_attention_heads": 32,
+    "num_hidden_layers": 32,
+    "num_key_value_heads": 8,
+    "pretraining_tp": 1,
+    "rms_norm_eps": 1e-05,
+    "rope_scaling": {
+        "factor": 8.0,
+        "high_freq_factor": 4.0,
+        "low_freq_factor": 1.0,
+        "original_max_position_embeddings": 8192,
+        "rope_type": "llama3",
+    },
+    "rope_theta": 500000.0,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "use_cache": True,
+    "vocab_size": 128256,
+}
+RANK = 16
+HEAD_GAP = 16.0
+SHARD_BYTES = int(4.3e9)  # 4 shards, as the released model has
+
+
+def _shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
+    h, inter, n = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
+    kv = cfg["num_key_value_heads"] * cfg["head_dim"]
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (cfg["vocab_size"], h)}
+    for i in range(n):
+        p = f"model.layers.{i}."
+        shapes.update(
+            {
+                p + "input_layernorm.weight": (h,),
+                p + "self_attn.q_proj.weight": (h, h),
+                p + "self_attn.k_proj.weight": (kv, h),
+                p + "self_attn.v_proj.weight": (kv, h),
+                p + "self_attn.o_proj.weight": (h, h),
+                p + "post_attention_layernorm.weight": (h,),
+                p + "mlp.gate_proj.weight": (inter, h),
+                p + "mlp.up_proj.weight": (inter, h),
+                p + "mlp.down_proj.weight": (h, inter),
+            }
+        )
+    shapes["model.norm.weight"] = (h,)
+    shapes["lm_head.weight"] = (cfg["vocab_size"], h)
+    return shapes
+
+
+def _values(name: str, shape: tuple[int, ...], rng, embed: list) -> np.ndarray:
+    """Seeded weights: realistic scales, sublayer norms of 0.05 and an o_proj of std 0.002 so the residual stream
+    stays near the token's embedding, and a head that is a multiple of the embedding: each next-token distribution
+    is peaked (on the token itself), as a trained model's are."""
+    if name.endswith("layernorm.weight"):
+        return np.full(shape, 0.05, np.float32)
+    if name == "model.norm.weight":
+        return np.ones(shape, np.float32)
+    if name == "lm_head.weight":  # the token's own logit HEAD_GAP above the others' spread (~0.26): p ~ 0.99
+        return embed.pop() * (HEAD_GAP / (shape[1] * 0.02))
+    x = rng.standard_normal(shape, dtype=np.float32)
+    x *= 0.002 if name.endswith("o_proj.weight") else 0.02
+    if name == "model.embed_tokens.weight":
+        embed.append(x.copy())
+    return x
+
+
+# Llama 3.1 named three of Llama 3's reserved special tokens (the vocabulary of llama.cpp's tree is Llama 3's)
+LLAMA31_TOKENS = {128004: "<|finetune_right_pad_id|>", 128008: "<|eom_id|>", 128010: "<|python_tag|>"}
+
+
+def _as_llama31(tok_dir: Path) -> None:
+    """Llama 3's tokenizer -> Llama 3.1's: the three renamed special tokens (ids and merges unchanged)."""
+    f = tok_dir / "tokenizer.json"
+    t = json.loads(f.read_text())
+    vocab = t["model"]["vocab"]
+    for added in t["added_tokens"]:
+        if added["id"] in LLAMA31_TOKENS:
+            vocab.pop(added["content"], None)
+            added["content"] = LLAMA31_TOKENS[added["id"]]
+            vocab[added["content"]] = added["id"]
+    f.write_text(json.dumps(t, ensure_ascii=False))
+
+
+def make_llama31_8b(root: Path, seed: int = 0, cfg: dict = CONFIG, shard_bytes: int = SHARD_BYTES) -> tuple[Path, Path]:
+    """Cached base (the Llama-3.1-8B-Instruct config, bf16, sharded) and its rank-16 LoRA; (base_dir, adapter_dir)."""
+    tag = f"L{cfg['num_hidden_layers']}-h{cfg['hidden_size']}"
+    base, adapter = root / f"llama31-{tag}", root / f"llama31-{tag}-lora-r{RANK}"
+    rng = np.random.default_rng(seed)
+    if not base.exists():
+        shapes = _shapes(cfg)
+        log.info(
+            "generating a %.1f GB Llama-3.1-8B-shaped base in %s", 2 * sum(map(math.prod, shapes.values())) / 1e9, base
+        )
+        with atomic_dir(base) as tmp:
+            dtypes = {n: ("BF16", s) for n, s in shapes.items()}
+            shards = plan_shards(dtypes, shard_bytes)
+            weight_map, embed = {}, []
+            for k, names in enumerate(shards, 1):
+                fname = shard_name(k, len(shards))
+                gens = {
+                    n: ("BF16", shapes[n], lambda n=n: encode(_values(n, shapes[n], rng, embed), "BF16")) for n in names
+                }
+                write_safetensors(tmp / fname, gens)
+                weight_map.update(dict.fromkeys(names, fname))
+                log.info("wrote %s", fname)
+            write_index(tmp, dtypes, weight_map)
+            build_tokenizer(FAMILIES["llama3"], tmp)  # llama.cpp's Llama 3 vocabulary, Llama-3.1-8B-Instruct's template
+            _as_llama31(tmp)
+            (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+            (tmp / "generation_config.json").write_text(
+                json.dumps({"bos_token_id": 128000, "eos_token_id": cfg["eos_token_id"]}, indent=2) + "\n"
+            )
+    if not adapter.exists():
+        shapes = _shapes(cfg)
+        tensors = {}
+        for name, (out_f, in_f) in ((n, s) for n, s in shapes.items() if len(s) == 2 and ".layers." in n):
+            key = "base_model.model." + name.removesuffix(".weight")
+            tensors[f"{key}.lora_A.weight"] = (
+                "F32",
+                (RANK, in_f),
+                lambda s=(RANK, in_f): rng.standard_normal(s, dtype=np.float32) * 0.01,
+            )
+            tensors[f"{key}.lora_B.weight"] = (
+                "F32",
+                (out_f, RANK),
+                lambda s=(out_f, RANK): rng.standard_normal(s, dtype=np.float32) * 0.002,
+            )
+        write_lora(adapter, tensors, RANK, 2 * RANK, "meta-llama/Llama-3.1-8B-Instruct")
+    return base, adapter
+
+
+def workflow_config(base: Path, adapter: Path, text: Path, budget_mb: float | None = None) -> dict:
+    """The default workflow, with what this benchmark needs said: two quant types, a short evaluation text."""
+    memory = {"memory": {"budget_mb": budget_mb}} if budget_mb else {}
+    return {
+        **memory,
+        "name": "Llama-3.1-8B-Instruct-synthetic",
+        "base_model": str(base),
+        "adapters": {"support": str(adapter)},
+        "convert": {"outtype": "bf16"},
+        "quantize": {"types": ["Q8_0", "Q4_K_M"]},
+        "evaluation": {"texts": {"heldout": str(text)}, "n_ctx": 128, "max_tokens": 256},
+        "lora": {"enabled": False},
+        "registry": {"store": "link"},
+    }
+
+
+_RESOURCES = re.compile(r"job resources: (\{.*\})")
+
+
+def job_resources(work: Path) -> list[dict]:
+    """Every job's wall time and peak memory, from the ``job resources`` line of its log."""
+    jobs = []
+    for f in sorted((work / "logs").rglob("*.log")):
+        found = _RESOURCES.findall(f.read_text(errors="replace"))
+        if found:
+            jobs.append({"rule": f.parent.name, "job": f.stem, **json.loads(found[-1])})
+    return jobs
+
+
+def table(jobs: list[dict]) -> str:
+    rows = ["| job | wall s | peak RSS MB | of it anonymous MB |", "|---|---|---|---|"]
+    for j in jobs:
+        rows.append(f"| {j['rule']} {j['job']} | {j['wall_s']:.0f} | {j['peak_rss_mb']} | {j['peak_anon_mb']} |")
+    return "\n".join(rows)
+
+
+def run_benchmark(
+    cache: Path, work: Path, out: Path, cores: int = 2, cfg: dict = CONFIG, budget_mb: float | None = None, **shard
+) -> dict:
+    """Generate (or reuse) the model, run the workflow on it, and write every job's resources to ``out``."""
+    cache.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    base, adapter = make_llama31_8b(cache, cfg=cfg, **shard)
+    gen_s = time.perf_counter() - t0
+    text = work / "heldout.txt"
+    text.write_text(CHECK_TEXT * 3, encoding="utf-8")
+    import yaml
+
+    (work / "config.yaml").write_text(yaml.safe_dump(workflow_config(base, adapter, text, budget_mb), sort_keys=False))
+    cmd = [
+        str(Path(sys.executable).with_name("snakemake")),
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(work),
+        "--configfile",
+        str(work / "config.yaml"),
+        "--profile",
+        str(REPO / "profiles" / "local"),
+        "--cores",
+        str(cores),
+    ]
+    log.info("running the default workflow: %s", " ".join(cmd))
+    t1 = time.perf_counter()
+    proc = subprocess.run(cmd)
+    wall = time.perf_counter() - t1
+    jobs = job_resources(work)
+    res = {
+        "model": "Llama-3.1-8B-Instruct config, synthetic bf16 weights" if cfg is CONFIG else "a smaller config",
+        "config": cfg,
+        "base_bytes": sum(f.stat().st_size for f in base.glob("*.safetensors")),
+        "cores": cores,
+        "generate_s": round(gen_s, 1),
+        "workflow_s": round(wall, 1),
+        "workflow_rc": proc.returncode,
+        "max_peak_anon_mb": max((j["peak_anon_mb"] for j in jobs), default=None),
+        "max_peak_rss_mb": max((j["peak_rss_mb"] for j in jobs), default=None),
+        "jobs": jobs,
+    }
+    write_text_atomic(out, json.dumps(res, indent=2) + "\n")
+    return res
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.llama8b")
+    ap.add_argument("--cache", default="results/bench/cache")
+    ap.add_argument("--work", default="results/bench/8b")
+    ap.add_argument("--out", default="results/bench/8b.json")
+    ap.add_argument("--cores", type=int, default=2)
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    res = run_benchmark(Path(a.cache).resolve(), Path(a.work).resolve(), Path(a.out), a.cores)
+    print(table(res["jobs"]))
+    done = "completed" if res["workflow_rc"] == 0 else "FAILED"
+    print(
+        f"workflow {done} in {res['workflow_s'] / 60:.1f} min; peak anonymous RSS of any job "
+        f"{res['max_peak_anon_mb']} MB; results in {a.out}"
+    )
+    return res["workflow_rc"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""The one path template of every artifact the workflow builds, written once.
+
+Wildcards, one name per meaning:
+
+- ``{adapter}``: a configured adapter (or stack) name;
+- ``{model}``: anything with GGUFs: an adapter's merged model, ``base`` (the base's own GGUFs, for the LoRA GGUF
+  form) or a compressed model ``<adapter>-<spec>``;
+- ``{gguf_type}``: a GGUF type (the float type, a quant type, ``<quant>-imat``);
+- ``{artifact}``: an evaluated form of a model (``adapter``, ``merged``, a GGUF type, ``lora-<type>``, ``pruned``,
+  ``distilled``);
+- ``{variant}``: a registered artifact of a model (a GGUF type or ``lora-<type>``).
+"""
+
+from __future__ import annotations
+
+MERGED = "results/merged/{adapter}"
+MERGE_CHECK = "results/checks/merge/{adapter}.json"
+GGUF = "results/gguf/{model}/{model}-{gguf_type}.gguf"
+GGUF_CHECK = GGUF + ".json"
+IMATRIX = "results/imatrix/{model}.imatrix.gguf"
+IMATRIX_CHECK = IMATRIX + ".json"
+LORA_GGUF = "results/lora/{adapter}/{adapter}-lora-{lora_type}.gguf"
+PRUNED = "results/pruned/{model}"
+PRUNE_SCORES = "results/pruned/{model}.json"
+DISTILLED = "results/distilled/{model}"
+DISTILL_CURVE = "results/distilled/{model}.json"
+REFERENCE = "results/eval/{adapter}/reference.safetensors"
+METRICS = "results/eval/{model}/{artifact}.json"
+BASE_METRICS = "results/base/eval.json"
+REPORT_TABLE = "results/report/metrics.html"
+REPORT_TSV = "results/report/metrics.tsv"
+REPORT_SIZE_KLD = "results/report/size_vs_kld.svg"
+REPORT_PPL = "results/report/ppl_by_domain.svg"
+RECEIPT = "results/registry/{model}/{variant}.json"
+PROMOTION = "results/registry/{adapter}/promotion.json"
+COMPARISON = "results/compare/{model}/v{b}-vs-v{a}-{variant}.json"
+DASHBOARD = "results/dashboard/index.html"
+DEPLOY = "results/deploy/{adapter}"
+SPLIT = "results/split/{model}/{model}-{gguf_type}"
+SPLIT_CHECK = SPLIT + ".json"
+
+
+def log(rule: str, name: str) -> str:
+    """``logs/<rule>/<name>.log``: the log of one job."""
+    return f"logs/{rule}/{name}.log"
+
+
+def benchmark(rule: str, name: str) -> str:
+    """``benchmarks/<rule>/<name>.tsv``: Snakemake's benchmark record of one job."""
+    return f"benchmarks/{rule}/{name}.tsv"
+
+
+def fill(template: str, **wildcards) -> str:
+    """A template with some wildcards filled and the others left as wildcards (``{name}``)."""
+
+    class Keep(dict):
+        def __missing__(self, key):
+            return "{" + key + "}"
+
+    return template.format_map(Keep(wildcards))

@@ -1,0 +1,489 @@
+"""What a validated config means for the artifact graph: which models get which artifacts, under which paths,
+and the cross-field checks a JSON schema cannot express. No Snakemake here: ``rules/common.smk`` builds one
+``Plan`` and the rules ask it; unit tests build them from plain dicts (tests/test_workflow_plan.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from ..errors import PipelineError
+from . import paths
+
+log = logging.getLogger(__name__)
+
+# the evaluated forms that are HF model directories, and the PEFT-applied adapter
+HF_ARTIFACTS = ("merged", "pruned", "distilled")
+
+
+class ConfigError(PipelineError):
+    """A config that cannot build: ``str(err)`` is ``config <key>: <problem>``."""
+
+    def __init__(self, key: str, problem: str):
+        super().__init__(f"config {key}: {problem}")
+        self.key = key
+
+
+def _never(_path: str) -> bool:
+    return False
+
+
+class Plan:
+    """The artifact graph of one config (already validated against schemas/config.schema.yaml, defaults filled).
+
+    ``produced`` says whether a path is an output of the workflow itself (the demo builds its base, adapters and
+    texts): such inputs are checked by the job that makes them, not before any job. ``notify`` takes the lines a
+    user should see while the graph is built (Snakemake's logger in the workflow).
+    """
+
+    def __init__(
+        self, config: dict, produced: Callable[[str], bool] = _never, notify: Callable[[str], None] = log.info
+    ):
+        from ..quantization import IMATRIX_REQUIRED, row_multiple
+
+        self.config = config
+        self.produced = produced
+        self.notify = notify
+        self.base = config["base_model"]
+        self.adapters = list(config["adapters"])
+        self.quants = list(config["quantize"]["types"])
+        self.float_type = config["convert"]["outtype"].upper()
+        self.threads = config["threads"]
+        self.evaluate = config["evaluation"]["enabled"]
+        self.register = config["registry"]["enabled"]
+        self.imatrix = config["quantize"]["imatrix"]
+        self.imat_quants = [f"{t}-imat" for t in self.imatrix["types"]] if self.imatrix else []
+        for t in self.quants:
+            if t in IMATRIX_REQUIRED:
+                raise ConfigError(
+                    "quantize.types",
+                    f"{t} needs an importance matrix: list it under quantize.imatrix.types (with a calibration "
+                    "text) instead",
+                )
+        self.gguf_types = [self.float_type, *self.quants, *self.imat_quants]
+        # a narrowed MLP's width: the row length every GGUF type needs for its own blocks (256 with K-quants)
+        self.row_multiple = max(row_multiple(t) for t in self.gguf_types)
+        self.lora = config["lora"]["enabled"]
+        self.lora_type = config["lora"]["outtype"].upper()
+        self.lora_variant = f"lora-{self.lora_type}"
+        if "base" in self.adapters:
+            raise ConfigError(
+                "adapters.base", "'base' names the base model's own GGUFs (results/gguf/base); rename the adapter"
+            )
+        self.compress = config["compress"]
+        self.compressed: dict[str, tuple[str, str]] = {}  # <adapter>-<spec> -> (adapter, spec)
+        if self.compress:
+            for a in self.compress.get("adapters") or self.adapters:
+                if a not in self.adapters:
+                    raise ConfigError("compress.adapters", f"no adapter {a!r} (one of {', '.join(self.adapters)})")
+                for s in self.compress["specs"]:
+                    self.compressed[f"{a}-{s}"] = (a, s)
+            clash = sorted(set(self.compressed) & set(self.adapters))
+            if clash:
+                raise ConfigError(
+                    "compress.specs", f"{clash[0]} is both an adapter and a compressed model's name; rename one"
+                )
+        # what gets GGUFs: every adapter's merged model, the base itself for the LoRA GGUF form, compressed models
+        self.models = self.adapters + (["base"] if self.lora else []) + list(self.compressed)
+        # what has a reference-based evaluation and registry entries
+        self.evaluated = self.adapters + list(self.compressed)
+        # every evaluated form: PEFT-applied, merged, the float GGUF, every quantized GGUF, each base GGUF with
+        # the adapter's LoRA GGUF, and the compressed models' HF forms
+        self.artifacts = (
+            ["adapter", "merged"]
+            + self.gguf_types
+            + ([f"lora-{t}" for t in self.gguf_types] if self.lora else [])
+            + (["pruned", "distilled"] if self.compress else [])
+        )
+        evaluation = config["evaluation"]
+        if self.evaluate and not evaluation["texts"]:
+            raise ConfigError(
+                "evaluation.texts", "no text named: name at least one text file, or set evaluation.enabled: false"
+            )
+        for gate in evaluation["gates"]:
+            if gate not in self.artifacts:
+                raise ConfigError(f"evaluation.gates.{gate}", f"no such artifact (one of {', '.join(self.artifacts)})")
+        self.texts: dict[str, str] = dict(evaluation["texts"]) if self.evaluate else {}
+        self.promote = config.get("promote")
+        self.promote_quant = (self.promote or {}).get("candidate_quant")
+        if self.promote:
+            if not self.register or not self.evaluate:
+                raise ConfigError("promote", "needs registry.enabled and evaluation.enabled")
+            if self.promote_quant not in self.gguf_types:
+                raise ConfigError(
+                    "promote.candidate_quant",
+                    f"{self.promote_quant} is not built (one of {', '.join(self.gguf_types)})",
+                )
+            for text in self.promote["require"]:
+                if text not in evaluation["texts"]:
+                    raise ConfigError(
+                        f"promote.require.{text}",
+                        f"no such evaluation text (one of {', '.join(evaluation['texts'])})",
+                    )
+        deploy = config["deploy"]
+        self.deploy = deploy["enabled"]
+        self.split = deploy["split_max_size"]  # GGUFs over it also as llama.cpp split sets
+        self.deploy_type = deploy["gguf_type"] or (self.quants[0] if self.quants else self.float_type)
+        if self.deploy_type not in self.gguf_types:
+            raise ConfigError(
+                "deploy.gguf_type", f"{self.deploy_type} is not built (one of {', '.join(self.gguf_types)})"
+            )
+        self.budget_mb = config["memory"]["budget_mb"]
+        self.lora_gguf = paths.fill(paths.LORA_GGUF, lora_type=self.lora_type)
+        self._lora_form = functools.cache(self._lora_form_uncached)
+
+    # --- what each name is ---------------------------------------------------------------------------------
+
+    def adapter_specs(self, name: str) -> list[dict]:
+        """The adapter stack of one configured name: [{path, weight}, ...]."""
+        entry = self.config["adapters"][name]
+        if isinstance(entry, str):
+            return [{"path": entry, "weight": 1.0}]
+        return [{"path": e["path"], "weight": float(e.get("weight", 1.0))} for e in entry]
+
+    def adapter_weights(self, name: str) -> list[float]:
+        """The stack weights of an adapter; none for a compressed model (it has no PEFT form)."""
+        if name not in self.adapters:
+            return []
+        return [s["weight"] for s in self.adapter_specs(name)]
+
+    def compress_spec(self, name: str) -> dict:
+        return self.compress["specs"][self.compressed[name][1]]
+
+    def distilled(self, name: str) -> bool:
+        return bool(self.compress_spec(name).get("distill"))
+
+    def teacher(self, name: str) -> str:
+        """The adapter whose merged model ``name`` is, or was compressed from."""
+        return self.compressed[name][0] if name in self.compressed else name
+
+    def model_dir(self, name: str) -> str:
+        """The HF model directory a GGUF of ``name`` is converted from (the base's own, for ``base``)."""
+        if name == "base":
+            return self.base
+        if name in self.compressed:
+            return paths.fill(paths.DISTILLED if self.distilled(name) else paths.PRUNED, model=name)
+        return paths.fill(paths.MERGED, adapter=name)
+
+    @staticmethod
+    def artifact_kind(artifact: str) -> str:
+        """How an evaluated artifact is scored: peft (base + adapter), hf (a model dir), gguf, or lora."""
+        if artifact.startswith("lora-"):
+            return "lora"
+        if artifact == "adapter":
+            return "peft"
+        return "hf" if artifact in HF_ARTIFACTS else "gguf"
+
+    def lora_form(self, name: str) -> bool:
+        """Whether adapter ``name`` gets the LoRA GGUF form; what llama.cpp cannot load exactly is skipped, logged."""
+        return self._lora_form(name)
+
+    def _lora_form_uncached(self, name: str) -> bool:
+        from ..conversion.lora import refusal
+
+        if not self.lora or name not in self.adapters:
+            return False
+        specs = self.adapter_specs(name)
+        if len(specs) > 1:
+            why = "a stack of several adapters has no single LoRA GGUF"
+        elif self.produced(specs[0]["path"]):
+            return True  # built by this workflow (the demo's): a plain LoRA
+        else:
+            try:
+                why = refusal(specs)
+            except PipelineError:
+                return True  # a broken adapter: check_inputs() names the problem in one line
+        if why:
+            self.notify(f"adapter {name}: no LoRA GGUF form ({why}); its merged form builds")
+            return False
+        return True
+
+    def lora_adapters(self) -> list[str]:
+        return [a for a in self.adapters if self.lora_form(a)]
+
+    def artifacts_of(self, name: str) -> list[str]:
+        """The evaluated artifacts of one adapter or compressed model."""
+        if name in self.compressed:
+            return ["pruned", *(["distilled"] if self.distilled(name) else []), *self.gguf_types]
+        return [
+            a
+            for a in self.artifacts
+            if a not in ("pruned", "distilled") and (not a.startswith("lora-") or self.lora_form(name))
+        ]
+
+    def gguf_metadata(self, name: str) -> dict:
+        """llama.cpp's naming keys for a GGUF of ``name`` (an adapter, a compressed model, or ``base``)."""
+        basename = self.config["name"] or Path(self.base).resolve().name
+        meta = {"general.basename": basename, "general.name": basename}
+        if name != "base":
+            meta.update({"general.finetune": name, "general.name": f"{basename} {name}"})
+        if self.config["deploy"]["quantized_by"]:
+            meta["general.quantized_by"] = self.config["deploy"]["quantized_by"]
+        return meta
+
+    def lineage_settings(self, name: str) -> dict:
+        """The config values that shape a version's artifacts: with the inputs' contents, what makes a version.
+        GGUF naming metadata is part of the bytes; the imatrix text of the -imat types too."""
+        cfg = self.config
+        settings = {
+            "merge": {k: cfg["merge"][k] for k in ("method", "shard_size_mb")},
+            "convert": {
+                "outtype": cfg["convert"]["outtype"],
+                "name": cfg["name"],
+                "quantized_by": cfg["deploy"]["quantized_by"],
+            },
+        }
+        if self.imatrix:
+            settings["imatrix"] = {
+                "text": self.imatrix["text"],
+                "n_ctx": self.imatrix.get("n_ctx", 512),
+                "chunks": self.imatrix.get("chunks", 100),
+            }
+        if name in self.compressed:
+            settings["compress"] = self.compress_spec(name)
+        return settings
+
+    # --- paths ---------------------------------------------------------------------------------------------
+
+    def gguf(self, model: str, gguf_type: str) -> str:
+        return paths.GGUF.format(model=model, gguf_type=gguf_type)
+
+    def gguf_check(self, model: str, gguf_type: str) -> str:
+        return paths.GGUF_CHECK.format(model=model, gguf_type=gguf_type)
+
+    def lora_gguf_of(self, adapter: str) -> str:
+        return self.lora_gguf.format(adapter=adapter)
+
+    def metrics(self, model: str, artifact: str) -> str:
+        return paths.METRICS.format(model=model, artifact=artifact)
+
+    def receipts(self) -> list[str]:
+        if not self.register:
+            return []
+        out = [paths.RECEIPT.format(model=m, variant=t) for m in self.evaluated for t in self.gguf_types]
+        return out + [paths.RECEIPT.format(model=a, variant=self.lora_variant) for a in self.lora_adapters()]
+
+    def promotions(self) -> list[str]:
+        return [paths.PROMOTION.format(adapter=a) for a in self.adapters] if self.promote else []
+
+    def evaluations(self) -> list[str]:
+        return [self.metrics(m, art) for m in self.evaluated for art in self.artifacts_of(m)]
+
+    def build_benchmarks(self, name: str, artifact: str) -> list[str]:
+        """The benchmark files of the jobs that build one artifact of ``name`` (for the report's build time). The
+        LoRA form counts only its own conversion: the base's GGUFs are built once for every adapter."""
+        if artifact == "adapter":
+            return []
+        if artifact.startswith("lora-"):
+            return [paths.benchmark("convert_lora", name)]
+        if name in self.compressed:
+            steps = [paths.benchmark("prune_model", name)]
+            if self.distilled(name):
+                steps.append(paths.benchmark("distill_model", name))
+        else:
+            steps = [paths.benchmark("merge_adapter", name)]
+        if artifact in HF_ARTIFACTS:
+            return steps if artifact == "distilled" else steps[:1]
+        steps.append(paths.benchmark("convert_to_gguf", f"{name}-{self.float_type}"))
+        if artifact != self.float_type:
+            steps.append(paths.benchmark("quantize_gguf", f"{name}-{artifact}"))
+        if artifact.endswith("-imat"):
+            steps.append(paths.benchmark("compute_imatrix", name))
+        return steps
+
+    def report_benchmarks(self) -> dict[str, list[str]]:
+        return {f"{m}/{art}": self.build_benchmarks(m, art) for m in self.evaluated for art in self.artifacts_of(m)}
+
+    def targets(self) -> list[str]:
+        """Every file ``rule all`` asks for."""
+        out = [self.gguf(m, t) for m in self.evaluated for t in self.gguf_types]
+        out += [self.lora_gguf_of(a) for a in self.lora_adapters()]
+        if self.deploy:
+            out += [paths.DEPLOY.format(adapter=a) for a in self.adapters]
+        if self.split:
+            out += [paths.SPLIT.format(model=m, gguf_type=t) for m in self.evaluated for t in self.gguf_types]
+        if self.evaluate:
+            out.append(paths.REPORT_TABLE)
+        out += self.receipts()
+        out += self.promotions()
+        if self.register:
+            out.append(paths.DASHBOARD)
+        return out
+
+    # --- the inputs of each job (paths; the workflow marks the external ones) ---------------------------------
+
+    def external_paths(self) -> set[str]:
+        """Inputs this workflow reads but does not build: only their content (a fingerprint param) triggers reruns."""
+        out = {self.base, *(self.texts.values())}
+        out |= {s["path"] for a in self.adapters for s in self.adapter_specs(a)}
+        if self.imatrix:
+            out.add(self.imatrix["text"])
+        if self.compress:
+            out.add(self.compress["text"])
+        return {p for p in out if not self.produced(p)}
+
+    def adapter_inputs(self, adapter: str) -> dict:
+        """The base and the adapter stack of one adapter."""
+        return {"base": self.base, "adapters": [s["path"] for s in self.adapter_specs(adapter)]}
+
+    def convert_inputs(self, model: str) -> dict:
+        return {"model_dir": self.model_dir(model)}
+
+    def quantize_inputs(self, model: str, gguf_type: str) -> dict:
+        inputs = {"gguf": self.gguf(model, self.float_type)}
+        if gguf_type.endswith("-imat"):
+            inputs["imatrix"] = paths.IMATRIX.format(model=model)
+        return inputs
+
+    def evaluation_inputs(self, model: str, artifact: str) -> dict:
+        """What evaluate_artifact scores: base + adapters (PEFT), an HF model dir, a GGUF, or base GGUF + LoRA GGUF;
+        and the reference it is compared with (a compressed model's is its teacher's)."""
+        inputs = {"reference": paths.REFERENCE.format(adapter=self.teacher(model))}
+        kind = self.artifact_kind(artifact)
+        if kind == "peft":
+            inputs.update(self.adapter_inputs(model))
+        elif kind == "lora":
+            t = artifact.removeprefix("lora-")
+            lora = self.lora_gguf_of(model)
+            inputs.update(
+                artifact=self.gguf("base", t), check=self.gguf_check("base", t), lora=lora, lora_check=f"{lora}.json"
+            )
+        elif kind == "hf":
+            stage = {"merged": paths.MERGED, "pruned": paths.PRUNED, "distilled": paths.DISTILLED}[artifact]
+            inputs["artifact"] = paths.fill(stage, adapter=model, model=model)
+        else:
+            inputs.update(artifact=self.gguf(model, artifact), check=self.gguf_check(model, artifact))
+        return inputs
+
+    def register_inputs(self, model: str, variant: str) -> dict:
+        """The registered file, its build check, the merge check and model dir of its revision, and (with
+        evaluation) its metrics: registration waits for them, so a failing quality gate blocks it."""
+        common = {"merge": paths.MERGE_CHECK.format(adapter=self.teacher(model)), "merged": self.model_dir(model)}
+        if variant == self.lora_variant:  # the adapter's LoRA GGUF, an artifact of the same revision
+            lora = self.lora_gguf_of(model)
+            inputs = {"gguf": lora, "check": f"{lora}.json", **common}
+            if self.evaluate:  # base + LoRA's evaluation: its numbers belong to the pair, not the file
+                inputs["evaluated"] = self.metrics(model, f"lora-{self.float_type}")
+            return inputs
+        inputs = {"gguf": self.gguf(model, variant), "check": self.gguf_check(model, variant), **common}
+        if self.evaluate:
+            inputs["metrics"] = self.metrics(model, variant)
+        return inputs
+
+    def deploy_inputs(self, adapter: str) -> dict:
+        t = self.deploy_type
+        inputs = {
+            "merged_gguf": self.gguf(adapter, t),
+            "merged": paths.MERGED.format(adapter=adapter),
+            **self.adapter_inputs(adapter),
+        }
+        if self.lora_form(adapter):
+            inputs["base_gguf"] = self.gguf("base", t)
+            inputs["lora_gguf"] = self.lora_gguf_of(adapter)
+        if self.evaluate:
+            inputs["metrics"] = [self.metrics(adapter, art) for art in self.artifacts_of(adapter)]
+            inputs["base_metrics"] = paths.BASE_METRICS
+        if self.split:
+            inputs["splits"] = [paths.SPLIT_CHECK.format(model=adapter, gguf_type=t) for t in self.gguf_types]
+        return inputs
+
+    # --- resources -----------------------------------------------------------------------------------------
+
+    def bounded_mem_mb(self, estimate_mb: float, runtime_mb: int = 1500) -> int:
+        """A torch job's mem_mb: its whole-model estimate, or the memory budget (plus the runtime's own) when a
+        model that large would stream layer by layer within it."""
+        if self.budget_mb is None:
+            return int(estimate_mb)
+        return int(min(estimate_mb, self.budget_mb + runtime_mb))
+
+    def merge_mem_mb(self, base_mb: float) -> int:
+        """Streaming: largest tensor + constant; the PEFT check (and method peft) holds the model twice."""
+        merge = self.config["merge"]
+        if merge["check"] and merge["method"] != "peft":
+            return self.bounded_mem_mb(1500 + 3 * base_mb)
+        return int(1500 + (3 if merge["method"] == "peft" else 0.2) * base_mb)
+
+    def evaluation_mem_mb(self, artifact: str, inputs_mb: float) -> int:
+        """torch steps (HF, PEFT) stream within the budget; llama.cpp maps the GGUF whole."""
+        estimate = 2000 + 3 * inputs_mb
+        if self.artifact_kind(artifact) in ("hf", "peft"):
+            return self.bounded_mem_mb(estimate)
+        return int(estimate)
+
+    # --- checks before any job -----------------------------------------------------------------------------
+
+    def check_inputs(self) -> None:
+        """Bad input fails here, in a second, before any job runs: headers, JSON and texts only, no weights."""
+        from ..compression import check_spec
+        from ..evaluation.windows import read_text
+        from ..preflight import inspect_base, validate_inputs
+        from ..quantization.imatrix import overlap
+
+        base_built = self.produced(self.base)
+        base = None
+        if not base_built:
+            try:
+                base = inspect_base(self.base)
+            except PipelineError as e:
+                raise ConfigError("base_model", str(e)) from None
+        for name in self.adapters:
+            specs = self.adapter_specs(name)
+            if base_built or any(self.produced(s["path"]) for s in specs):
+                continue
+            try:
+                validate_inputs(self.base, specs)
+            except PipelineError as e:
+                raise ConfigError(f"adapters.{name}", str(e)) from None
+        texts = {f"evaluation.texts.{n}": p for n, p in self.texts.items()}
+        if self.config["checks"]["text"]:
+            texts["checks.text"] = self.config["checks"]["text"]
+        if self.imatrix:
+            texts["quantize.imatrix.text"] = self.imatrix["text"]
+        if self.compress:
+            texts["compress.text"] = self.compress["text"]
+        for key, path in texts.items():
+            if not self.produced(path):
+                try:
+                    read_text(path)
+                except PipelineError as e:
+                    raise ConfigError(key, str(e)) from None
+        named = {n: p for n, p in self.texts.items() if not self.produced(p)}
+        calibration = {
+            "quantize.imatrix.text": (self.imatrix or {}).get("text"),
+            "compress.text": (self.compress or {}).get("text"),
+        }
+        for key, text in calibration.items():
+            if text and not self.produced(text):
+                same = overlap(text, named)
+                if same:
+                    raise ConfigError(
+                        key,
+                        f"{text} overlaps evaluation.texts.{same}: calibrating on evaluated text makes the scores "
+                        "optimistic; use other text",
+                    )
+        if base is not None:
+            n_ctx = self.config["evaluation"]["n_ctx"]
+            limit = base.config.get("max_position_embeddings")
+            if self.evaluate and limit and n_ctx > limit:
+                raise ConfigError(
+                    "evaluation.n_ctx", f"{n_ctx} is more than the base model's context length ({limit}, config.json)"
+                )
+            if self.compress:
+                for spec_name, spec in self.compress["specs"].items():
+                    try:
+                        check_spec(spec, base.config, self.row_multiple)
+                    except PipelineError as e:
+                        raise ConfigError(f"compress.specs.{spec_name}", str(e)) from None
+
+
+def size_mb(path) -> float:
+    """MB of a file or directory tree that exists; 0 for one not built yet (a job's resources at planning)."""
+    p = Path(path)
+    if p.is_file():
+        return p.stat().st_size / 2**20
+    if not p.exists():
+        return 0.0
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) / 2**20

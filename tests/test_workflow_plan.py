@@ -1,0 +1,226 @@
+"""The workflow's logic without a Snakemake process (loraforge.workflow): artifact names, paths, target lists and
+the cross-field config checks, from plain config dicts with the schema's defaults."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+from conftest import REPO, make_adapter
+from snakemake.utils import validate
+
+from loraforge.workflow import ConfigError, Plan, paths
+
+SCHEMA = str(REPO / "schemas" / "config.schema.yaml")
+
+
+def config(**extra) -> dict:
+    cfg = {
+        "base_model": "/models/base",
+        "adapters": {"alpha": "/adapters/alpha", "beta": "/adapters/beta"},
+        "quantize": {"types": ["Q8_0"]},
+        "evaluation": {"texts": {"general": "/texts/general.txt"}},
+        **extra,
+    }
+    validate(cfg, SCHEMA)  # fills in the schema's defaults, as the workflow does
+    return cfg
+
+
+def plan(**extra) -> Plan:
+    # the adapters do not exist: every LoRA-form question is answered as for a plain LoRA built here
+    return Plan(config(**extra), produced=lambda p: p.startswith("/adapters/"))
+
+
+def test_default_targets_of_two_adapters():
+    p = plan()
+    assert p.gguf_types == ["F16", "Q8_0"] and p.models == ["alpha", "beta", "base"]
+    assert sorted(p.targets()) == sorted(
+        [f"results/gguf/{a}/{a}-{t}.gguf" for a in ("alpha", "beta") for t in ("F16", "Q8_0")]
+        + [f"results/lora/{a}/{a}-lora-F16.gguf" for a in ("alpha", "beta")]
+        + [f"results/deploy/{a}" for a in ("alpha", "beta")]
+        + ["results/report/metrics.html", "results/dashboard/index.html"]
+        + [f"results/registry/{a}/{t}.json" for a in ("alpha", "beta") for t in ("F16", "Q8_0", "lora-F16")]
+    )
+    assert p.artifacts_of("alpha") == ["adapter", "merged", "F16", "Q8_0", "lora-F16", "lora-Q8_0"]
+
+
+def test_switches_remove_their_targets():
+    p = plan(
+        lora={"enabled": False},
+        deploy={"enabled": False},
+        registry={"enabled": False},
+        evaluation={"enabled": False},
+    )
+    assert sorted(p.targets()) == sorted(
+        f"results/gguf/{a}/{a}-{t}.gguf" for a in ("alpha", "beta") for t in ("F16", "Q8_0")
+    )
+    assert p.models == ["alpha", "beta"] and p.receipts() == [] and p.texts == {}
+
+
+def test_imatrix_types_compressed_models_split_sets_and_promotion():
+    p = plan(
+        quantize={"types": ["Q8_0", "Q4_K_M"], "imatrix": {"text": "/texts/cal.txt", "types": ["Q4_K_M", "IQ2_XS"]}},
+        compress={
+            "text": "/texts/cal.txt",
+            "adapters": ["alpha"],
+            "specs": {"drop20": {"drop_layers": 0.2, "distill": {"steps": 4}}},
+        },
+        deploy={"split_max_size": "50G"},
+        promote={"alias": "production", "candidate_quant": "Q4_K_M", "require": {"general": "better"}},
+    )
+    assert p.gguf_types == ["F16", "Q8_0", "Q4_K_M", "Q4_K_M-imat", "IQ2_XS-imat"]
+    assert p.row_multiple == 256  # K-quants' blocks
+    assert p.models == ["alpha", "beta", "base", "alpha-drop20"] and p.evaluated == ["alpha", "beta", "alpha-drop20"]
+    assert p.model_dir("alpha-drop20") == "results/distilled/alpha-drop20" and p.teacher("alpha-drop20") == "alpha"
+    assert p.model_dir("base") == "/models/base" and p.model_dir("beta") == "results/merged/beta"
+    assert p.artifacts_of("alpha-drop20") == ["pruned", "distilled", *p.gguf_types]
+    targets = p.targets()
+    assert "results/split/alpha-drop20/alpha-drop20-IQ2_XS-imat" in targets
+    assert "results/registry/alpha/promotion.json" in targets and "results/registry/beta/promotion.json" in targets
+    assert "results/registry/alpha-drop20/Q4_K_M-imat.json" in targets
+    assert "results/registry/alpha-drop20/lora-F16.json" not in targets  # a compressed model has no LoRA form
+    assert p.lineage_settings("alpha-drop20")["compress"] == {"drop_layers": 0.2, "distill": {"steps": 4}}
+    assert p.lineage_settings("alpha")["imatrix"] == {"text": "/texts/cal.txt", "n_ctx": 512, "chunks": 100}
+
+
+def test_build_time_of_each_artifact_sums_the_jobs_behind_it():
+    p = plan(
+        quantize={"types": ["Q4_K_M"], "imatrix": {"text": "/texts/cal.txt", "types": ["Q4_K_M"]}},
+        compress={"text": "/texts/cal.txt", "specs": {"d": {"drop_layers": 1}}},
+    )
+    assert p.build_benchmarks("alpha", "adapter") == []
+    assert p.build_benchmarks("alpha", "merged") == ["benchmarks/merge_adapter/alpha.tsv"]
+    assert p.build_benchmarks("alpha", "lora-Q4_K_M") == ["benchmarks/convert_lora/alpha.tsv"]
+    assert p.build_benchmarks("alpha", "Q4_K_M-imat") == [
+        "benchmarks/merge_adapter/alpha.tsv",
+        "benchmarks/convert_to_gguf/alpha-F16.tsv",
+        "benchmarks/quantize_gguf/alpha-Q4_K_M-imat.tsv",
+        "benchmarks/compute_imatrix/alpha.tsv",
+    ]
+    assert p.build_benchmarks("alpha-d", "pruned") == ["benchmarks/prune_model/alpha-d.tsv"]
+    assert p.build_benchmarks("alpha-d", "F16") == [
+        "benchmarks/prune_model/alpha-d.tsv",
+        "benchmarks/convert_to_gguf/alpha-d-F16.tsv",
+    ]
+
+
+def test_gguf_naming_metadata():
+    p = plan(name="Llama-3.1-8B-Instruct", deploy={"quantized_by": "me"})
+    assert p.gguf_metadata("alpha") == {
+        "general.basename": "Llama-3.1-8B-Instruct",
+        "general.name": "Llama-3.1-8B-Instruct alpha",
+        "general.finetune": "alpha",
+        "general.quantized_by": "me",
+    }
+    assert plan().gguf_metadata("base") == {"general.basename": "base", "general.name": "base"}
+
+
+def test_one_template_per_artifact():
+    assert paths.fill(paths.GGUF, gguf_type="F16") == "results/gguf/{model}/{model}-F16.gguf"
+    assert plan().lora_gguf_of("alpha") == "results/lora/alpha/alpha-lora-F16.gguf"
+    assert paths.log("merge_adapter", "{adapter}") == "logs/merge_adapter/{adapter}.log"
+
+
+def test_memory_of_a_torch_job_is_bounded_by_the_budget():
+    assert plan().bounded_mem_mb(100_000) == 8000 + 1500
+    assert plan().bounded_mem_mb(3000) == 3000
+    assert plan(memory={"budget_mb": None}).bounded_mem_mb(100_000) == 100_000
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ({"quantize": {"types": ["Q8_0", "IQ2_XS"]}}, "config quantize.types: IQ2_XS needs an importance matrix"),
+        ({"adapters": {"base": "/adapters/x"}}, "config adapters.base: 'base' names the base model's own GGUFs"),
+        (
+            {"compress": {"text": "/t", "adapters": ["gamma"], "specs": {"s": {"drop_layers": 1}}}},
+            "config compress.adapters: no adapter 'gamma' (one of alpha, beta)",
+        ),
+        (
+            {
+                "adapters": {"a": "/adapters/a", "a-s": "/adapters/b"},
+                "compress": {"text": "/t", "specs": {"s": {"drop_layers": 1}}},
+            },
+            "config compress.specs: a-s is both an adapter and a compressed model's name",
+        ),
+        ({"evaluation": {"texts": {}}}, "config evaluation.texts: no text named"),
+        (
+            {"evaluation": {"texts": {"g": "/t"}, "gates": {"Q4_K_M": {"min_top1": 0.9}}}},
+            "config evaluation.gates.Q4_K_M: no such artifact",
+        ),
+        (
+            {"promote": {"alias": "prod", "candidate_quant": "Q4_K_M", "require": {"general": "better"}}},
+            "config promote.candidate_quant: Q4_K_M is not built (one of F16, Q8_0)",
+        ),
+        (
+            {"promote": {"alias": "prod", "candidate_quant": "Q8_0", "require": {"code": "better"}}},
+            "config promote.require.code: no such evaluation text (one of general)",
+        ),
+        (
+            {
+                "registry": {"enabled": False},
+                "promote": {"alias": "p", "candidate_quant": "Q8_0", "require": {"general": "better"}},
+            },
+            "config promote: needs registry.enabled and evaluation.enabled",
+        ),
+        ({"deploy": {"gguf_type": "Q4_0"}}, "config deploy.gguf_type: Q4_0 is not built (one of F16, Q8_0)"),
+    ],
+)
+def test_cross_field_config_errors_are_one_line_naming_the_key(extra, message):
+    cfg = config(**{k: v for k, v in extra.items() if k != "adapters"})
+    if "adapters" in extra:
+        cfg["adapters"] = extra["adapters"]
+    with pytest.raises(ConfigError) as e:
+        Plan(cfg)
+    assert str(e.value).startswith(message) and "\n" not in str(e.value), str(e.value)
+
+
+def test_the_shipped_configs_plan(tmp_path):
+    demo = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    validate(demo, SCHEMA)
+    p = Plan(demo, produced=lambda path: path.startswith("results/"))
+    assert p.evaluated == ["code", "prose", "code-drop20"] and "Q4_K_M-imat" in p.gguf_types
+    assert len(p.evaluations()) == 2 * 10 + 6  # as the demo test counts the report's rows
+    example = yaml.safe_load((REPO / "config" / "example.yaml").read_text())
+    validate(example, SCHEMA)
+    assert Plan(example).adapters
+
+
+# --- checks that read the inputs (headers and JSON): real tiny models ---------------------------------------
+
+
+def test_inputs_are_checked_and_named_by_their_key(models, tmp_path):
+    cfg = config(base_model=str(models["base"]), adapters={"alpha": str(models["alpha"])})
+    cfg["evaluation"]["texts"] = {"general": str(models["text"])}
+    Plan(copy.deepcopy(cfg)).check_inputs()  # the good config passes
+    bad = copy.deepcopy(cfg)
+    bad["evaluation"]["n_ctx"] = 4096  # the tiny Llama's context is 512
+    with pytest.raises(
+        ConfigError, match=r"config evaluation.n_ctx: 4096 is more than the base model's context length \(512"
+    ):
+        Plan(bad).check_inputs()
+    bad = copy.deepcopy(cfg)
+    bad["base_model"] = str(tmp_path / "missing")
+    with pytest.raises(ConfigError, match="config base_model: .*missing: base model directory does not exist"):
+        Plan(bad).check_inputs()
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    bad = copy.deepcopy(cfg)
+    bad["checks"]["text"] = str(empty)
+    with pytest.raises(ConfigError, match="config checks.text: .*empty.txt: text file is empty"):
+        Plan(bad).check_inputs()
+
+
+def test_adapters_llama_cpp_cannot_load_exactly_have_no_lora_form(models, tmp_path):
+    dora = make_adapter(models["base"], tmp_path / "dora", r=4, use_dora=True)
+    cfg = config(base_model=str(models["base"]), adapters={"alpha": str(models["alpha"]), "dora": str(dora)})
+    said = []
+    p = Plan(cfg, notify=said.append)
+    assert p.lora_adapters() == ["alpha"]
+    assert "lora-F16" not in p.artifacts_of("dora") and "lora-F16" in p.artifacts_of("alpha")
+    assert "results/lora/dora/dora-lora-F16.gguf" not in p.targets()
+    assert said == [
+        "adapter dora: no LoRA GGUF form (DoRA: llama.cpp's LoRA GGUFs have no magnitude vectors); "
+        "its merged form builds"
+    ]
