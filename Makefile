@@ -20,9 +20,10 @@ $(VENV)/.installed: pyproject.toml
 		echo "no GPU: installing the CPU build ($(TORCH_CPU_SPEC))"; \
 		$(BIN)/python -m pip install $(TORCH_CPU_PIP_ARGS) "$(TORCH_CPU_SPEC)"; \
 	fi
-	# llama-cpp-python compiles llama.cpp here once (minutes); pip caches the wheel afterwards.
+	# llama-cpp-python's Python side only: it loads the libllama that the toolchain below compiles with the tools
+	CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" $(BIN)/python -m pip install "llama-cpp-python==0.3.36"
 	$(BIN)/python -m pip install -e '.[test,slurm]'
-	# llama.cpp's tools and converters at the library's revision, compiled once into ~/.cache/loraforge (minutes)
+	# llama.cpp's libllama, tools and converters at the library's revision, compiled once into ~/.cache/loraforge
 	$(BIN)/python -m loraforge.llamacpp.toolchain build
 	touch $@
 
@@ -39,8 +40,9 @@ report: setup
 lint: setup
 	$(BIN)/snakemake --lint
 	$(BIN)/snakefmt --check Snakefile rules
-	$(BIN)/ruff check src scripts tests
-	$(BIN)/ruff format --check src scripts tests
+	$(BIN)/ruff check src scripts tests bench
+	$(BIN)/ruff format --check src scripts tests bench
+	$(BIN)/lint-imports
 
 test: setup lint
 	$(BIN)/pytest -ra
@@ -49,10 +51,10 @@ dashboard: setup
 	$(BIN)/snakemake --profile profiles/local results/dashboard/index.html
 
 bench-merge: setup
-	$(BIN)/python -m loraforge.bench merge --size-gb $(SIZE_GB) --out results/bench/merge.json  # SIZE_GB="1 4"
+	$(BIN)/python -m bench.merge merge --size-gb $(SIZE_GB) --out results/bench/merge.json  # SIZE_GB="1 4"
 
 bench-8b: setup  # a Llama-3.1-8B-shaped model through the default workflow: time and memory of every job (~1 h)
-	$(BIN)/python -m loraforge.bench_8b --out results/bench/8b.json
+	$(BIN)/python -m bench.llama8b --out results/bench/8b.json
 
 clean:
 	rm -rf results logs benchmarks .snakemake report.html

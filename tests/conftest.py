@@ -24,7 +24,7 @@ def make_llama(
 ) -> Path:
     """A tiny Llama (hidden 256 so K-quants are real) with peaked logits, and a real tokenizer and chat template:
     the 32000-piece sentencepiece model of Llama 2 / Mistral 7B with Mistral's template
-    (loraforge.llamacpp.families)."""
+    (bench.families)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
@@ -78,7 +78,7 @@ TOKENIZER_DIR: Path
 def real_tokenizer(tmp_path_factory):
     """The tokenizer every tiny Llama of the tests carries (see make_llama), built once."""
     global TOKENIZER_DIR
-    from loraforge.llamacpp.families import FAMILIES, build_tokenizer
+    from bench.families import FAMILIES, build_tokenizer
 
     TOKENIZER_DIR = tmp_path_factory.mktemp("tokenizer")
     build_tokenizer(FAMILIES["mistral"], TOKENIZER_DIR)
@@ -153,11 +153,14 @@ class Workflow:
 
 
 def user_config(models: dict, **extra) -> dict:
+    """Two adapters, Q8_0, one evaluation text. One thread a job: the tiny models' jobs are mostly process start,
+    so two of them at once (the tests' --cores 2) take half the time of one job with two threads."""
     cfg = {
         "base_model": str(models["base"]),
         "adapters": {"alpha": str(models["alpha"]), "beta": str(models["beta"])},
-        "quantize": {"types": ["Q8_0"]},
+        "quantize": {"types": ["Q8_0"], "threads": 1},
         "evaluation": {"texts": {"general": str(models["text"])}},
+        "threads": 1,
     }
     for k, v in extra.items():
         cfg[k] = v

@@ -15,7 +15,7 @@ def test_merge_benchmark_command_measures_all_three(tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "loraforge.bench",
+        "bench.merge",
         "merge",
         "--size-gb",
         "0.3",

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from loraforge.bench_8b import CONFIG, run_benchmark
+from bench.llama8b import CONFIG, run_benchmark
 
 SMALL = dict(
     CONFIG, hidden_size=1024, intermediate_size=2048, num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=2

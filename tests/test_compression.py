@@ -15,7 +15,7 @@ from loraforge.compression.prune import prune
 from loraforge.errors import PipelineError
 from loraforge.evaluation.metrics import log_softmax
 from loraforge.evaluation.windows import token_windows
-from loraforge.merging.peft_reference import load_hf_model
+from loraforge.models.hf import load_hf_model
 from loraforge.quantization import row_multiple
 
 

@@ -7,9 +7,9 @@ import json
 import pytest
 import yaml
 
+from bench.families import FAMILIES, build_tokenizer, template
 from loraforge.deploy import deploy_bundle, modelfile, stop_tokens, template_family
 from loraforge.errors import PipelineError
-from loraforge.llamacpp.families import FAMILIES, build_tokenizer, template
 
 
 def test_template_families_ollama_recognizes():

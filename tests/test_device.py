@@ -7,28 +7,27 @@ import torch
 
 from loraforge import device
 from loraforge.errors import PipelineError
+from loraforge.llamacpp.library import llama_cpp, llama_gpu_layers
 
 
 @pytest.fixture(autouse=True)
 def fresh(monkeypatch):
     device.torch_device.cache_clear()
-    device.llama_gpu_layers.cache_clear()
+    llama_gpu_layers.cache_clear()
     yield monkeypatch
     device.torch_device.cache_clear()
-    device.llama_gpu_layers.cache_clear()
+    llama_gpu_layers.cache_clear()
 
 
 def test_cpu_never_offloads(fresh):
     fresh.setenv(device.ENV, "cpu")
-    assert device.torch_device() == "cpu" and device.llama_gpu_layers() == 0
+    assert device.torch_device() == "cpu" and llama_gpu_layers() == 0
 
 
 def test_auto_takes_what_this_machine_has(fresh):
     fresh.setenv(device.ENV, "auto")
-    from loraforge.llamacpp.library import llama_cpp
-
     assert device.torch_device() == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert device.llama_gpu_layers() == (-1 if llama_cpp().llama_supports_gpu_offload() else 0)
+    assert llama_gpu_layers() == (-1 if llama_cpp().llama_supports_gpu_offload() else 0)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU for torch")

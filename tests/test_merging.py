@@ -129,7 +129,7 @@ def test_modules_to_save_replaces_wholesale(bases, tmp_path):
 
 
 def test_fan_in_fan_out_gpt2_conv1d(root, tmp_path):
-    from loraforge.llamacpp.families import FAMILIES, build_model
+    from bench.families import FAMILIES, build_model
 
     base = root / "gpt2"
     if not base.exists():

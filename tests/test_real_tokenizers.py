@@ -1,7 +1,7 @@
 """Real tokenizers and chat templates across architectures, through the whole workflow.
 
 Each family is a tiny model of its architecture with a real vocabulary and template from the pinned llama.cpp
-tree (loraforge.llamacpp.families) and a LoRA adapter. The workflow's conversion check compares the GGUF's own
+tree (bench.families) and a LoRA adapter. The workflow's conversion check compares the GGUF's own
 tokenizer with the HF one; here, on every GGUF it produced, llama.cpp must also reproduce llama.cpp's test
 vectors (the ids of the original HF tokenizer) wherever the HF tokenizer does."""
 
@@ -12,7 +12,7 @@ import json
 import pytest
 from conftest import make_adapter
 
-from loraforge.llamacpp.families import FAMILIES, LORA_TARGETS, build_model, build_tokenizer, vectors
+from bench.families import FAMILIES, LORA_TARGETS, build_model, build_tokenizer, vectors
 
 # Families whose tokenizer is the vocabulary's own; gemma2's stands in without the dummy-prefix space (Gemma's
 # rule, which the gemma2 converter writes), so the vectors of Llama 2's vocabulary do not apply to it.
@@ -55,7 +55,8 @@ def test_family_through_the_workflow(name, workflow, tmp_path):
             # whose general.name says phi3, as the real tokenizer does: a Phi-3 named otherwise fails the check)
             "name": f"tiny-{name}",
             "adapters": {name: str(adapter)},
-            "quantize": {"types": ["Q8_0"]},
+            "quantize": {"types": ["Q8_0"], "threads": 1},
+            "threads": 1,
             "convert": {"outtype": "f32"},
             "evaluation": {"texts": {"vectors": str(text)}, "n_ctx": 64, "max_tokens": 512},
         }

@@ -1,4 +1,4 @@
-"""loraforge.io.streamed_model: a model computed layer by layer from its shards gives the whole model's logits,
+"""loraforge.models.streamed: a model computed layer by layer from its shards gives the whole model's logits,
 PEFT on it gives PEFT's, and the budgeted checks and reference hold less memory than the whole model."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import pytest
 import torch
 from conftest import make_adapter, make_llama
 
-from loraforge.bench import measure_child
+from bench.merge import measure_child
 from loraforge.errors import PipelineError
-from loraforge.io.streamed_model import inference_model, largest_unit, parameter_bytes, streamed_model
-from loraforge.merging.peft_reference import peft_model
+from loraforge.models.peft import peft_model
+from loraforge.models.streamed import inference_model, largest_unit, parameter_bytes, streamed_model
 from loraforge.preflight import validate_inputs
 
 IDS = torch.tensor([[1, 450, 4996, 17354, 1701, 29916, 432, 17204, 975, 278, 17366, 11203, 29889, 13, 1753, 285]])

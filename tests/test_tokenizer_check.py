@@ -10,10 +10,10 @@ import shutil
 
 import pytest
 
+from bench.families import FAMILIES, build_model
 from loraforge import convert
 from loraforge.conversion.tokenizer_check import check_chat_rendering, check_tokenizer
 from loraforge.errors import PipelineError
-from loraforge.llamacpp.families import FAMILIES, build_model
 
 
 @pytest.fixture(scope="module")

@@ -12,14 +12,13 @@ The stages live in subpackages named after what they do (merging, conversion, qu
 registry); importing this package loads neither torch nor llama.cpp: each function imports what it needs.
 """
 
+from ._version import __version__
 from .conversion import convert
 from .errors import PipelineError
 from .evaluation import Metrics, compute_reference, evaluate
 from .merging import merge
 from .quantization import quantize
 from .registry import Registry, get_latest, promote, register_model, rollback_model
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Metrics",

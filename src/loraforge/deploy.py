@@ -22,10 +22,11 @@ import os
 import re
 from pathlib import Path
 
-from . import __version__
+from ._version import __version__
 from .errors import PipelineError
 from .evaluation.metrics import Metrics
 from .io.publish import atomic_dir
+from .render import number, render
 
 log = logging.getLogger(__name__)
 
@@ -117,27 +118,6 @@ def _base_model_id(base_dir, adapter_dirs, configured: str | None) -> str | None
     return None
 
 
-def _fmt(v, spec):
-    return "–" if v is None else format(v, spec)
-
-
-def metrics_table(metrics: dict[str, Metrics]) -> str:
-    texts = sorted({t for m in metrics.values() for t in m.texts})
-    head = ["artifact", "size MB", "bits/weight", "mean KLD", "top-1", *[f"PPL {t}" for t in texts]]
-    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, m in metrics.items():
-        cells = [
-            name,
-            _fmt(m.size_bytes / 1e6 if m.size_bytes else None, ".1f"),
-            _fmt(m.bits_per_weight, ".2f"),
-            _fmt(m.mean_kld, ".2e"),
-            _fmt(m.top1_agreement, ".3f"),
-            *[_fmt(m.texts[t].ppl if t in m.texts else None, ".3f") for t in texts],
-        ]
-        rows.append("| " + " | ".join(cells) + " |")
-    return "\n".join(rows)
-
-
 def model_card(
     name: str,
     adapter: str,
@@ -148,6 +128,9 @@ def model_card(
     metrics: dict[str, Metrics],
     base_metrics: Metrics | None,
 ) -> str:
+    """The Hugging Face model card (README.md with its YAML front matter) of one adapter's bundle."""
+    import yaml
+
     front = {
         "base_model": base_id,
         "base_model_relation": "finetune" if base_id else None,
@@ -155,45 +138,33 @@ def model_card(
         "tags": ["gguf", "llama.cpp", "lora", "loraforge"],
         "quantized_by": quantized_by,
     }
-    import yaml
-
-    out = ["---", yaml.safe_dump({k: v for k, v in front.items() if v is not None}, sort_keys=False).strip(), "---", ""]
-    out += [f"# {name} {adapter}", ""]
-    out.append(
-        f"The LoRA adapter `{adapter}` on {f'`{base_id}`' if base_id else 'its base model'}, as GGUF files "
-        "for llama.cpp, Ollama and LM Studio, built and measured by loraforge."
-    )
-    if not license_:
-        out.append("\nLicense: not declared by the base model; set `deploy.license` to state it.")
-    out += ["", "## Files", ""]
-    out += [f"- `{f}`: {what}" for f, what in files.items()]
-    if metrics:
-        out += [
-            "",
-            "## Measured quality",
-            "",
-            "Against the merged model in float32 on held-out text: mean KL-divergence of the next-token "
-            "distribution, top-1 agreement, perplexity per text (lower is better). `lora-<type>` is the base's "
-            "GGUF of that type with the LoRA GGUF applied by llama.cpp.",
-            "",
-            metrics_table(metrics),
-        ]
-        if base_metrics:
-            ppl = ", ".join(f"{t} {m.ppl:.3f}" for t, m in sorted(base_metrics.texts.items()))
-            out += ["", f"The base model without the adapter: PPL {ppl}."]
-    else:
-        out += ["", "No quality numbers: evaluation was disabled for this build."]
-    out += [
-        "",
-        "## Use",
-        "",
-        "llama.cpp: `llama-server -m <merged GGUF>`, or `llama-server -m <base GGUF> --lora <LoRA GGUF>`.",
-        "",
-        "Ollama: `ollama create <name> -f Modelfile` (merged) or `-f Modelfile.lora` (base + adapter).",
-        "",
-        "LM Studio: `lms import <merged GGUF>`; it reads the chat template from the GGUF.",
+    texts = sorted({t for m in metrics.values() for t in m.texts})
+    rows = [
+        {
+            "name": artifact,
+            "size_mb": m.size_bytes / 1e6 if m.size_bytes else None,
+            "bits_per_weight": m.bits_per_weight,
+            "mean_kld": m.mean_kld,
+            "top1": m.top1_agreement,
+            "ppl": {t: tm.ppl for t, tm in m.texts.items()},
+        }
+        for artifact, m in metrics.items()
     ]
-    return "\n".join(out) + "\n"
+    base_ppl = None
+    if base_metrics:
+        base_ppl = ", ".join(f"{t} {number(m.ppl, '.3f')}" for t, m in sorted(base_metrics.texts.items()))
+    return render(
+        "model_card.md",
+        front_matter=yaml.safe_dump({k: v for k, v in front.items() if v is not None}, sort_keys=False).strip(),
+        name=name,
+        adapter=adapter,
+        base_id=base_id,
+        license=license_,
+        files=files,
+        texts=texts,
+        rows=rows,
+        base_ppl=base_ppl,
+    )
 
 
 def deploy_bundle(

@@ -39,18 +39,3 @@ def torch_device() -> str:
     if dev == "cuda":
         log.info("torch runs on %s", torch.cuda.get_device_name(0))
     return dev
-
-
-@functools.cache
-def llama_gpu_layers() -> int:
-    """llama.cpp's n_gpu_layers: all (-1) when it may and can offload to a GPU, else 0."""
-    if choice() == "cpu":
-        return 0
-    from .llamacpp.library import llama_cpp
-
-    if llama_cpp().llama_supports_gpu_offload():
-        log.info("llama.cpp offloads every layer to the GPU")
-        return -1
-    if choice() == "cuda":
-        raise PipelineError("device: cuda, but llama-cpp-python was built without GPU support (see README: CUDA)")
-    return 0

@@ -47,7 +47,7 @@ def distill(
     from tqdm import tqdm
 
     from ..evaluation.windows import token_windows
-    from ..merging.peft_reference import load_hf_model
+    from ..models.hf import load_hf_model
 
     if steps < 1 or batch < 1 or lr <= 0:
         raise PipelineError(f"distillation needs steps >= 1, batch >= 1, lr > 0 (got {steps}, {batch}, {lr})")

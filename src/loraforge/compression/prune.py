@@ -177,7 +177,7 @@ def prune(
     import torch
 
     from ..evaluation.windows import token_windows
-    from ..merging.peft_reference import load_hf_model
+    from ..models.hf import load_hf_model
 
     src = inspect_base(teacher_dir, what="model")
     plan = check_spec(spec, src.config, row_multiple)

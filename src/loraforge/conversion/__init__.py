@@ -69,7 +69,7 @@ def check_conversion(
     streamed layer by layer when it does not fit ``budget_mb``).
 
     Returns (comparison, GGUF info) from the one load of the GGUF."""
-    from ..io.streamed_model import inference_model
+    from ..models.streamed import inference_model
 
     ids = check_token_ids(model_dir, text_file)
     model = inference_model(model_dir, "float32", budget_mb, len(ids))

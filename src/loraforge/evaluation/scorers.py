@@ -69,13 +69,13 @@ def _batch(model, batch: int) -> int:
 
 
 def hf_scorer(model_dir, dtype="auto", batch: int = 8, budget_mb: float | None = None, n_ctx: int = 256) -> HFScorer:
-    from ..io.streamed_model import inference_model
+    from ..models.streamed import inference_model
 
     return HFScorer(inference_model(model_dir, dtype, budget_mb, n_ctx), batch)
 
 
 def peft_scorer(base_dir, adapters, batch: int = 8, budget_mb: float | None = None, n_ctx: int = 256) -> HFScorer:
-    from ..merging.peft_reference import peft_model
+    from ..models.peft import peft_model
     from ..preflight import validate_inputs
 
     base, loaded = validate_inputs(base_dir, adapters)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..device import llama_gpu_layers
+from ..device import choice
 from ..errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -17,10 +17,18 @@ FLOAT_TYPES = {"f16": "F16", "bf16": "BF16", "f32": "F32"}
 
 
 def llama_cpp():
-    """The llama_cpp module, or one line saying how to get it."""
+    """The llama_cpp module on the libllama of the tools' own build (loraforge.llamacpp.toolchain), or one line
+    saying how to get it. ``$LLAMA_CPP_LIB_PATH`` names another libllama (e.g. your CUDA build's)."""
+    import os
+    import sys
+
+    if "llama_cpp" not in sys.modules and not os.environ.get("LLAMA_CPP_LIB_PATH"):
+        from .toolchain import locate
+
+        os.environ["LLAMA_CPP_LIB_PATH"] = str(locate().library_dir())
     try:
         import llama_cpp as lc
-    except ImportError as e:  # pragma: no cover - depends on the install
+    except (ImportError, OSError, RuntimeError) as e:  # pragma: no cover - depends on the install
         raise PipelineError(f"llama-cpp-python is not installed or failed to load ({e}); run `make setup`") from None
     return lc
 
@@ -104,3 +112,16 @@ def gguf_info(path: Path) -> dict:
     """GGUFModel.info() of a GGUF that is not loaded already."""
     with GGUFModel(path, n_ctx=8) as m:
         return m.info()
+
+
+@cache
+def llama_gpu_layers() -> int:
+    """llama.cpp's n_gpu_layers: all (-1) when it may and can offload to a GPU, else 0."""
+    if choice() == "cpu":
+        return 0
+    if llama_cpp().llama_supports_gpu_offload():
+        log.info("llama.cpp offloads every layer to the GPU")
+        return -1
+    if choice() == "cuda":
+        raise PipelineError("device: cuda, but llama-cpp-python was built without GPU support (see README: CUDA)")
+    return 0

@@ -16,9 +16,9 @@ import numpy as np
 from ..checks import check_token_ids, compare_logits, hf_logits
 from ..errors import PipelineError
 from ..evaluation.metrics import log_softmax
-from ..io.streamed_model import inference_model
+from ..models.peft import peft_model
+from ..models.streamed import inference_model
 from ..preflight import Adapter, AdapterSpec, BaseModel
-from .peft_reference import peft_model
 
 # mean KLD allowed by the merged weights' rounding to the base dtype (10x the rounding measured on real models)
 DEFAULT_MAX_KLD = {"F32": 1e-6, "F16": 5e-4, "BF16": 5e-3}
@@ -42,7 +42,7 @@ def check_merged(
     """Mean KLD and top-1 agreement of the merged model against PEFT's unmerged application, both in float32;
     raises one line naming ``shown_as`` (the output users will see) beyond the dtype's bound.
 
-    With ``budget_mb``, models too large for it stream layer by layer (loraforge.io.streamed_model), one at a time."""
+    With ``budget_mb``, models too large for it stream layer by layer (loraforge.models.streamed), one at a time."""
     ids = check_token_ids(merged_dir, text_file)
     model = peft_model(base.path, loaded, merge_all=False, dtype="float32", budget_mb=budget_mb, n_ctx=len(ids))
     ref, plans = hf_logits(model, ids), {"reference": model.memory_plan}
