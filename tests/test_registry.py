@@ -1,4 +1,4 @@
-"""loraforge.registry.store: versions are adapter revisions with artifacts beneath them, stored by content;
+"""loraforge.registry: versions are adapter revisions with artifacts beneath them, stored by content;
 aliases, rollback, tags, concurrency, crash safety, bad files, migration from schema 1."""
 
 from __future__ import annotations
@@ -280,7 +280,7 @@ KILLED = textwrap.dedent("""
     import sys, time
     from loraforge.registry import Registry
     reg = Registry(sys.argv[1])
-    with reg._write() as c:
+    with reg.db.write() as c:
         c.execute("INSERT INTO versions (name, version, revision, lineage, created_at)"
                   " VALUES ('code', 99, 'x', '{}', 'now')")
         print("in transaction", flush=True)

@@ -1,14 +1,17 @@
-"""The model registry: a SQLite store (:mod:`.store`) with a content-addressed file store (:mod:`.files`), the
-pipeline's register step (:mod:`.register`), A/B comparisons (:mod:`.compare`), promotion policies
-(:mod:`.promote`), the CLI (:mod:`.cli`), and plain functions over a registry ($LORAFORGE_REGISTRY, else
-./registry.sqlite)."""
+"""The model registry (:mod:`.core`): its database and migrations (:mod:`.database`), versions and artifacts
+(:mod:`.versions`), aliases, history and A/B records (:mod:`.aliases`), verification (:mod:`.verification`),
+a content-addressed file store (:mod:`.filestore`), errors as types (:mod:`.errors`); the pipeline's register
+step (:mod:`.register`), A/B comparisons (:mod:`.compare`), promotion policies (:mod:`.promote`), the CLI
+(:mod:`.cli`), and plain functions over a registry ($LORAFORGE_REGISTRY, else ./registry.sqlite)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from .store import DEFAULT_PATH, ENV_VAR, Artifact, ModelVersion, Registry
+from .core import Registry
+from .database import DEFAULT_PATH, ENV_VAR
+from .versions import Artifact, ModelVersion
 
 
 def _open(registry: str | os.PathLike | None, create: bool = False) -> Registry:

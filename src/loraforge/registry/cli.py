@@ -9,7 +9,9 @@ import sys
 
 from ..errors import PipelineError
 from ..evaluation.metrics import Metrics
-from .store import DEFAULT_PATH, ENV_VAR, Registry
+from ..render import number
+from .core import Registry
+from .database import DEFAULT_PATH, ENV_VAR
 
 
 def _table(rows: list[dict], cols: list[str]) -> str:
@@ -33,9 +35,9 @@ def _artifact_rows(v) -> list[dict]:
                 "aliases": ",".join(v.aliases),
                 "kind": a.kind,
                 "variant": a.variant,
-                "size_mb": f"{a.size / 1e6:.1f}",
-                "mean_kld": f"{m.mean_kld:.3g}" if m and m.mean_kld is not None else None,
-                "top1": f"{m.top1_agreement:.4f}" if m and m.top1_agreement is not None else None,
+                "size_mb": number(a.size / 1e6, ".1f"),
+                "mean_kld": number(m.mean_kld if m else None, ".3g"),
+                "top1": number(m.top1_agreement if m else None, ".4f"),
                 "created": v.created_at,
             }
         )

@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import PipelineError
 from ..evaluation.metrics import log_softmax
 from ..evaluation.windows import read_text
-from .store import Registry
+from .core import Registry
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..errors import PipelineError
 from ..io.hashing import HashCache, sha256_file
+from .errors import DiskFull, StoredFileChanged, StoredFileMissing
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class ArtifactStore:
             os.replace(tmp, dst)
         except OSError as e:
             if e.errno == errno.ENOSPC:
-                raise PipelineError(f"{self.root}: no space left on device storing {src}") from None
+                raise DiskFull(f"{self.root}: no space left on device storing {src}") from None
             raise
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -69,11 +70,11 @@ class ArtifactStore:
     def verify(self, path: Path, sha256: str) -> None:
         """The stored file is there with its registered content; else one line, and nothing handed out."""
         if not path.is_file():
-            raise PipelineError(f"{path}: registered file is missing from the registry store")
+            raise StoredFileMissing(f"{path}: registered file is missing from the registry store")
         got = self.hashes.sha256(path)
         self.hashes.save()
         if got != sha256:
-            raise PipelineError(
+            raise StoredFileChanged(
                 f"{path}: registered file changed since registration (sha256 {got}, registered "
                 f"{sha256}); refusing to hand it out"
             )

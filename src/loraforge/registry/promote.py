@@ -20,7 +20,7 @@ import logging
 from ..errors import PipelineError
 from ..io.publish import write_text_atomic
 from .compare import compare_versions
-from .store import Registry
+from .core import Registry
 
 log = logging.getLogger(__name__)
 

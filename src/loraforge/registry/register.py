@@ -16,7 +16,7 @@ from ..evaluation import changed_since_built
 from ..evaluation.metrics import Metrics
 from ..io.hashing import WORKFLOW_HASH_CACHE, HashCache, tree_fingerprint
 from ..io.publish import write_text_atomic
-from .store import Registry
+from .core import Registry
 
 log = logging.getLogger(__name__)
 

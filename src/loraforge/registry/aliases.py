@@ -1,0 +1,140 @@
+"""Aliases (``production``, ``staging``) point at versions in the manner of MLflow; every move is appended to a
+history with its reason and evidence, ``rollback`` moves an alias back to where it pointed before (an undo
+stack), and A/B comparisons between versions are kept with the decisions they support."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from .database import Database, now
+from .errors import NotFound, RegistryError
+from .versions import ModelVersion
+
+ALIAS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+
+
+class Aliases:
+    """Aliases, their history and A/B comparisons (a part of :class:`Registry`, which gives ``get``)."""
+
+    db: Database
+    def promote(
+        self, name: str, version: int, alias: str, reason: str | None = None, evidence: dict | None = None
+    ) -> ModelVersion:
+        """Point ``alias`` at ``version``; the move, its reason and evidence go to the alias history."""
+        if not ALIAS_RE.match(alias or ""):
+            raise RegistryError(f"alias {alias!r}: a name of letters, digits, '.', '_' or '-', starting with a letter")
+        self.get(name, version)
+        with self.db.write() as c:
+            prev = c.execute("SELECT version FROM aliases WHERE name = ? AND alias = ?", (name, alias)).fetchone()
+            c.execute(
+                "INSERT OR REPLACE INTO aliases (name, alias, version, updated_at) VALUES (?, ?, ?, ?)",
+                (name, alias, version, now()),
+            )
+            c.execute(
+                "INSERT INTO alias_history (name, alias, action, version, previous_version, at, reason, evidence)"
+                " VALUES (?, ?, 'promote', ?, ?, ?, ?, ?)",
+                (
+                    name,
+                    alias,
+                    version,
+                    prev[0] if prev else None,
+                    now(),
+                    reason,
+                    json.dumps(evidence) if evidence else None,
+                ),
+            )
+        return self.get(name, version)
+
+    def record_decision(self, name: str, alias: str, version: int, reason: str, evidence: dict | None = None) -> None:
+        """A promotion that was refused: in the history, without moving the alias."""
+        cur = self.db.conn.execute("SELECT version FROM aliases WHERE name = ? AND alias = ?", (name, alias)).fetchone()
+        with self.db.write() as c:
+            c.execute(
+                "INSERT INTO alias_history (name, alias, action, version, previous_version, at, reason, evidence)"
+                " VALUES (?, ?, 'refused', ?, ?, ?, ?, ?)",
+                (
+                    name,
+                    alias,
+                    version,
+                    cur[0] if cur else None,
+                    now(),
+                    reason,
+                    json.dumps(evidence) if evidence else None,
+                ),
+            )
+
+    def rollback(self, name: str, alias: str) -> ModelVersion:
+        """Move ``alias`` back to the version it pointed at before its current one."""
+        with self.db.write() as c:
+            cur = c.execute("SELECT version FROM aliases WHERE name = ? AND alias = ?", (name, alias)).fetchone()
+            if not cur:
+                raise NotFound(f"{self.db.path}: {name!r} has no alias {alias!r} to roll back")
+            events = c.execute(
+                "SELECT action, version FROM alias_history WHERE name = ? AND alias = ?"
+                " AND action != 'refused' ORDER BY id",
+                (name, alias),
+            ).fetchall()
+            target = _previous_position(events)
+            if target is None:
+                raise RegistryError(
+                    f"{self.db.path}: cannot roll back {name!r} alias {alias!r}: no earlier version (it points at "
+                    f"v{cur[0]} and has never pointed elsewhere)"
+                )
+            c.execute(
+                "UPDATE aliases SET version = ?, updated_at = ? WHERE name = ? AND alias = ?",
+                (target, now(), name, alias),
+            )
+            c.execute(
+                "INSERT INTO alias_history (name, alias, action, version, previous_version, at, reason)"
+                " VALUES (?, ?, 'rollback', ?, ?, ?, 'rollback')",
+                (name, alias, target, cur[0], now()),
+            )
+        return self.get(name, target)
+
+    def history(self, name: str, alias: str | None = None) -> list[dict]:
+        self.db._require_name(name)
+        q = "SELECT * FROM alias_history WHERE name = ?" + (" AND alias = ?" if alias else "") + " ORDER BY id"
+        rows = self.db.conn.execute(q, (name, alias) if alias else (name,)).fetchall()
+        out = []
+        for r in rows:
+            d = dict(r)
+            d["evidence"] = json.loads(d["evidence"]) if d.get("evidence") else None
+            out.append(d)
+        return out
+
+    def aliases(self, name: str | None = None) -> list[dict]:
+        q = "SELECT * FROM aliases" + (" WHERE name = ?" if name else "") + " ORDER BY name, alias"
+        return [dict(r) for r in self.db.conn.execute(q, (name,) if name else ())]
+
+    def add_comparison(self, name: str, version_a: int, version_b: int, variant: str, result: dict) -> int:
+        self.get(name, version_a), self.get(name, version_b)
+        with self.db.write() as c:
+            return c.execute(
+                "INSERT INTO comparisons (name, version_a, version_b, variant, result, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (name, version_a, version_b, variant, json.dumps(result, sort_keys=True), now()),
+            ).lastrowid
+
+    def comparisons(self, name: str | None = None) -> list[dict]:
+        q = "SELECT * FROM comparisons" + (" WHERE name = ?" if name else "") + " ORDER BY id"
+        return [
+            {**dict(r), "result": json.loads(r["result"])} for r in self.db.conn.execute(q, (name,) if name else ())
+        ]
+
+
+def _previous_position(events) -> int | None:
+    """Where a rollback goes, from the alias's events oldest first [(action, version)].
+
+    Positions form an undo stack: a promote pushes its version (unless it is already current), a rollback
+    pops. So rolling back twice steps back twice, and a rollback never lands on a version the alias was
+    rolled back from.
+    """
+    stack: list[int] = []
+    for action, version in events:
+        if action == "promote":
+            if not stack or stack[-1] != version:
+                stack.append(version)
+        elif stack:
+            stack.pop()
+    return stack[-2] if len(stack) >= 2 else None

@@ -1,0 +1,146 @@
+"""The registry's database: one SQLite file in WAL mode, its schema migrations, and write transactions.
+
+Safe under concurrent writers: every write is one ``BEGIN IMMEDIATE`` transaction, so versions are numbered
+under SQLite's write lock and a killed writer leaves no trace. A file that is not a loraforge registry is refused
+and left as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import os
+import random
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import DiskFull, NoRegistry, NotARegistry, NotFound, RegistryError
+from .schema import MIGRATIONS, SCHEMA_VERSION
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PATH = "registry.sqlite"
+ENV_VAR = "LORAFORGE_REGISTRY"
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _full(e: sqlite3.Error) -> bool:
+    return getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+
+
+def _busy(e: sqlite3.Error) -> bool:
+    return getattr(e, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+class Database:
+    """The connection to one registry file. ``create=False`` (what read-only commands use) refuses a path with no
+    registry instead of creating an empty one, so a mistyped $LORAFORGE_REGISTRY says so."""
+
+    def __init__(self, path: str | os.PathLike | None = None, create: bool = True):
+        self.path = Path(path or os.environ.get(ENV_VAR) or DEFAULT_PATH)
+        self._check_file(create)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RegistryError(f"{self.path}: cannot create the registry's directory ({e.strerror})") from None
+        self.conn = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
+        self.conn.row_factory = sqlite3.Row
+        try:
+            self.conn.execute("PRAGMA busy_timeout = 60000")
+            self._use_wal()
+            self.conn.execute("PRAGMA foreign_keys = ON")
+            self.migrated_from = self._migrate()
+        except sqlite3.DatabaseError as e:
+            self.conn.close()
+            if _full(e):
+                raise DiskFull(f"{self.path}: no space left on device ({e})") from None
+            raise NotARegistry(f"{self.path}: not a usable loraforge registry ({e}); left untouched") from None
+        except RegistryError:
+            self.conn.close()
+            raise
+
+    def _use_wal(self, timeout: float = 60) -> None:
+        """Switch to WAL (persistent in the file). Switching needs the database to itself and SQLite's busy
+        handler does not wait for that, so writers creating a registry at the same moment retry here."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self.conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    self.conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if not _busy(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02 + random.random() * 0.05)
+
+    def _check_file(self, create: bool) -> None:
+        if not self.path.exists():
+            if not create:
+                where = f"${ENV_VAR}" if os.environ.get(ENV_VAR) == str(self.path) else "the registry path"
+                raise NoRegistry(f"{self.path}: no registry there ({where}); nothing has been registered to it")
+            return
+        if self.path.is_dir():
+            raise NotARegistry(f"{self.path}: registry path is a directory")
+        with open(self.path, "rb") as f:
+            head = f.read(16)
+        if head and head != _SQLITE_MAGIC:
+            raise NotARegistry(f"{self.path}: not a SQLite database; refusing to use or overwrite it")
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, holding SQLite's write lock from its start (no lost updates)."""
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:
+            if _full(e):
+                raise DiskFull(f"{self.path}: no space left on device ({e})") from None
+            raise
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        try:
+            self.conn.execute("COMMIT")
+        except sqlite3.OperationalError as e:
+            self.conn.execute("ROLLBACK")
+            if _full(e):
+                raise DiskFull(f"{self.path}: no space left on device; nothing was registered") from None
+            raise
+
+    def _migrate(self) -> int:
+        """Bring the schema to SCHEMA_VERSION; returns the version it had (0: a new registry)."""
+        with self.write() as c:
+            tables = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if tables and "meta" not in tables:
+                raise NotARegistry(f"{self.path}: a SQLite database that is not a loraforge registry; left untouched")
+            current = 0
+            if "meta" in tables:
+                row = c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+                current = int(row[0]) if row else 0
+            if current > SCHEMA_VERSION:
+                raise RegistryError(
+                    f"{self.path}: registry schema {current} is newer than this loraforge supports ({SCHEMA_VERSION})"
+                )
+            for i in range(current, SCHEMA_VERSION):
+                MIGRATIONS[i](c)
+                c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(i + 1),))
+                log.info("%s: registry schema migrated to version %d", self.path, i + 1)
+        return current
+
+    def schema_version(self) -> int:
+        return int(self.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _require_name(self, name: str) -> None:
+        if not self.conn.execute("SELECT 1 FROM versions WHERE name = ?", (name,)).fetchone():
+            raise NotFound(f"{self.path}: no versions of {name!r}")

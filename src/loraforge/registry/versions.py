@@ -1,0 +1,234 @@
+"""Versions and their artifacts: a version is one adapter revision (the base's and each adapter's content and
+weight: its lineage); its artifacts (each GGUF, the merged model, LoRA GGUFs) hang under it with their own hash,
+size and measured metrics. Registering an artifact of a revision seen before adds it to that version;
+registering the same bytes again changes nothing; other bytes for the same artifact are refused."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..io.hashing import sha256_file
+from .database import Database, now
+from .errors import ImmutableArtifact, NotFound, RegistryError
+from .filestore import ArtifactStore
+from .schema import revision_key
+
+
+@dataclass(frozen=True)
+class Artifact:
+    kind: str  # gguf, merged, lora_gguf, imatrix
+    variant: str  # Q4_K_M, BF16, ...
+    sha256: str
+    size: int
+    store_path: str | None  # the registry's own copy (None: recorded, not stored, e.g. a merged directory)
+    source_path: str  # where the pipeline built it
+    metrics: dict
+    created_at: str
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    name: str
+    version: int
+    revision: str
+    lineage: dict
+    created_at: str
+    artifacts: tuple[Artifact, ...] = ()
+    aliases: tuple[str, ...] = ()
+    tags: dict = field(default_factory=dict)
+
+    def artifact(self, variant: str, kind: str | None = None) -> Artifact:
+        for a in self.artifacts:
+            if a.variant == variant and (kind is None or a.kind == kind):
+                return a
+        have = ", ".join(f"{a.kind} {a.variant}" for a in self.artifacts) or "none"
+        raise NotFound(f"{self.name} v{self.version} has no {kind or 'artifact'} {variant} (it has: {have})")
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "revision": self.revision,
+            "lineage": self.lineage,
+            "created_at": self.created_at,
+            "aliases": list(self.aliases),
+            "tags": self.tags,
+            "artifacts": [a.to_dict() for a in self.artifacts],
+        }
+
+
+class Versions:
+    """Reading and writing versions and artifacts (a part of :class:`Registry`)."""
+
+    db: Database
+    store: ArtifactStore
+
+    def register(
+        self,
+        name: str,
+        lineage: dict,
+        kind: str,
+        variant: str,
+        path: str | os.PathLike,
+        metrics: dict | None = None,
+        sha256: str | None = None,
+        store: bool = True,
+    ) -> tuple[ModelVersion, bool, bool]:
+        """Register one artifact of the revision ``lineage`` describes; returns (version, version created,
+        artifact created). ``store=False`` records a (large) directory by its fingerprint without copying it."""
+        p = Path(path)
+        if not p.exists():
+            raise RegistryError(f"{p}: artifact to register does not exist")
+        if sha256 is None:
+            sha256 = sha256_file(p)
+        size = p.stat().st_size if p.is_file() else sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+        stored = str(self.store.put(p, sha256)) if store else None
+        rev = revision_key(lineage)
+        with self.db.write() as c:
+            row = c.execute("SELECT id, version FROM versions WHERE name = ? AND revision = ?", (name, rev)).fetchone()
+            created_version = row is None
+            if created_version:
+                number = c.execute(
+                    "SELECT COALESCE(MAX(version), 0) + 1 FROM versions WHERE name = ?", (name,)
+                ).fetchone()[0]
+                vid = c.execute(
+                    "INSERT INTO versions (name, version, revision, lineage, created_at) VALUES (?, ?, ?, ?, ?)",
+                    (name, number, rev, json.dumps(lineage, sort_keys=True), now()),
+                ).lastrowid
+            else:
+                vid, number = row["id"], row["version"]
+            old = c.execute(
+                "SELECT sha256 FROM artifacts WHERE version_id = ? AND kind = ? AND variant = ?", (vid, kind, variant)
+            ).fetchone()
+            if old is not None and old["sha256"] != sha256:
+                raise ImmutableArtifact(
+                    f"{p}: {name} v{number} already has a {kind} {variant} with other content ({old['sha256'][:12]}); "
+                    "a revision's artifacts are immutable (rebuilding it must give the same bytes)"
+                )
+            created_artifact = old is None
+            if created_artifact:
+                c.execute(
+                    "INSERT INTO artifacts (version_id, kind, variant, sha256, size, store_path, source_path,"
+                    " metrics, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        vid,
+                        kind,
+                        variant,
+                        sha256,
+                        size,
+                        stored,
+                        str(p.resolve()),
+                        json.dumps(metrics or {}, sort_keys=True),
+                        now(),
+                    ),
+                )
+        return self.get(name, number), created_version, created_artifact
+
+    def _version(self, row) -> ModelVersion:
+        arts = tuple(
+            Artifact(
+                a["kind"],
+                a["variant"],
+                a["sha256"],
+                a["size"],
+                a["store_path"],
+                a["source_path"],
+                json.loads(a["metrics"]),
+                a["created_at"],
+            )
+            for a in self.db.conn.execute(
+                "SELECT * FROM artifacts WHERE version_id = ? ORDER BY kind, variant", (row["id"],)
+            )
+        )
+        aliases = tuple(
+            a[0]
+            for a in self.db.conn.execute(
+                "SELECT alias FROM aliases WHERE name = ? AND version = ? ORDER BY alias", (row["name"], row["version"])
+            )
+        )
+        tags = {
+            t["key"]: t["value"]
+            for t in self.db.conn.execute("SELECT key, value FROM tags WHERE version_id = ?", (row["id"],))
+        }
+        return ModelVersion(
+            row["name"],
+            row["version"],
+            row["revision"],
+            json.loads(row["lineage"]),
+            row["created_at"],
+            arts,
+            aliases,
+            tags,
+        )
+
+    def names(self) -> list[str]:
+        return [r[0] for r in self.db.conn.execute("SELECT DISTINCT name FROM versions ORDER BY name")]
+
+    def get(self, name: str, version: int) -> ModelVersion:
+        row = self.db.conn.execute(
+            "SELECT * FROM versions WHERE name = ? AND version = ?", (name, int(version))
+        ).fetchone()
+        if not row:
+            self.db._require_name(name)
+            raise NotFound(f"{self.db.path}: no version {version} of {name!r}")
+        return self._version(row)
+
+    def versions(self, name: str | None = None) -> list[ModelVersion]:
+        if name:
+            self.db._require_name(name)
+            rows = self.db.conn.execute("SELECT * FROM versions WHERE name = ? ORDER BY version", (name,))
+        else:
+            rows = self.db.conn.execute("SELECT * FROM versions ORDER BY name, version")
+        return [self._version(r) for r in rows.fetchall()]
+
+    def resolve(
+        self, name: str, version: int | None = None, alias: str | None = None, variant: str | None = None
+    ) -> ModelVersion:
+        """A version by number, by alias, else the newest (the newest with ``variant``, when given)."""
+        if version is not None:
+            return self.get(name, version)
+        if alias:
+            row = self.db.conn.execute(
+                "SELECT version FROM aliases WHERE name = ? AND alias = ?", (name, alias)
+            ).fetchone()
+            if not row:
+                self.db._require_name(name)
+                raise NotFound(f"{self.db.path}: {name!r} has no alias {alias!r}")
+            return self.get(name, row[0])
+        self.db._require_name(name)
+        q = (
+            "SELECT v.* FROM versions v WHERE v.name = ?"
+            + (" AND EXISTS (SELECT 1 FROM artifacts a WHERE a.version_id = v.id AND a.variant = ?)" if variant else "")
+            + " ORDER BY v.version DESC LIMIT 1"
+        )
+        row = self.db.conn.execute(q, (name, variant) if variant else (name,)).fetchone()
+        if not row:
+            raise NotFound(f"{self.db.path}: no version of {name!r} has a {variant}")
+        return self._version(row)
+
+    def artifact_file(
+        self, name: str, variant: str, version: int | None = None, alias: str | None = None, kind: str | None = None
+    ) -> tuple[ModelVersion, Path]:
+        """The registered file of one artifact, verified to hold the registered bytes."""
+        mv = self.resolve(name, version, alias, variant)
+        art = mv.artifact(variant, kind)
+        if art.store_path is None:
+            raise NotFound(
+                f"{name} v{mv.version} {variant}: recorded at {art.source_path} but not stored "
+                "in the registry (nothing verified to hand out)"
+            )
+        self.store.verify(Path(art.store_path), art.sha256)
+        return mv, Path(art.store_path)
+
+    def tag(self, name: str, version: int, key: str, value: str) -> ModelVersion:
+        mv = self.get(name, version)
+        with self.db.write() as c:
+            vid = c.execute("SELECT id FROM versions WHERE name = ? AND version = ?", (name, version)).fetchone()[0]
+            c.execute("INSERT OR REPLACE INTO tags (version_id, key, value) VALUES (?, ?, ?)", (vid, key, str(value)))
+        return self.get(mv.name, mv.version)
