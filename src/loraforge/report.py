@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 import json
 import logging
 import os
@@ -10,6 +9,7 @@ from pathlib import Path
 
 from .evaluation.metrics import Metrics
 from .io.publish import atomic_file, write_text_atomic
+from .render import NOT_MEASURED, number, render
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,19 @@ COLUMNS = [
     ("tokens_per_second", "tokens/s"),
     ("build_s", "build time (s)"),
 ]
+# how each column's numbers read: KL-divergences span decades, sizes and times need no more than a decimal
+FORMATS = {
+    "size_mb": ".1f",
+    "per_adapter_mb": ".1f",
+    "bits_per_weight": ".2f",
+    "mean_kld": ".2e",
+    "median_kld": ".2e",
+    "p99_kld": ".2e",
+    "top1_agreement": ".3f",
+    "max_delta_ppl": ".3f",
+    "tokens_per_second": ".0f",
+    "build_s": ".1f",
+}
 
 
 def build_seconds(files: list[str]) -> float | None:
@@ -78,25 +91,21 @@ def _form(kind: str) -> str:
     return {"lora": "base GGUF + LoRA GGUF", "gguf": "merged GGUF", "hf": "merged HF", "peft": "PEFT"}.get(kind, kind)
 
 
-def _fmt(v) -> str:
-    if v is None:
-        return "—"  # not measured for this artifact
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return html.escape(str(v))
-
-
 def _table_html(rows, cols) -> str:
-    head = "".join(f"<th>{html.escape(label)}</th>" for _, label in cols)
-    body = "\n".join("<tr>" + "".join(f"<td>{_fmt(r.get(k))}</td>" for k, _ in cols) + "</tr>" for r in rows)
-    return (
-        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>loraforge quality</title><style>"
-        "body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:3px 8px;"
-        "text-align:right}td:nth-child(-n+3){text-align:left}</style></head><body>"
-        "<h2>Quality of every artifact</h2><p>KLD and top-1 agreement are against the merged model in float32; "
-        "— means not measured for that artifact (the base has no reference).</p>"
-        f"<table id='metrics'><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table></body></html>\n"
-    )
+    """The table as a person reads it: each adapter's rows together, numbers formatted per column."""
+    header = [(label, "name" if i < 3 else "") for i, (_key, label) in enumerate(cols)]
+    body, previous = [], None
+    for r in rows:
+        first = "first" if r["adapter"] != previous else ""
+        previous = r["adapter"]
+        cells = []
+        for i, (key, _label) in enumerate(cols):
+            css = "name" if i < 2 else "form" if key == "form" else ""
+            value = r.get(key)
+            text = number(value, FORMATS.get(key, ".4g" if not key.startswith("ppl:") else ".3f"))
+            cells.append((text, f"{css} {first}".strip()))
+        body.append(cells)
+    return render("report.html", header=header, rows=body, not_measured=NOT_MEASURED)
 
 
 def _plot_size_kld(rows, out) -> None:
