@@ -7,7 +7,7 @@ TORCH_CPU_SPEC ?= torch==2.13.0
 TORCH_CPU_PIP_ARGS ?=
 SIZE_GB ?= 1
 
-.PHONY: setup demo test lint dry-run report dashboard bench-merge bench-8b clean
+.PHONY: setup demo test check lint dry-run report dashboard bench-merge bench-8b clean
 
 setup: $(VENV)/.installed
 
@@ -45,7 +45,10 @@ lint: setup
 	$(BIN)/lint-imports
 
 test: setup lint
-	$(BIN)/pytest -ra
+	$(BIN)/pytest -ra --durations=25
+
+check: setup lint  # the quick tier: every test that builds no whole workflow (minutes)
+	$(BIN)/pytest -ra -m "not slow" --durations=10
 
 dashboard: setup
 	$(BIN)/snakemake --profile profiles/local results/dashboard/index.html

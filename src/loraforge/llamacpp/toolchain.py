@@ -1,10 +1,13 @@
-"""llama.cpp's programs at the revision of the library we evaluate with.
+"""llama.cpp at the revision of the library we evaluate with: one build for the tools and the library.
 
 The llama.cpp in-process library is llama-cpp-python; its source distribution holds the whole llama.cpp tree of
 the same revision (``vendor/llama.cpp``): the converters (``convert_hf_to_gguf.py``, ``convert_lora_to_gguf.py``
 with their ``conversion`` package and ``gguf-py``), the tools (quantize, imatrix, server, perplexity, gguf-split)
 and llama.cpp's test vocabularies and chat templates. ``build()`` fetches that sdist through pip (pinned by
-sha256), unpacks the tree into a cache and compiles the tools once; ``make setup`` runs it.
+sha256), unpacks the tree into a cache and compiles, once, the tools and the shared ``libllama`` they link:
+llama-cpp-python loads that same library (``$LLAMA_CPP_LIB_PATH``, set by ``loraforge.llamacpp.library``), so
+library and tools are one compilation with the same flags, and ``make setup`` installs llama-cpp-python without
+compiling it again (``CMAKE_ARGS=-DLLAMA_BUILD=OFF``).
 
 A llama.cpp directory is a source tree with its tools in ``build/bin/`` or ``bin/``: the one ``build()`` makes,
 or your own (e.g. a CUDA build) named by ``$LLAMA_CPP_DIR`` or the config key ``llama_cpp_dir``.
@@ -38,6 +41,7 @@ LLAMA_CPP_PYTHON = "0.3.36"
 SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
 TOOLS = ("llama-quantize", "llama-imatrix", "llama-server", "llama-perplexity", "llama-gguf-split")
 ENV_VAR = "LLAMA_CPP_DIR"
+LIBRARY = "libllama.so"
 MANIFEST = "loraforge-build.json"
 
 
@@ -65,6 +69,15 @@ class LlamaCpp:
         if not (path.is_file() and os.access(path, os.X_OK)):
             raise PipelineError(f"{path}: llama.cpp tool {name} is missing (build it: make setup)")
         return path
+
+    def library_dir(self) -> Path:
+        """Where this build's shared libllama is (what llama-cpp-python loads)."""
+        if not (self.bin / LIBRARY).is_file():
+            raise PipelineError(
+                f"{self.bin}: no {LIBRARY} in this llama.cpp build (tools built before the shared library was: run "
+                "`make setup` again)"
+            )
+        return self.bin
 
     def script(self, name: str) -> Path:
         path = self.root / name
@@ -167,17 +180,56 @@ def _extract_tree(sdist: Path, dest: Path) -> None:
         tar.extractall(dest, members=members, filter="data")
 
 
+# CPU features (/proc/cpuinfo flags) -> the ggml options that compile for them, for a build that is native but for
+# AMX (see _cpu_args)
+GGML_CPU_FEATURES = {
+    "avx": "GGML_AVX",
+    "avx2": "GGML_AVX2",
+    "fma": "GGML_FMA",
+    "f16c": "GGML_F16C",
+    "bmi2": "GGML_BMI2",
+    "avx_vnni": "GGML_AVX_VNNI",
+    "avx512f": "GGML_AVX512",
+    "avx512vbmi": "GGML_AVX512_VBMI",
+    "avx512_vnni": "GGML_AVX512_VNNI",
+    "avx512_bf16": "GGML_AVX512_BF16",
+}
+
+
+def cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    return set(line.partition(":")[2].split())
+
+
+def _cpu_args(flags: set[str], user_args: list[str]) -> list[str]:
+    """llama.cpp's native build, except on CPUs with AMX: this revision's AMX kernels crash (SIGSEGV) on K-quant
+    and Q8_0 GGUFs (measured on a Xeon with amx_int8: llama-perplexity on a Q4_K_M GGUF, while a build without
+    AMX, or --no-repack, runs). There the build names every other feature of the CPU instead of -march=native."""
+    if not any(f.startswith("amx") for f in flags) or any("GGML_NATIVE" in a for a in user_args):
+        return []
+    return ["-DGGML_NATIVE=OFF", *(f"-D{opt}=ON" for flag, opt in GGML_CPU_FEATURES.items() if flag in flags)]
+
+
 def _cmake_args() -> list[str]:
-    """Static tools with llama.cpp's defaults; $CMAKE_ARGS (as for llama-cpp-python, e.g. -DGGML_CUDA=on) added."""
+    """Tools and the shared library with llama.cpp's defaults; $CMAKE_ARGS (as for llama-cpp-python, e.g.
+    -DGGML_CUDA=on) added. Libraries find each other relative to themselves ($ORIGIN): the tree is moved after
+    the build."""
+    user = shlex.split(os.environ.get("CMAKE_ARGS", ""))
     args = [
         "-DCMAKE_BUILD_TYPE=Release",
-        "-DBUILD_SHARED_LIBS=OFF",
+        "-DBUILD_SHARED_LIBS=ON",
+        "-DCMAKE_BUILD_RPATH_USE_ORIGIN=ON",
         "-DLLAMA_CURL=OFF",
         "-DLLAMA_BUILD_TESTS=OFF",
         "-DLLAMA_BUILD_EXAMPLES=OFF",
         "-DLLAMA_BUILD_SERVER=ON",
+        *_cpu_args(cpu_flags(), user),
     ]
-    return args + shlex.split(os.environ.get("CMAKE_ARGS", ""))
+    return args + user
 
 
 def build(dest: Path | None = None, jobs: int | None = None, force: bool = False) -> LlamaCpp:
@@ -202,17 +254,17 @@ def build(dest: Path | None = None, jobs: int | None = None, force: bool = False
         tree = work / "tree"
         _extract_tree(sdist, tree)
         jobs = jobs or os.cpu_count() or 2
-        log.info("compiling %s with %d jobs (minutes)", ", ".join(TOOLS), jobs)
+        log.info("compiling libllama, %s with %d jobs (minutes): %s", ", ".join(TOOLS), jobs, " ".join(args))
         for cmd in (
             ["cmake", "-S", str(tree), "-B", str(tree / "build"), *args],
-            ["cmake", "--build", str(tree / "build"), "-j", str(jobs), "--target", *TOOLS],
+            ["cmake", "--build", str(tree / "build"), "-j", str(jobs), "--target", "llama", *TOOLS],
         ):
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 (work / "build.log").write_text(proc.stdout + proc.stderr)
                 last = next((ln for ln in reversed(proc.stderr.splitlines()) if ln.strip()), "no output")
                 raise PipelineError(f"building llama.cpp's tools failed ({' '.join(cmd[:2])}): {last}")
-        # keep the tools, drop the object files
+        # keep the tools and libraries, drop the object files
         bins = tree / "build" / "bin"
         keep = work / "bin"
         shutil.move(bins, keep)
@@ -224,6 +276,7 @@ def build(dest: Path | None = None, jobs: int | None = None, force: bool = False
             "sdist_sha256": SDIST_SHA256,
             "cmake_args": args,
             "tools": list(TOOLS),
+            "library": LIBRARY,
         }
         (tree / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         if dest.exists():
