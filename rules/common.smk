@@ -75,19 +75,19 @@ def external(path):
     return path if produced_here(path) else ancient(path)
 
 
-@functools.cache  # once every rule is known: a path the demo builds is not external
+@functools.cache  # first called once all rules exist, so a path the demo builds is not external
 def external_paths():
     return plan.external_paths()
 
 
+def marked(path):
+    return ancient(path) if path in external_paths() else path
+
+
 def with_external(inputs):
     """A job's inputs (from the plan) with the external ones marked as ``external`` marks them."""
-
-    def mark(path):
-        return ancient(path) if path in external_paths() else path
-
     return {
-        k: [mark(p) for p in v] if isinstance(v, list) else mark(v)
+        k: [marked(p) for p in v] if isinstance(v, list) else marked(v)
         for k, v in inputs.items()
     }
 

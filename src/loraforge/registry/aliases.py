@@ -18,6 +18,7 @@ class Aliases:
     """Aliases, their history and A/B comparisons (a part of :class:`Registry`, which gives ``get``)."""
 
     db: Database
+
     def promote(
         self, name: str, version: int, alias: str, reason: str | None = None, evidence: dict | None = None
     ) -> ModelVersion:
