@@ -15,6 +15,8 @@ llama.cpp ships the vocabularies of real models (``models/ggml-vocab-*.gguf``) w
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -204,10 +206,19 @@ def _llama3_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=bos, eos_token="<|end_of_text|>")
 
 
+# each family's saved tokenizer files, built once per process (Llama 3's and Qwen2's take tens of seconds to
+# convert from llama.cpp's vocabularies) and copied from here afterwards: the same bytes
+_BUILT: dict[Family, Path] = {}
+_CACHE = tempfile.TemporaryDirectory(prefix="loraforge-tokenizers-")
+
+
 def build_tokenizer(family: Family, out: Path):
     """The family's real tokenizer and chat template, saved in ``out``; returns the tokenizer."""
     from transformers import AutoTokenizer
 
+    if family in _BUILT:
+        shutil.copytree(_BUILT[family], out, dirs_exist_ok=True)
+        return AutoTokenizer.from_pretrained(str(out))
     if family.vocab in ("llama-spm", "phi-3"):
         tok = _spm_tokenizer(
             family.vocab,
@@ -228,6 +239,7 @@ def build_tokenizer(family: Family, out: Path):
     if family.template:
         tok.chat_template = template(family.template)
     tok.save_pretrained(str(out))
+    _BUILT[family] = Path(shutil.copytree(out, Path(_CACHE.name) / str(len(_BUILT))))
     return AutoTokenizer.from_pretrained(str(out))
 
 

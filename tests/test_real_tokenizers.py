@@ -28,12 +28,13 @@ def test_hf_tokenizer_reproduces_the_original_ids(name, tmp_path):
     assert differing == []
 
 
-def llama_cpp_ids(gguf, text: str) -> list[int]:
+def llama_cpp_ids(gguf, texts: list[str]) -> list[list[int]]:
+    """The ids llama.cpp gives each text from the GGUF's own vocabulary (loaded once)."""
     from loraforge.conversion.tokenizer_check import GGUFVocab
 
     v = GGUFVocab(gguf)
     try:
-        return v.tokenize(text, special=False)
+        return [v.tokenize(text, special=False) for text in texts]
     finally:
         v.close()
 
@@ -74,6 +75,8 @@ def test_family_through_the_workflow(name, workflow, tmp_path):
         ev = json.loads((res / "eval" / name / f"{t}.json").read_text())
         assert ev["texts"]["vectors"]["llama_cpp_tokens_agree"] is True
     if name in WITH_VECTORS:
+        texts, want = zip(*vectors(fam.vocab), strict=True)
         for gguf in (res / "gguf" / name).glob("*.gguf"):
-            differing = [i for i, (text, ids) in enumerate(vectors(fam.vocab)) if llama_cpp_ids(gguf, text) != ids]
+            got = llama_cpp_ids(gguf, list(texts))
+            differing = [i for i, (g, w) in enumerate(zip(got, want, strict=True)) if g != w]
             assert differing == [], (gguf.name, differing)

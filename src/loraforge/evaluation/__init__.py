@@ -97,14 +97,17 @@ def evaluate(
     label: str = "",
     lora=None,
     budget_mb: float | None = None,
+    _hashes: dict | None = None,
 ) -> Metrics:
     """Score one artifact. ``kind``: gguf (a GGUF file), lora (the base GGUF ``path`` with the LoRA GGUF ``lora``
     applied by llama.cpp at scale 1), hf (a model dir, own dtype), peft (base+adapters). HF and PEFT models that
     do not fit ``budget_mb`` (MB) stream layer by layer; a GGUF is memory-mapped by llama.cpp.
 
     With ``reference`` the windows come from it and KLD/top-1/ΔPPL are measured; without, only PPL (on
-    ``texts``, tokenized with the artifact's tokenizer).
+    ``texts``, tokenized with the artifact's tokenizer). ``_hashes``: sha256 of ``path`` / ``lora`` already
+    verified against their build sidecars (a GGUF is hashed once per evaluation, not twice).
     """
+    hashes = _hashes or {}
     t_load = time.time()
     if reference is not None:
         info, tokens, lps = load_reference(reference)
@@ -145,14 +148,14 @@ def evaluate(
     if path and kind != "peft":
         summary["size_bytes"] = _artifact_size(Path(path))
         if Path(path).is_file():
-            summary["artifact_sha256"] = sha256_file(path)
+            summary["artifact_sha256"] = hashes.get("path") or sha256_file(path)
         if "bits_per_weight" in loaded and not lora:
             summary["bits_per_weight"] = loaded["bits_per_weight"]
     if "memory_plan" in loaded:
         summary["memory_plan"] = loaded["memory_plan"]
     if lora:
         lora_bytes = Path(lora).stat().st_size
-        summary.update(lora=str(lora), lora_bytes=lora_bytes, lora_sha256=sha256_file(lora))
+        summary.update(lora=str(lora), lora_bytes=lora_bytes, lora_sha256=hashes.get("lora") or sha256_file(lora))
         summary["size_bytes"] += lora_bytes
     return Metrics(
         label=label,
@@ -175,10 +178,11 @@ def evaluate_artifact(
 
     With ``check_json`` (a GGUF's build sidecar; ``lora_check_json`` the LoRA GGUF's), the file must still be the
     bytes that were built."""
+    hashes = {}
     for key, sidecar in (("path", check_json), ("lora", lora_check_json)):
         if sidecar:
-            verify_built(kwargs[key], sidecar)
-    result = dataclasses.replace(evaluate(label=label, **kwargs), gates=gates or {})
+            hashes[key] = verify_built(kwargs[key], sidecar)
+    result = dataclasses.replace(evaluate(label=label, _hashes=hashes, **kwargs), gates=gates or {})
     log.info("evaluation of %s: %s", label, json.dumps(result.to_json(), indent=1))
     failures = check_gates(result, gates, label)
     if failures:
