@@ -206,8 +206,8 @@ def _llama3_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=bos, eos_token="<|end_of_text|>")
 
 
-# each family's saved tokenizer files, built once per process (Llama 3's and Qwen2's take tens of seconds to
-# convert from llama.cpp's vocabularies) and copied from here afterwards: the same bytes
+# each family's tokenizer files, built once per process (Llama 3's and Qwen2's take tens of seconds to convert
+# from llama.cpp's vocabularies) into a private directory and copied from there: the same bytes every time
 _BUILT: dict[Family, Path] = {}
 _CACHE = tempfile.TemporaryDirectory(prefix="loraforge-tokenizers-")
 
@@ -216,9 +216,17 @@ def build_tokenizer(family: Family, out: Path):
     """The family's real tokenizer and chat template, saved in ``out``; returns the tokenizer."""
     from transformers import AutoTokenizer
 
-    if family in _BUILT:
-        shutil.copytree(_BUILT[family], out, dirs_exist_ok=True)
-        return AutoTokenizer.from_pretrained(str(out))
+    if family not in _BUILT:
+        saved = Path(_CACHE.name) / str(len(_BUILT))
+        _save_tokenizer(family, saved)
+        _BUILT[family] = saved
+    shutil.copytree(_BUILT[family], out, dirs_exist_ok=True)
+    return AutoTokenizer.from_pretrained(str(out))
+
+
+def _save_tokenizer(family: Family, out: Path) -> None:
+    from transformers import AutoTokenizer
+
     if family.vocab in ("llama-spm", "phi-3"):
         tok = _spm_tokenizer(
             family.vocab,
@@ -239,8 +247,6 @@ def build_tokenizer(family: Family, out: Path):
     if family.template:
         tok.chat_template = template(family.template)
     tok.save_pretrained(str(out))
-    _BUILT[family] = Path(shutil.copytree(out, Path(_CACHE.name) / str(len(_BUILT))))
-    return AutoTokenizer.from_pretrained(str(out))
 
 
 def stop_ids(family: Family, tok) -> list[int]:

@@ -123,5 +123,5 @@ def llama_gpu_layers() -> int:
         log.info("llama.cpp offloads every layer to the GPU")
         return -1
     if choice() == "cuda":
-        raise PipelineError("device: cuda, but llama-cpp-python was built without GPU support (see README: CUDA)")
+        raise PipelineError("device: cuda, but llama.cpp was built without GPU support (see docs/cluster.md: GPU)")
     return 0

@@ -16,7 +16,7 @@ from pathlib import Path
 from ..errors import PipelineError
 from ..io.hashing import WORKFLOW_HASH_CACHE, HashCache, tree_fingerprint
 from ..io.publish import atomic_dir
-from ..preflight import Adapter, AdapterSpec, BaseModel, as_specs, validate_inputs
+from ..preflight import Adapter, AdapterSpec, BaseModel, as_specs, is_embedding, validate_inputs
 from ..preflight.adapter import tokenizer_source
 from ..preflight.files import TOKENIZER_FILES, WEIGHT_FILES_RE
 
@@ -45,7 +45,7 @@ def _write_config(base: BaseModel, loaded: list[tuple[AdapterSpec, Adapter]], ou
     cfg = dict(base.config)
     for _spec, ad in loaded:
         for name, key in ad.replaced.items():
-            if name.endswith("embed_tokens.weight"):
+            if is_embedding(name):
                 cfg["vocab_size"] = ad.tensors[key].shape[0]
     (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 

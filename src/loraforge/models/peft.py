@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..device import torch_device
 from ..errors import PipelineError
-from ..preflight import Adapter, AdapterSpec
+from ..preflight import Adapter, AdapterSpec, is_embedding
 from .hf import load_hf_model
 from .streamed import plan_for, streamed_model
 
@@ -34,7 +34,7 @@ def peft_model(
     streamed = plan["streamed"]
     model = streamed_model(base_dir, dtype) if streamed else load_hf_model(base_dir)
     for i, (spec, ad) in enumerate(loaded):
-        emb = next((k for n, k in ad.replaced.items() if n.endswith("embed_tokens.weight")), None)
+        emb = next((k for n, k in ad.replaced.items() if is_embedding(n)), None)
         if emb is not None and ad.tensors[emb].shape[0] != model.get_input_embeddings().weight.shape[0]:
             if streamed:
                 raise PipelineError(

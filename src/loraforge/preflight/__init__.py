@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import PipelineError
 from .adapter import Adapter, check_adapter_against_base, inspect_adapter, tokenizer_source
-from .base import BaseModel, inspect_base
+from .base import BaseModel, inspect_base, is_embedding
 from .tokenizer import check_tokenizer_fits
 
 
@@ -52,14 +52,21 @@ def validate_inputs(base_dir, adapters) -> tuple[BaseModel, list[tuple[AdapterSp
 
 def merged_vocab_size(base: BaseModel, loaded: list[tuple[AdapterSpec, Adapter]]) -> int:
     """Rows of the merged model's embedding: the base's, or those of an adapter that replaces it (added tokens)."""
-    rows = next(
-        (t.shape[0] for k, t in base.tensors.items() if k.endswith(("embed_tokens.weight", "wte.weight"))), None
-    )
+    rows = next((t.shape[0] for k, t in base.tensors.items() if is_embedding(k)), None)
     for _spec, ad in loaded:
         for name, key in ad.replaced.items():
-            if name.endswith(("embed_tokens.weight", "wte.weight")):
+            if is_embedding(name):
                 rows = ad.tensors[key].shape[0]
     return rows if rows is not None else int(base.config.get("vocab_size", 0))
 
 
-__all__ = ["Adapter", "AdapterSpec", "BaseModel", "as_specs", "inspect_adapter", "inspect_base", "validate_inputs"]
+__all__ = [
+    "Adapter",
+    "AdapterSpec",
+    "BaseModel",
+    "as_specs",
+    "inspect_adapter",
+    "inspect_base",
+    "is_embedding",
+    "validate_inputs",
+]

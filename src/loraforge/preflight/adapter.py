@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import PipelineError
 from ..io.safetensors import TensorInfo, read_header
-from .base import BaseModel
+from .base import BaseModel, is_embedding
 from .files import read_json
 
 ADAPTER_PREFIX = "base_model.model."
@@ -156,7 +156,7 @@ def check_adapter_against_base(ad: Adapter, base: BaseModel) -> None:
     """Shapes and module names of the adapter must fit the base (after any replaced tensors)."""
     shapes = {k: v.shape for k, v in base.tensors.items()}
     if base.tied_embeddings:
-        emb = next((k for k in shapes if k.endswith("embed_tokens.weight")), None)
+        emb = next((k for k in shapes if is_embedding(k)), None)
         if emb:
             shapes.setdefault("lm_head.weight", shapes[emb])
     for name, key in ad.replaced.items():

@@ -10,6 +10,13 @@ from ..errors import PipelineError
 from ..io.safetensors import TensorInfo, read_header
 from .files import read_json
 
+# the input embedding's tensor name: Llama-style models and GPT-2 (whose output layer ties to it)
+EMBEDDING_SUFFIXES = ("embed_tokens.weight", "wte.weight")
+
+
+def is_embedding(name: str) -> bool:
+    return name.endswith(EMBEDDING_SUFFIXES)
+
 
 @dataclass
 class BaseModel:

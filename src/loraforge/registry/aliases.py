@@ -32,38 +32,14 @@ class Aliases:
                 "INSERT OR REPLACE INTO aliases (name, alias, version, updated_at) VALUES (?, ?, ?, ?)",
                 (name, alias, version, now()),
             )
-            c.execute(
-                "INSERT INTO alias_history (name, alias, action, version, previous_version, at, reason, evidence)"
-                " VALUES (?, ?, 'promote', ?, ?, ?, ?, ?)",
-                (
-                    name,
-                    alias,
-                    version,
-                    prev[0] if prev else None,
-                    now(),
-                    reason,
-                    json.dumps(evidence) if evidence else None,
-                ),
-            )
+            _history(c, name, alias, "promote", version, prev[0] if prev else None, reason, evidence)
         return self.get(name, version)
 
     def record_decision(self, name: str, alias: str, version: int, reason: str, evidence: dict | None = None) -> None:
         """A promotion that was refused: in the history, without moving the alias."""
         cur = self.db.conn.execute("SELECT version FROM aliases WHERE name = ? AND alias = ?", (name, alias)).fetchone()
         with self.db.write() as c:
-            c.execute(
-                "INSERT INTO alias_history (name, alias, action, version, previous_version, at, reason, evidence)"
-                " VALUES (?, ?, 'refused', ?, ?, ?, ?, ?)",
-                (
-                    name,
-                    alias,
-                    version,
-                    cur[0] if cur else None,
-                    now(),
-                    reason,
-                    json.dumps(evidence) if evidence else None,
-                ),
-            )
+            _history(c, name, alias, "refused", version, cur[0] if cur else None, reason, evidence)
 
     def rollback(self, name: str, alias: str) -> ModelVersion:
         """Move ``alias`` back to the version it pointed at before its current one."""
@@ -86,11 +62,7 @@ class Aliases:
                 "UPDATE aliases SET version = ?, updated_at = ? WHERE name = ? AND alias = ?",
                 (target, now(), name, alias),
             )
-            c.execute(
-                "INSERT INTO alias_history (name, alias, action, version, previous_version, at, reason)"
-                " VALUES (?, ?, 'rollback', ?, ?, ?, 'rollback')",
-                (name, alias, target, cur[0], now()),
-            )
+            _history(c, name, alias, "rollback", target, cur[0], "rollback", None)
         return self.get(name, target)
 
     def history(self, name: str, alias: str | None = None) -> list[dict]:
@@ -122,6 +94,15 @@ class Aliases:
         return [
             {**dict(r), "result": json.loads(r["result"])} for r in self.db.conn.execute(q, (name,) if name else ())
         ]
+
+
+def _history(c, name: str, alias: str, action: str, version: int, previous, reason, evidence) -> None:
+    """One entry of an alias's history: a move (promote, rollback) or a refused promotion."""
+    c.execute(
+        "INSERT INTO alias_history (name, alias, action, version, previous_version, at, reason, evidence)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (name, alias, action, version, previous, now(), reason, json.dumps(evidence) if evidence else None),
+    )
 
 
 def _previous_position(events) -> int | None:
