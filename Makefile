@@ -45,10 +45,10 @@ lint: setup
 	$(BIN)/lint-imports
 
 test: setup lint
-	$(BIN)/pytest -ra --durations=25
+	$(BIN)/pytest -ra --durations=25 -n auto --dist loadgroup  # on every core; shared builds stay on one worker (tests/conftest.py)
 
 check: setup lint  # the quick tier: every test that builds no whole workflow (minutes)
-	$(BIN)/pytest -ra -m "not slow" --durations=10
+	$(BIN)/pytest -ra -m "not slow" --durations=10 -n auto --dist loadgroup
 
 dashboard: setup
 	$(BIN)/snakemake --profile profiles/local results/dashboard/index.html

@@ -18,6 +18,19 @@ REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
+# `make test` runs the suite on every core (pytest-xdist, --dist loadgroup). A session fixture is built once per
+# worker, so the tests that share an expensive one run on one worker: the demo build, and the tiny build with the
+# SLURM cluster that compares against it (one cluster per machine: slurmd's node name is the host's).
+SHARED_BUILDS = {"demo_local": "demo", "tiny_build": "tiny_build", "cluster": "tiny_build"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        groups = {SHARED_BUILDS[f] for f in item.fixturenames if f in SHARED_BUILDS}
+        assert len(groups) <= 1, f"{item.nodeid} shares builds of two groups: {groups}"
+        if groups:
+            item.add_marker(pytest.mark.xdist_group(groups.pop()))
+
 
 def make_llama(
     path: Path, dtype=torch.float32, tied=False, seed=0, vocab=32000, hidden=256, inter=256, layers=2, shard_mb=None
