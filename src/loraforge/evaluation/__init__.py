@@ -19,6 +19,7 @@ import numpy as np
 from ..errors import PipelineError
 from ..io.hashing import sha256_file
 from ..io.publish import write_text_atomic
+from ..progress import Progress
 from .metrics import GATES, Metrics, TextScorer, check_gates, kld_stats
 from .reference import compute_reference, load_reference
 from .windows import token_windows
@@ -122,6 +123,7 @@ def evaluate(
     load_s = time.time() - t_load
     t0 = time.time()
     per_text, all_kld = {}, []
+    progress = Progress(f"evaluating {label or path}", sum(w.size for w in tokens.values()), "tokens")
     try:
         for name, windows in tokens.items():
             extra = {}
@@ -130,12 +132,14 @@ def evaluate(
             acc = TextScorer(windows, lps[name])
             for logits in scorer.logits(windows):
                 acc.add(logits)
+                progress.update(logits.shape[0] * logits.shape[1])
             per_text[name] = acc.result(**extra)
             if (k := acc.kld()) is not None:
                 all_kld.append(k)
         loaded = scorer.info()  # size facts from this load, not a second one
     finally:
         scorer.close()
+    progress.close()
     eval_s = time.time() - t0
     n = sum(t.scored_tokens for t in per_text.values())
     summary: dict = {}

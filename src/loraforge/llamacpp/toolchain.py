@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import PipelineError
+from ..progress import run_logged
 
 log = logging.getLogger(__name__)
 
@@ -259,10 +260,13 @@ def build(dest: Path | None = None, jobs: int | None = None, force: bool = False
             ["cmake", "-S", str(tree), "-B", str(tree / "build"), *args],
             ["cmake", "--build", str(tree / "build"), "-j", str(jobs), "--target", "llama", *TOOLS],
         ):
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode != 0:
-                (work / "build.log").write_text(proc.stdout + proc.stderr)
-                last = next((ln for ln in reversed(proc.stderr.splitlines()) if ln.strip()), "no output")
+            rc, output = run_logged(cmd, f"{cmd[0]} {cmd[1]}", every=30, logger=log)
+            if rc != 0:
+                (work / "build.log").write_text(output)
+                lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+                # the compiler's or cmake's own statement, not make's "*** Error 2" after it
+                last = next((ln for ln in reversed(lines) if "error" in ln.lower() and "***" not in ln), None)
+                last = last or (lines[-1] if lines else "no output")
                 raise PipelineError(f"building llama.cpp's tools failed ({' '.join(cmd[:2])}): {last}")
         # keep the tools and libraries, drop the object files
         bins = tree / "build" / "bin"

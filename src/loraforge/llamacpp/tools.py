@@ -6,12 +6,12 @@ from __future__ import annotations
 import logging
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 from ..errors import PipelineError
 from ..io.publish import published_name
+from ..progress import run_logged
 from .library import FLOAT_TYPES
 from .toolchain import LlamaCpp, locate
 
@@ -61,16 +61,16 @@ def _disk_full(out: Path) -> bool:
 
 
 def run_tool(cmd: list[str], what: str, out: Path, env: dict | None = None, shown_out=None) -> str:
-    """Run a llama.cpp program; its output goes to the log; a failure is one line with its reason."""
+    """Run a llama.cpp program; its output goes to the log (a progress line every 10 s while it runs); a failure is
+    one line with its reason."""
     log.info("running %s", " ".join(cmd))
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    output = proc.stdout + proc.stderr
+    rc, output = run_logged(cmd, what, env=env)
     log.info("%s output:\n%s", what, output[-8000:])
-    if proc.returncode != 0 or not out.exists():
+    if rc != 0 or not out.exists():
         reason = failure_reason(output)
         if reason == "no space left on device" or _disk_full(out):
             raise PipelineError(f"{shown_out or published_name(out)}: no space left on device (writing it with {what})")
-        raise PipelineError(f"{what} failed (exit {proc.returncode}): {reason}")
+        raise PipelineError(f"{what} failed (exit {rc}): {reason}")
     return output
 
 

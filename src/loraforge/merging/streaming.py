@@ -25,6 +25,7 @@ from ..io.safetensors import (
     write_header,
 )
 from ..preflight import Adapter, AdapterSpec, BaseModel
+from ..progress import Progress
 from .lora_math import LoraDelta, lora_scaling
 
 BLOCK_ELEMS = 1 << 20  # rows of a merged tensor are processed in blocks of ~4 MiB of float32
@@ -109,7 +110,8 @@ def streaming_merge(base: BaseModel, loaded: list[tuple[AdapterSpec, Adapter]], 
     n = len(shards)
     weight_map = {}
     stats = {"tensors_total": len(tensors), "tensors_merged": 0, "tensors_replaced": 0}
-    with TensorReader() as reader:
+    total_bytes = sum(tensor_nbytes(d, s) for d, s in tensors.values())
+    with TensorReader() as reader, Progress("merging", total_bytes, "B") as progress:
         for i, names in enumerate(shards, 1):
             fname = shard_name(i, n)
             with open(out / fname, "wb", buffering=0) as f:  # unbuffered: copy_file_range appends to it
@@ -119,6 +121,7 @@ def streaming_merge(base: BaseModel, loaded: list[tuple[AdapterSpec, Adapter]], 
                     info = base.tensors[name]
                     if name not in touched:
                         copy_range(info.file, info.start, info.end, f)
+                        progress.update(tensor_nbytes(*tensors[name]))
                         continue
                     # start value: the last adapter replacing it wholesale (modules_to_save, resized embeddings)
                     src = info
@@ -129,6 +132,7 @@ def streaming_merge(base: BaseModel, loaded: list[tuple[AdapterSpec, Adapter]], 
                     stats["tensors_merged"] += bool(touched[name])
                     deltas = [_delta(reader, ad, module, spec.weight) for spec, ad, module in touched[name]]
                     _merge_tensor(reader, f, name, info.dtype, src, deltas)
+                    progress.update(tensor_nbytes(*tensors[name]))
     if n > 1:
         write_index(out, tensors, weight_map)
     stats["shards"] = n

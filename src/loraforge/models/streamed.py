@@ -23,6 +23,7 @@ import numpy as np
 from ..device import torch_device
 from ..errors import PipelineError
 from ..io.safetensors import ITEMSIZE, TensorInfo, TensorReader, decode, read_header, rows_cols
+from ..progress import Progress
 from .hf import load_hf_model
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,7 @@ class StreamedWeights:
         in_layers = {id(m) for m in layers.modules()}
         self.units = list(layers) + [m for m in model.modules() if id(m) in self.keys and id(m) not in in_layers]
         self.handles = []
+        self.progress: Progress | None = None  # of the pass through the units now running
         for u in self.units:
             self.handles.append(u.register_forward_pre_hook(self._load))
             self.handles.append(u.register_forward_hook(self._drop))
@@ -148,6 +150,12 @@ class StreamedWeights:
                     m._parameters[pname] = torch.nn.Parameter(self.tensor(key), requires_grad=False)
                     done.append((m, pname, p))
         self.loaded.setdefault(id(unit), []).extend(done)
+        if self.progress is None:  # a forward pass loads every unit once
+            self.progress = Progress(f"a pass streaming {self.dir.name}", len(self.units), "units")
+        self.progress.update()
+        if self.progress.done >= self.progress.total:
+            self.progress.close()
+            self.progress = None
 
     def _drop(self, unit, *_args, **_kwargs):
         for m, pname, meta in self.loaded.pop(id(unit), []):
