@@ -41,7 +41,6 @@ rule convert_lora:
         adapter=lambda w: external(plan.adapter_specs(w.adapter)[0]["path"]),
         base=external(plan.base),
         base_gguf=plan.gguf("base", plan.float_type),
-        merged_gguf=lambda w: plan.gguf(w.adapter, plan.float_type),
     output:
         gguf=plan.lora_gguf,
         check=f"{plan.lora_gguf}.json",
@@ -53,10 +52,11 @@ rule convert_lora:
         "../envs/loraforge.yaml"
     threads: plan.threads
     resources:
-        mem_mb=lambda w, input: int(1500 + 2 * input.size_mb),
+        mem_mb=lambda w, input: plan.bounded_mem_mb(2000 + 3 * size_mb(input.base)),
         runtime=30,
     params:
         fingerprints=input_fingerprints,
+        budget_mb=plan.budget_mb,
         weight=lambda w: plan.adapter_specs(w.adapter)[0]["weight"],
         outtype=config["lora"]["outtype"],
         max_kld=config["lora"]["max_kld"],

@@ -3,7 +3,7 @@
 
 rule compute_reference:
     input:
-        model_dir=rules.merge_adapter.output.model_dir,
+        unpack(lambda w: with_external(plan.reference_inputs(w.adapter))),
         texts=list(plan.texts.values()),
     output:
         reference=paths.REFERENCE,
@@ -15,9 +15,11 @@ rule compute_reference:
         "../envs/loraforge.yaml"
     threads: plan.threads
     resources:
-        mem_mb=lambda w, input: plan.bounded_mem_mb(2000 + 3 * size_mb(input.model_dir)),
+        mem_mb=lambda w, input: plan.bounded_mem_mb(2000 + 3 * input.size_mb),
         runtime=60,
     params:
+        weights=lambda w: plan.adapter_weights(w.adapter),
+        fingerprints=lambda w: None if plan.merged else input_fingerprints(w),
         names=list(plan.texts),
         n_ctx=config["evaluation"]["n_ctx"],
         max_tokens=config["evaluation"]["max_tokens"],

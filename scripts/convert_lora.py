@@ -1,4 +1,5 @@
-"""Rule convert_lora: the adapter as a LoRA GGUF, checked against the merged GGUF (loraforge.conversion.lora)."""
+"""Rule convert_lora: the adapter as a LoRA GGUF, checked against the adapter applied through PEFT
+(loraforge.conversion.lora)."""
 
 from loraforge.conversion.lora import lora_artifact
 from loraforge.rule import run
@@ -15,9 +16,9 @@ if __name__ == "__main__":
         out_gguf=sm.output.gguf,
         check_json=sm.output.check,
         base_gguf=i.base_gguf,
-        merged_gguf=i.merged_gguf,
         outtype=p.outtype,
         weight=p.weight,
         max_kld=p.max_kld,
         llama_cpp_dir=p.llama_cpp_dir,
+        budget_mb=p.budget_mb,
     )

@@ -312,3 +312,54 @@ def test_split_sets_build_beside_the_ggufs_and_the_card_lists_them(built_copy):
     ).stat().st_ino  # a hard link: no second copy on disk
     card = (wf.root / "results" / "deploy" / "alpha" / "README.md").read_text()
     assert "results/split/alpha/alpha-F16/alpha-F16-00001-of-00002.gguf" in card
+
+
+def test_a_lora_only_revision_builds_checks_evaluates_and_registers_no_merged_form(workflow, models, tmp_path):
+    """merge.enabled: false: each adapter's LoRA GGUF beside the base's GGUFs (built once, shared), checked and
+    evaluated against the adapter through PEFT, registered and bundled; nothing merged. A new revision of one
+    adapter rebuilds only its LoRA chain."""
+    m = dict(models)
+    for a in ("alpha", "beta"):
+        m[a] = shutil.copytree(models[a], tmp_path / "adapters" / a)
+    wf = workflow(user_config(m, merge={"enabled": False}))
+    wf.run()
+    r = wf.root / "results"
+    assert not (r / "merged").exists() and sorted(p.name for p in (r / "gguf").iterdir()) == ["base"]
+    assert not list((wf.root / "logs").glob("merge_adapter/*")) and not (wf.root / "logs" / "merge_adapter").exists()
+    for a in ("alpha", "beta"):
+        side = json.loads((r / "lora" / a / f"{a}-lora-F16.gguf.json").read_text())
+        assert side["check"]["reference"] == "the adapter applied through PEFT, unmerged, float32"
+        assert side["check"]["mean_kld"] < 1e-3
+        assert sorted(p.stem for p in (r / "eval" / a).glob("*.json")) == ["adapter", "lora-F16", "lora-Q8_0"]
+        ref = json.loads((r / "eval" / a / "lora-Q8_0.json").read_text())
+        assert 0 < ref["mean_kld"] < 0.05 and ref["lora"].endswith(f"{a}-lora-F16.gguf")
+        bundle = r / "deploy" / a
+        assert sorted(p.name for p in bundle.iterdir() if not p.name.startswith(".")) == ["Modelfile.lora", "README.md"]
+        assert "LoRA-only" in (bundle / "README.md").read_text()
+    from loraforge.registry import Registry
+
+    reg = Registry(wf.root / "registry.sqlite")
+    (v,) = reg.versions("alpha")
+    assert [(a.kind, a.variant) for a in v.artifacts] == [("gguf", "lora-F16")]
+    assert v.lineage["adapters"][0]["sha256"] == tree_fingerprint(m["alpha"])
+    reg.close()
+    # a retrained alpha: its LoRA chain only, no base GGUF and nothing of beta
+    weights = m["alpha"] / "adapter_model.safetensors"
+    t = load_file(weights)
+    key = next(k for k in t if "lora_B" in k)
+    t[key] = t[key] + 0.01
+    save_file(t, weights, metadata={"format": "pt"})
+    jobs = sorted((r_, name_of(w)) for r_, w in wf.planned() if r_ != "all")
+    assert jobs == [
+        ("compute_reference", "alpha"),
+        ("convert_lora", "alpha"),
+        ("deploy_bundle", "alpha"),
+    ] + [("evaluate_artifact", "alpha")] * 3 + [
+        ("register_model", "alpha"),
+        ("render_dashboard", None),
+        ("report_quality", None),
+    ]
+    wf.run()
+    reg = Registry(wf.root / "registry.sqlite")
+    assert [v.version for v in reg.versions("alpha")] == [1, 2] and len(reg.versions("beta")) == 1
+    reg.close()

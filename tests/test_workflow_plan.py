@@ -36,7 +36,7 @@ def test_default_targets_of_two_adapters():
     p = plan()
     assert p.gguf_types == ["F16", "Q8_0"] and p.models == ["alpha", "beta", "base"]
     assert sorted(p.targets()) == sorted(
-        [f"results/gguf/{a}/{a}-{t}.gguf" for a in ("alpha", "beta") for t in ("F16", "Q8_0")]
+        [f"results/gguf/{a}/{a}-{t}.gguf" for a in ("alpha", "beta", "base") for t in ("F16", "Q8_0")]
         + [f"results/lora/{a}/{a}-lora-F16.gguf" for a in ("alpha", "beta")]
         + [f"results/deploy/{a}" for a in ("alpha", "beta")]
         + ["results/report/metrics.html", "results/dashboard/index.html"]
@@ -56,6 +56,34 @@ def test_switches_remove_their_targets():
         f"results/gguf/{a}/{a}-{t}.gguf" for a in ("alpha", "beta") for t in ("F16", "Q8_0")
     )
     assert p.models == ["alpha", "beta"] and p.receipts() == [] and p.texts == {}
+
+
+def test_a_lora_only_revision_builds_no_merged_form():
+    p = plan(merge={"enabled": False})
+    assert p.models == ["base"] and p.evaluated == ["alpha", "beta"]
+    assert sorted(p.targets()) == sorted(
+        [f"results/gguf/base/base-{t}.gguf" for t in ("F16", "Q8_0")]
+        + [f"results/lora/{a}/{a}-lora-F16.gguf" for a in ("alpha", "beta")]
+        + [f"results/deploy/{a}" for a in ("alpha", "beta")]
+        + ["results/report/metrics.html", "results/dashboard/index.html"]
+        + [f"results/registry/{a}/lora-F16.json" for a in ("alpha", "beta")]
+    )
+    assert p.artifacts_of("alpha") == ["adapter", "lora-F16", "lora-Q8_0"]
+    assert not any("merged" in path for path in p.evaluations())
+    # the reference is the adapter through PEFT; registration and deploy name no merged model
+    assert p.reference_inputs("alpha") == {"base": "/models/base", "adapters": ["/adapters/alpha"]}
+    assert plan().reference_inputs("alpha") == {"model_dir": "results/merged/alpha"}
+    reg = p.register_inputs("alpha", "lora-F16")
+    assert reg == {
+        "gguf": "results/lora/alpha/alpha-lora-F16.gguf",
+        "check": "results/lora/alpha/alpha-lora-F16.gguf.json",
+        "evaluated": "results/eval/alpha/lora-F16.json",
+    }
+    dep = p.deploy_inputs("alpha")
+    assert "merged_gguf" not in dep and "merged" not in dep
+    assert dep["base_gguf"] == "results/gguf/base/base-Q8_0.gguf" and dep["lora_gguf"].endswith("alpha-lora-F16.gguf")
+    # a revision's build time is its LoRA GGUF's conversion: the base's GGUFs are shared
+    assert p.build_benchmarks("alpha", "lora-Q8_0") == ["benchmarks/convert_lora/alpha.tsv"]
 
 
 def test_imatrix_types_compressed_models_split_sets_and_promotion():
@@ -165,6 +193,25 @@ def test_memory_of_a_torch_job_is_bounded_by_the_budget():
             "config promote: needs registry.enabled and evaluation.enabled",
         ),
         ({"deploy": {"gguf_type": "Q4_0"}}, "config deploy.gguf_type: Q4_0 is not built (one of F16, Q8_0)"),
+        (
+            {"merge": {"enabled": False}, "lora": {"enabled": False}},
+            "config merge.enabled: false needs lora.enabled: true",
+        ),
+        (
+            {"merge": {"enabled": False}, "compress": {"text": "/t", "specs": {"s": {"drop_layers": 1}}}},
+            "config compress: compresses the merged model: it needs merge.enabled: true",
+        ),
+        (
+            {"merge": {"enabled": False}, "deploy": {"split_max_size": "2G"}},
+            "config deploy.split_max_size: splits the merged GGUFs: it needs merge.enabled: true",
+        ),
+        (
+            {
+                "merge": {"enabled": False},
+                "promote": {"alias": "p", "candidate_quant": "Q8_0", "require": {"general": "better"}},
+            },
+            "config promote: compares versions of the merged GGUFs",
+        ),
     ],
 )
 def test_cross_field_config_errors_are_one_line_naming_the_key(extra, message):
@@ -224,3 +271,18 @@ def test_adapters_llama_cpp_cannot_load_exactly_have_no_lora_form(models, tmp_pa
         "adapter dora: no LoRA GGUF form (DoRA: llama.cpp's LoRA GGUFs have no magnitude vectors); "
         "its merged form builds"
     ]
+
+
+def test_a_lora_only_revision_refuses_what_has_no_lora_form(models, tmp_path):
+    dora = make_adapter(models["base"], tmp_path / "dora", r=4, use_dora=True)
+    cfg = config(
+        base_model=str(models["base"]),
+        adapters={"alpha": str(models["alpha"]), "dora": str(dora)},
+        merge={"enabled": False},
+    )
+    with pytest.raises(ConfigError) as e:
+        Plan(cfg)
+    assert str(e.value) == (
+        "config adapters.dora: no LoRA GGUF form (DoRA: llama.cpp's LoRA GGUFs have no magnitude vectors): it needs "
+        "the merged form (merge.enabled: true)"
+    )

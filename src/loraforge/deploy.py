@@ -127,6 +127,7 @@ def model_card(
     files: dict[str, str],
     metrics: dict[str, Metrics],
     base_metrics: Metrics | None,
+    merged: bool = True,
 ) -> str:
     """The Hugging Face model card (README.md with its YAML front matter) of one adapter's bundle."""
     import yaml
@@ -164,6 +165,7 @@ def model_card(
         texts=texts,
         rows=rows,
         base_ppl=base_ppl,
+        merged=merged,
     )
 
 
@@ -186,15 +188,20 @@ def deploy_bundle(
     splits=None,
 ) -> dict:
     """Write the bundle directory of one adapter (it appears only when complete). ``splits``: the sidecars of
-    its GGUFs in llama.cpp's split format (loraforge.quantization.split), listed in the card."""
+    its GGUFs in llama.cpp's split format (loraforge.quantization.split), listed in the card. A LoRA-only
+    revision has no merged model (``merged_gguf`` and ``merged_dir`` None): its bundle is the LoRA form alone,
+    with the base's tokenizer (stop tokens, chat template)."""
+    if merged_gguf is None and lora_gguf is None:
+        raise PipelineError(f"{out_dir}: a deploy bundle needs the merged GGUF or the LoRA GGUF")
     for p in [merged_gguf, base_gguf, lora_gguf]:
         if p is not None and not Path(p).is_file():
             raise PipelineError(f"{p}: GGUF for the deploy bundle does not exist")
     out_dir = Path(out_dir)
-    stops, template = stop_tokens(merged_dir), chat_template(merged_dir)
+    tokenizer_dir = merged_dir if merged_gguf is not None else base_dir
+    stops, template = stop_tokens(tokenizer_dir), chat_template(tokenizer_dir)
     loaded = {k: Metrics.from_json(json.loads(Path(p).read_text())) for k, p in (metrics or {}).items()}
     base_m = Metrics.from_json(json.loads(Path(base_metrics).read_text())) if base_metrics else None
-    files = {str(merged_gguf): f"the merged model, {gguf_type}"}
+    files = {str(merged_gguf): f"the merged model, {gguf_type}"} if merged_gguf is not None else {}
     if lora_gguf:
         files[str(base_gguf)] = f"the base model, {gguf_type} (shared by all adapters)"
         files[str(lora_gguf)] = "the adapter as a LoRA GGUF (llama.cpp `--lora`, Ollama `ADAPTER`)"
@@ -208,9 +215,10 @@ def deploy_bundle(
     base_id = _base_model_id(base_dir, adapter_dirs, base_model_id)
     lic = _license(base_dir, license_)
     with atomic_dir(out_dir) as tmp:
-        (tmp / "Modelfile").write_text(
-            modelfile(out_dir, merged_gguf, stops, template, title=f"{name} {adapter}, merged, {gguf_type}")
-        )
+        if merged_gguf is not None:
+            (tmp / "Modelfile").write_text(
+                modelfile(out_dir, merged_gguf, stops, template, title=f"{name} {adapter}, merged, {gguf_type}")
+            )
         if lora_gguf:
             (tmp / "Modelfile.lora").write_text(
                 modelfile(
@@ -223,7 +231,8 @@ def deploy_bundle(
                 )
             )
         (tmp / "README.md").write_text(
-            model_card(name, adapter, base_id, lic, quantized_by, files, loaded, base_m), encoding="utf-8"
+            model_card(name, adapter, base_id, lic, quantized_by, files, loaded, base_m, merged_gguf is not None),
+            encoding="utf-8",
         )
     summary = {
         "bundle": str(out_dir),
@@ -231,7 +240,7 @@ def deploy_bundle(
         "template_family": template_family(template),
         "base_model": base_id,
         "license": lic,
-        "forms": ["merged"] + (["lora"] if lora_gguf else []),
+        "forms": (["merged"] if merged_gguf is not None else []) + (["lora"] if lora_gguf else []),
     }
     log.info("deploy bundle %s: %s", out_dir, summary)
     return summary

@@ -131,23 +131,37 @@ def convert_lora(
         return _convert_lora_to(adapter_dir, base_dir, tmp, outtype, weight, llama_cpp_dir)
 
 
-def check_lora(base_gguf, lora_gguf, merged_gguf, threads: int = 1) -> dict:
-    """llama.cpp with the base GGUF and the LoRA GGUF at scale 1 against the merged model's GGUF of the same type:
-    the same model, so the same distributions up to float rounding (the merged weights are rounded to the float
-    type after the delta is added; base + LoRA rounds the base and the delta apart). Mean KL-divergence of the
-    next-token distributions is the measure: top-1 alone flips on near-ties."""
-    from ..checks import CHECK_TEXT, compare_logits
+def check_lora(base_dir, adapter_dir, base_gguf, lora_gguf, weight: float = 1.0, threads: int = 1, budget_mb=None):
+    """llama.cpp with the base's float GGUF and the LoRA GGUF at scale 1 against the adapter applied through PEFT
+    (unmerged, float32: the model the adapter defines), on the same tokens of the check text. What differs is the
+    rounding of the base to the GGUF's type and of the LoRA to its own, and llama.cpp's arithmetic. Mean
+    KL-divergence of the next-token distributions is the measure: top-1 alone flips on near-ties. No merged model
+    is involved, so a LoRA-only revision checks its LoRA GGUF the same way. With ``budget_mb`` a base too large
+    for it streams layer by layer."""
+    from ..checks import check_token_ids, compare_logits, hf_logits
     from ..evaluation.metrics import log_softmax
     from ..llamacpp.library import GGUFModel
+    from ..models.peft import peft_model
+    from ..preflight import validate_inputs
 
-    with GGUFModel(Path(merged_gguf), n_ctx=256, threads=threads) as m:
-        ids = m.tokenize(CHECK_TEXT)[: min(256, m.n_ctx_train)]
-        ref = m.logits(ids)
-    with GGUFModel(Path(base_gguf), n_ctx=256, threads=threads, lora=Path(lora_gguf)) as b:
+    ids = check_token_ids(base_dir)  # the base's own tokenizer, with BOS where it adds one
+    base, loaded = validate_inputs(base_dir, [{"path": adapter_dir, "weight": weight}])
+    model = peft_model(base.path, loaded, merge_all=False, dtype="float32", budget_mb=budget_mb, n_ctx=len(ids))
+    ref, plan = hf_logits(model, ids), getattr(model, "memory_plan", None)
+    del model  # one model in memory at a time
+    with GGUFModel(Path(base_gguf), n_ctx=max(len(ids), 8), threads=threads, lora=Path(lora_gguf)) as b:
         got = b.logits(ids)
     lp, lq = log_softmax(ref.astype(np.float64)), log_softmax(got.astype(np.float64))
     kld = float((np.exp(lp) * (lp - lq)).sum(-1).mean())
-    return {**compare_logits(got, ref), "mean_kld": kld, "reference": f"merged model {Path(merged_gguf).name}"}
+    res = {
+        **compare_logits(got, ref),
+        "mean_kld": kld,
+        "tokens": len(ids),
+        "reference": "the adapter applied through PEFT, unmerged, float32",
+    }
+    if budget_mb is not None:
+        res["memory_plan"] = plan
+    return res
 
 
 def lora_artifact(
@@ -156,28 +170,30 @@ def lora_artifact(
     out_gguf,
     check_json,
     base_gguf,
-    merged_gguf,
     outtype: str = "f16",
     weight: float = 1.0,
     max_kld: float = 5e-3,
     threads: int = 1,
     llama_cpp_dir=None,
+    budget_mb: float | None = None,
 ) -> dict:
-    """The convert_lora_to_gguf rule: convert, check base + LoRA against the merged model, publish GGUF and
-    sidecar."""
+    """The convert_lora rule: convert, check base GGUF + LoRA against the adapter applied through PEFT, publish the
+    GGUF and its sidecar (with the inputs' content fingerprints: a LoRA-only revision's lineage)."""
     from ..checks import write_sidecar
     from ..io.hashing import sha256_file
+    from ..merging import input_lineage
 
     with atomic_file(out_gguf) as tmp:
         summary = _convert_lora_to(adapter_dir, base_dir, tmp, outtype, weight, llama_cpp_dir)
-        summary["check"] = res = check_lora(base_gguf, tmp, merged_gguf, threads)
+        summary["check"] = res = check_lora(base_dir, adapter_dir, base_gguf, tmp, weight, threads, budget_mb)
         res["max_kld"] = max_kld
         if not res["mean_kld"] <= max_kld:
             raise PipelineError(
-                f"{out_gguf}: the base with this LoRA disagrees with the merged model (mean KLD "
+                f"{out_gguf}: the base GGUF with this LoRA disagrees with the adapter applied through PEFT (mean KLD "
                 f"{res['mean_kld']:.3g}, max {max_kld:g}; top-1 agreement {res['top1_agreement']:.3f})"
             )
         summary.update(size_bytes=tmp.stat().st_size, sha256=sha256_file(tmp))
+    summary["inputs"] = input_lineage(base_dir, [{"path": adapter_dir, "weight": weight}])
     write_sidecar(check_json, summary)
     log.info("LoRA GGUF %s: %s", out_gguf, summary)
     return summary

@@ -11,8 +11,9 @@ import time
 import numpy as np
 
 from ..io.publish import atomic_file
+from ..progress import Progress
 from .metrics import log_softmax
-from .scorers import hf_scorer
+from .scorers import hf_scorer, peft_scorer
 from .windows import token_windows
 
 log = logging.getLogger(__name__)
@@ -26,21 +27,35 @@ def compute_reference(
     max_tokens: int = 4096,
     batch: int = 8,
     budget_mb: float | None = None,
+    adapters: list[dict] | None = None,
 ) -> dict:
     """Float32 log-probs of the HF model in ``model_dir`` on every evaluation text -> one safetensors file
-    (the model streamed layer by layer when it does not fit ``budget_mb``)."""
+    (the model streamed layer by layer when it does not fit ``budget_mb``). With ``adapters`` ([{path, weight}])
+    ``model_dir`` is their base and the reference is the adapters applied through PEFT, unmerged, in float32:
+    a LoRA-only revision, which has no merged model."""
     from safetensors.numpy import save_file
 
     t0 = time.time()
-    scorer = hf_scorer(model_dir, dtype="float32", batch=batch, budget_mb=budget_mb, n_ctx=n_ctx)
+    if adapters:
+        scorer = peft_scorer(model_dir, adapters, batch=batch, budget_mb=budget_mb, n_ctx=n_ctx, dtype="float32")
+    else:
+        scorer = hf_scorer(model_dir, dtype="float32", batch=batch, budget_mb=budget_mb, n_ctx=n_ctx)
     tensors, meta = {}, {}
+    windows_of = {name: token_windows(model_dir, path, n_ctx, max_tokens) for name, path in texts.items()}
+    progress = Progress(f"reference of {model_dir}", sum(w.size for w in windows_of.values()), "tokens")
     for name, path in texts.items():
-        windows = token_windows(model_dir, path, n_ctx, max_tokens)
-        lps = [log_softmax(lg[:, :-1]) for lg in scorer.logits(windows)]
+        windows = windows_of[name]
+        lps = []
+        for lg in scorer.logits(windows):
+            lps.append(log_softmax(lg[:, :-1]))
+            progress.update(lg.shape[0] * lg.shape[1])
         tensors[f"tokens.{name}"] = windows
         tensors[f"logprobs.{name}"] = np.ascontiguousarray(np.concatenate(lps), dtype=np.float32)
         meta[name] = {"file": str(path), "windows": int(len(windows)), "scored_tokens": int(windows[:, 1:].size)}
+    progress.close()
     info = {"n_ctx": n_ctx, "texts": meta, "seconds": round(time.time() - t0, 3), "model": str(model_dir)}
+    if adapters:
+        info["adapters"] = [{"path": str(a["path"]), "weight": a["weight"]} for a in adapters]
     info.update(scorer.info())
     scorer.close()
     with atomic_file(out) as tmp:

@@ -74,9 +74,13 @@ def hf_scorer(model_dir, dtype="auto", batch: int = 8, budget_mb: float | None =
     return HFScorer(inference_model(model_dir, dtype, budget_mb, n_ctx), batch)
 
 
-def peft_scorer(base_dir, adapters, batch: int = 8, budget_mb: float | None = None, n_ctx: int = 256) -> HFScorer:
+def peft_scorer(
+    base_dir, adapters, batch: int = 8, budget_mb: float | None = None, n_ctx: int = 256, dtype="auto"
+) -> HFScorer:
+    """The base with the adapters applied through PEFT, unmerged; in the base's dtype ("auto") or float32."""
     from ..models.peft import peft_model
     from ..preflight import validate_inputs
 
     base, loaded = validate_inputs(base_dir, adapters)
-    return HFScorer(peft_model(base.path, loaded, merge_all=False, budget_mb=budget_mb, n_ctx=n_ctx), batch)
+    model = peft_model(base.path, loaded, merge_all=False, dtype=dtype, budget_mb=budget_mb, n_ctx=n_ctx)
+    return HFScorer(model, batch)

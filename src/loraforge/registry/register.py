@@ -53,7 +53,8 @@ def register_artifact(
     store_mode: str = "copy",
 ) -> dict:
     """Register one GGUF of an adapter revision (and, once, the merged model it came from) with lineage and
-    measured metrics; write a receipt. Idempotent."""
+    measured metrics; write a receipt. Idempotent. A LoRA-only revision has no merged model (``merge_json`` and
+    ``merged_dir`` None): its lineage is the one its LoRA GGUF's sidecar recorded."""
     built = _read(check_json)
     hashes = HashCache(WORKFLOW_HASH_CACHE)
     sha = hashes.sha256(gguf)
@@ -65,23 +66,27 @@ def register_artifact(
         if evaluation.artifact_sha256 != sha:
             raise PipelineError(f"{gguf}: {metrics_json} scored other bytes than these; re-run its evaluation")
         metrics["evaluation"] = evaluation.to_json()
-    merged = _read(merge_json)
-    lineage = {**merged["inputs"], "settings": settings, "tools": tool_versions()}
-    merged_sha = tree_fingerprint(merged_dir, hashes)
+    merged = _read(merge_json) if merge_json else None
+    inputs = (merged or built).get("inputs")
+    if not inputs:
+        raise PipelineError(f"{merge_json or check_json}: records no inputs (built by an older loraforge); rebuild it")
+    lineage = {**inputs, "settings": settings, "tools": tool_versions()}
+    merged_sha = tree_fingerprint(merged_dir, hashes) if merged else None
     hashes.save()
     reg = Registry(registry, store_mode=store_mode)
     try:
         mv, new_version, new_artifact = reg.register(name, lineage, "gguf", gguf_type, gguf, metrics, sha256=sha)
-        reg.register(
-            name,
-            lineage,
-            "merged",
-            "hf",
-            merged_dir,
-            {"check": merged.get("check", {})},
-            sha256=merged_sha,
-            store=False,
-        )
+        if merged:
+            reg.register(
+                name,
+                lineage,
+                "merged",
+                "hf",
+                merged_dir,
+                {"check": merged.get("check", {})},
+                sha256=merged_sha,
+                store=False,
+            )
     finally:
         reg.close()
     log.info(

@@ -69,12 +69,20 @@ class Plan:
         self.lora = config["lora"]["enabled"]
         self.lora_type = config["lora"]["outtype"].upper()
         self.lora_variant = f"lora-{self.lora_type}"
+        # False: a LoRA-only revision (no merged model, GGUFs or evaluations of it; the base's GGUFs are shared)
+        self.merged = config["merge"]["enabled"]
+        if not self.merged and not self.lora:
+            raise ConfigError("merge.enabled", "false needs lora.enabled: true (else no form of the adapters builds)")
         if "base" in self.adapters:
             raise ConfigError(
                 "adapters.base", "'base' names the base model's own GGUFs (results/gguf/base); rename the adapter"
             )
         self.compress = config["compress"]
         self.compressed: dict[str, tuple[str, str]] = {}  # <adapter>-<spec> -> (adapter, spec)
+        if self.compress and not self.merged:
+            raise ConfigError("compress", "compresses the merged model: it needs merge.enabled: true")
+        if config["deploy"]["split_max_size"] and not self.merged:
+            raise ConfigError("deploy.split_max_size", "splits the merged GGUFs: it needs merge.enabled: true")
         if self.compress:
             for a in self.compress.get("adapters") or self.adapters:
                 if a not in self.adapters:
@@ -87,14 +95,14 @@ class Plan:
                     "compress.specs", f"{clash[0]} is both an adapter and a compressed model's name; rename one"
                 )
         # what gets GGUFs: every adapter's merged model, the base itself for the LoRA GGUF form, compressed models
-        self.models = self.adapters + (["base"] if self.lora else []) + list(self.compressed)
+        self.models = (self.adapters if self.merged else []) + (["base"] if self.lora else []) + list(self.compressed)
         # what has a reference-based evaluation and registry entries
         self.evaluated = self.adapters + list(self.compressed)
         # every evaluated form: PEFT-applied, merged, the float GGUF, every quantized GGUF, each base GGUF with
         # the adapter's LoRA GGUF, and the compressed models' HF forms
         self.artifacts = (
-            ["adapter", "merged"]
-            + self.gguf_types
+            ["adapter"]
+            + (["merged", *self.gguf_types] if self.merged else [])
             + ([f"lora-{t}" for t in self.gguf_types] if self.lora else [])
             + (["pruned", "distilled"] if self.compress else [])
         )
@@ -112,6 +120,10 @@ class Plan:
         if self.promote:
             if not self.register or not self.evaluate:
                 raise ConfigError("promote", "needs registry.enabled and evaluation.enabled")
+            if not self.merged:
+                raise ConfigError(
+                    "promote", "compares versions of the merged GGUFs: it needs merge.enabled: true for now"
+                )
             if self.promote_quant not in self.gguf_types:
                 raise ConfigError(
                     "promote.candidate_quant",
@@ -133,7 +145,14 @@ class Plan:
             )
         self.budget_mb = config["memory"]["budget_mb"]
         self.lora_gguf = paths.fill(paths.LORA_GGUF, lora_type=self.lora_type)
-        self._lora_form = functools.cache(self._lora_form_uncached)
+        self._lora_refusal = functools.cache(self._lora_refusal_uncached)
+        self._told: set[str] = set()  # adapters whose missing LoRA form was logged
+        if not self.merged:
+            for name in self.adapters:
+                if why := self._lora_refusal(name):
+                    raise ConfigError(
+                        f"adapters.{name}", f"no LoRA GGUF form ({why}): it needs the merged form (merge.enabled: true)"
+                    )
 
     # --- what each name is ---------------------------------------------------------------------------------
 
@@ -178,28 +197,30 @@ class Plan:
         return "hf" if artifact in HF_ARTIFACTS else "gguf"
 
     def lora_form(self, name: str) -> bool:
-        """Whether adapter ``name`` gets the LoRA GGUF form; what llama.cpp cannot load exactly is skipped, logged."""
-        return self._lora_form(name)
-
-    def _lora_form_uncached(self, name: str) -> bool:
-        from ..conversion.lora import refusal
-
+        """Whether adapter ``name`` gets the LoRA GGUF form; what llama.cpp cannot load exactly is skipped, logged
+        (and refused, with no merged form to build instead)."""
         if not self.lora or name not in self.adapters:
             return False
-        specs = self.adapter_specs(name)
-        if len(specs) > 1:
-            why = "a stack of several adapters has no single LoRA GGUF"
-        elif self.produced(specs[0]["path"]):
-            return True  # built by this workflow (the demo's): a plain LoRA
-        else:
-            try:
-                why = refusal(specs)
-            except PipelineError:
-                return True  # a broken adapter: check_inputs() names the problem in one line
-        if why:
-            self.notify(f"adapter {name}: no LoRA GGUF form ({why}); its merged form builds")
+        if why := self._lora_refusal(name):
+            if name not in self._told:
+                self._told.add(name)
+                self.notify(f"adapter {name}: no LoRA GGUF form ({why}); its merged form builds")
             return False
         return True
+
+    def _lora_refusal_uncached(self, name: str) -> str | None:
+        """Why adapter ``name`` has no exact LoRA GGUF, or None."""
+        from ..conversion.lora import refusal
+
+        specs = self.adapter_specs(name)
+        if len(specs) > 1:
+            return "a stack of several adapters has no single LoRA GGUF"
+        if self.produced(specs[0]["path"]):
+            return None  # built by this workflow (the demo's): a plain LoRA
+        try:
+            return refusal(specs)
+        except PipelineError:
+            return None  # a broken adapter: check_inputs() names the problem in one line
 
     def lora_adapters(self) -> list[str]:
         return [a for a in self.adapters if self.lora_form(a)]
@@ -263,7 +284,8 @@ class Plan:
     def receipts(self) -> list[str]:
         if not self.register:
             return []
-        out = [paths.RECEIPT.format(model=m, variant=t) for m in self.evaluated for t in self.gguf_types]
+        merged = self.evaluated if self.merged else []
+        out = [paths.RECEIPT.format(model=m, variant=t) for m in merged for t in self.gguf_types]
         return out + [paths.RECEIPT.format(model=a, variant=self.lora_variant) for a in self.lora_adapters()]
 
     def promotions(self) -> list[str]:
@@ -299,7 +321,9 @@ class Plan:
 
     def targets(self) -> list[str]:
         """Every file ``rule all`` asks for."""
-        out = [self.gguf(m, t) for m in self.evaluated for t in self.gguf_types]
+        # the base's GGUFs where an adapter's LoRA GGUF goes beside them (built once, shared by every adapter)
+        models = [m for m in self.models if m != "base" or self.lora_adapters()]
+        out = [self.gguf(m, t) for m in models for t in self.gguf_types]
         out += [self.lora_gguf_of(a) for a in self.lora_adapters()]
         if self.deploy:
             out += [paths.DEPLOY.format(adapter=a) for a in self.adapters]
@@ -328,6 +352,13 @@ class Plan:
     def adapter_inputs(self, adapter: str) -> dict:
         """The base and the adapter stack of one adapter."""
         return {"base": self.base, "adapters": [s["path"] for s in self.adapter_specs(adapter)]}
+
+    def reference_inputs(self, adapter: str) -> dict:
+        """What the float32 reference of an adapter is computed from: its merged model, or (LoRA-only) the base with
+        the adapter applied through PEFT, unmerged."""
+        if self.merged:
+            return {"model_dir": paths.MERGED.format(adapter=adapter)}
+        return self.adapter_inputs(adapter)
 
     def convert_inputs(self, model: str) -> dict:
         return {"model_dir": self.model_dir(model)}
@@ -361,7 +392,9 @@ class Plan:
     def register_inputs(self, model: str, variant: str) -> dict:
         """The registered file, its build check, the merge check and model dir of its revision, and (with
         evaluation) its metrics: registration waits for them, so a failing quality gate blocks it."""
-        common = {"merge": paths.MERGE_CHECK.format(adapter=self.teacher(model)), "merged": self.model_dir(model)}
+        common = {}
+        if self.merged:  # the merged model is registered with the version, and its merge check holds the lineage
+            common = {"merge": paths.MERGE_CHECK.format(adapter=self.teacher(model)), "merged": self.model_dir(model)}
         if variant == self.lora_variant:  # the adapter's LoRA GGUF, an artifact of the same revision
             lora = self.lora_gguf_of(model)
             inputs = {"gguf": lora, "check": f"{lora}.json", **common}
@@ -375,11 +408,9 @@ class Plan:
 
     def deploy_inputs(self, adapter: str) -> dict:
         t = self.deploy_type
-        inputs = {
-            "merged_gguf": self.gguf(adapter, t),
-            "merged": paths.MERGED.format(adapter=adapter),
-            **self.adapter_inputs(adapter),
-        }
+        inputs = self.adapter_inputs(adapter)
+        if self.merged:
+            inputs.update(merged_gguf=self.gguf(adapter, t), merged=paths.MERGED.format(adapter=adapter))
         if self.lora_form(adapter):
             inputs["base_gguf"] = self.gguf("base", t)
             inputs["lora_gguf"] = self.lora_gguf_of(adapter)
