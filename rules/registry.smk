@@ -2,11 +2,14 @@
 # when its A/B test says so; compare any two versions; the dashboard of the whole registry.
 
 
-# Registry steps are small SQLite writes and llama.cpp scoring of two GGUFs: on a cluster they run on the
-# submit host, next to the registry file (registration only; compare and promotion may be submitted).
+# Every rule that writes the registry runs on the submit host, next to the SQLite file: SQLite's locks and WAL
+# do not hold across hosts (nor on a network filesystem, which loraforge.registry refuses). Promotion and
+# comparison score two GGUFs with llama.cpp there too.
 localrules:
     register_model,
     render_dashboard,
+    promote_revision,
+    compare_versions,
 
 
 rule register_model:

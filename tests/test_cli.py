@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from test_registry import artifact, lineage
 
+from loraforge.errors import PipelineError
 from loraforge.registry import Registry
 from loraforge.registry.cli import main as cli
 
@@ -92,10 +93,55 @@ def test_unknown_names_and_bad_aliases_exit_1_with_one_line(db, capsys):
 
 def test_a_mistyped_registry_path_is_not_created_for_reading(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("LORAFORGE_REGISTRY", str(tmp_path / "tpyo" / "registry.sqlite"))
-    for args in (["list"], ["history", "code"], ["verify"]):
+    reads_and_writes = (
+        ["list"],
+        ["history", "code"],
+        ["verify"],
+        ["promote", "code", "1", "prod"],
+        ["tag", "c", "1", "k", "v"],
+    )
+    for args in reads_and_writes:
         assert cli(args) == 1
         assert "no registry there ($LORAFORGE_REGISTRY)" in capsys.readouterr().err
     assert not (tmp_path / "tpyo").exists()
+
+
+EVERY_COMMAND = (
+    ["list"],
+    ["show", "code", "1"],
+    ["latest", "code", "--quant", "Q8_0"],
+    ["promote", "code", "1", "production"],
+    ["rollback", "code", "production"],
+    ["history", "code"],
+    ["tag", "code", "1", "k", "v"],
+    ["verify"],
+    ["compare", "code", "1", "2", "--quant", "Q8_0", "--text", "t=/nonexistent.txt"],
+    ["dashboard", "out.html"],
+)
+
+
+def test_a_file_that_is_not_a_registry_is_refused_and_left_byte_for_byte(tmp_path, capsys):
+    """Another program's SQLite database (rollback journal, as SQLite's default) and an empty file: every command
+    refuses them in one line, and neither the file nor its directory changes (no WAL switch, no -journal)."""
+    import sqlite3
+
+    other = tmp_path / "app.sqlite"
+    c = sqlite3.connect(other)
+    c.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+    c.execute("INSERT INTO notes (body) VALUES ('mine')")
+    c.commit()
+    c.close()
+    empty = tmp_path / "empty.sqlite"
+    empty.write_bytes(b"")
+    for path, why in ((other, "a SQLite database that is not a loraforge registry"), (empty, "an empty file")):
+        before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+        for args in EVERY_COMMAND:
+            assert cli(["--registry", str(path), *args]) == 1, args
+            err = capsys.readouterr().err
+            assert why in err and len(err.strip().splitlines()) == 1, (args, err)
+        with pytest.raises(PipelineError, match=why):
+            Registry(path)  # what a registration opens
+        assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before, path
 
 
 def test_piped_into_head_no_traceback(db, tmp_path):

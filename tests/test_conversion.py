@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -36,3 +37,20 @@ def test_unknown_outtype(models, tmp_path):
     with pytest.raises(PipelineError, match="unsupported outtype 'q4'"):
         convert(models["base"], tmp_path / "x.gguf", outtype="q4")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_scratch_left_by_a_killed_conversion_is_removed_on_the_next(tmp_path):
+    import subprocess
+    import sys
+
+    from loraforge.conversion import SCRATCH_PREFIX, remove_stale_scratch
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = tmp_path / f"{SCRATCH_PREFIX}{gone.stdout.strip()}-abc"  # its process has exited: as after a SIGKILL
+    live = tmp_path / f"{SCRATCH_PREFIX}{os.getpid()}-def"  # a conversion running now
+    other = tmp_path / "loraforge-convert-notapid"
+    for d in (dead, live, other):
+        d.mkdir()
+        (d / "metadata.json").write_text("{}")
+    remove_stale_scratch(tmp_path)
+    assert not dead.exists() and live.exists() and other.exists()

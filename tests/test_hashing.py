@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from loraforge.io.hashing import HashCache, sha256_file, tree_files, tree_fingerprint
 
@@ -58,4 +59,6 @@ def test_concurrent_hash_cache_writers_do_not_break_each_other(tmp_path):
     ]
     errors = [p.communicate(timeout=120)[1] for p in procs]
     assert [p.returncode for p in procs] == [0] * 8, next(e for e in errors if e)
-    assert json.loads((tmp_path / "cache.json").read_text())  # a whole, valid file
+    cached = json.loads((tmp_path / "cache.json").read_text())  # a whole, valid file
+    # and every writer's entries are in it: none lost to a concurrent writer (the last one used to win)
+    assert len([k for k in cached if Path(k).name.startswith("f")]) == 8 * 40

@@ -53,7 +53,7 @@ def test_a_version_is_a_revision_with_its_artifacts(reg, tmp_path):
     art = mv.artifact("Q8_0")
     assert art.size == q8.stat().st_size and art.metrics == {"evaluation": {"mean_kld": 0.01}}
     assert Path(art.store_path).read_bytes() == q8.read_bytes() and art.source_path == str(q8.resolve())
-    assert reg.schema_version() == SCHEMA_VERSION == 2
+    assert reg.schema_version() == SCHEMA_VERSION == 3
 
 
 def test_a_revision_s_artifact_is_immutable(reg, tmp_path):
@@ -223,7 +223,7 @@ def test_migration_from_schema_1(tmp_path):
     files[("r2", "Q4_K_M")].write_bytes(b"rebuilt since")  # schema 1 would hand this out as the old version
 
     reg = Registry(db)
-    assert reg.schema_version() == 2
+    assert reg.schema_version() == 3
     vs = reg.versions("code")
     assert [(v.version, sorted(a.variant for a in v.artifacts)) for v in vs] == [
         (1, ["F16", "Q4_K_M", "Q8_0"]),
@@ -346,3 +346,61 @@ def test_newer_schema_is_refused(tmp_path):
     Registry(db).conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     with pytest.raises(PipelineError, match="schema 99 is newer"):
         Registry(db)
+
+
+def test_a_copied_or_moved_registry_serves_and_verifies_its_own_store(tmp_path):
+    """Store paths are recorded relative to the store: a registry copied elsewhere with its store (a backup, shared
+    storage) hands out and verifies the copy's files, even once the original is gone."""
+    import shutil
+
+    home = tmp_path / "home"
+    home.mkdir()
+    reg = Registry(home / "reg.sqlite")
+    reg.register("code", lineage("r1"), "gguf", "Q8_0", artifact(tmp_path, "a.gguf"))
+    reg.register("code", lineage("r2"), "gguf", "Q8_0", artifact(tmp_path, "b.gguf"))
+    reg.close()
+    moved = shutil.copytree(home, tmp_path / "elsewhere")
+    shutil.rmtree(home)
+    reg = Registry(moved / "reg.sqlite", create=False)
+    mv, path = reg.artifact_file("code", "Q8_0")
+    assert mv.version == 2 and path.is_relative_to(moved) and path.read_bytes() == b"b.gguf" * 100
+    assert [r["status"] for r in reg.verify()] == ["ok", "ok"]
+    assert all(Path(r["path"]).is_relative_to(moved) for r in reg.verify())
+    raw = sqlite3.connect(moved / "reg.sqlite").execute("SELECT store_path FROM artifacts").fetchall()
+    assert all(r[0].startswith("sha256/") for r in raw), raw
+
+
+def test_schema_2_absolute_store_paths_migrate_to_relative(tmp_path):
+    db = tmp_path / "reg.sqlite"
+    reg = Registry(db)
+    reg.register("code", lineage("r1"), "gguf", "Q8_0", artifact(tmp_path, "a.gguf"))
+    reg.close()
+    c = sqlite3.connect(db)  # as schema 2 wrote it: the absolute path of the store where it was then
+    c.execute("UPDATE artifacts SET store_path = '/old/place/reg.sqlite.store/' || store_path")
+    c.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    c.commit()
+    c.close()
+    reg = Registry(db)
+    assert reg.schema_version() == SCHEMA_VERSION == 3
+    _mv, path = reg.artifact_file("code", "Q8_0")
+    assert path == (tmp_path / "reg.sqlite.store").joinpath(*path.parts[-3:]) and path.is_file()
+
+
+def test_promotion_refuses_a_version_whose_stored_file_changed(reg, tmp_path):
+    reg.register("code", lineage("r1"), "gguf", "Q8_0", artifact(tmp_path, "a.gguf"))
+    _mv, path = reg.artifact_file("code", "Q8_0")
+    os.chmod(path, 0o644)
+    path.write_bytes(b"edited in the store")
+    with pytest.raises(PipelineError, match=r"code v1 not promoted to production: .*changed since registration"):
+        reg.promote("code", 1, "production")
+    assert reg.aliases("code") == [] and reg.history("code") == []
+
+
+def test_sqlite_on_a_network_filesystem_is_refused_in_one_line(tmp_path):
+    from loraforge.registry.database import network_filesystem
+
+    mounts = "/dev/sda1 / ext4 rw 0 0\nserver:/export /shared nfs4 rw 0 0\n/dev/sdb1 /shared/local xfs rw 0 0\n"
+    assert network_filesystem(Path("/shared/team/registry.sqlite"), mounts) == "nfs4"
+    assert network_filesystem(Path("/shared/local/registry.sqlite"), mounts) is None  # a local disk mounted inside
+    assert network_filesystem(Path("/home/me/registry.sqlite"), mounts) is None
+    assert network_filesystem(tmp_path / "reg.sqlite") is None  # this machine's temp dir: a local disk

@@ -13,7 +13,8 @@ from slurm_cluster import LocalSlurm, unavailable_reason
 from loraforge.io.hashing import sha256_file, tree_files
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
-LOCAL_RULES = {"all", "register_model", "render_dashboard"}
+# every rule that writes the SQLite registry runs on the submit host
+LOCAL_RULES = {"all", "register_model", "render_dashboard", "promote_revision", "compare_versions"}
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ the cross-field config checks, from plain config dicts with the schema's default
 from __future__ import annotations
 
 import copy
+import shutil
 
 import pytest
 import yaml
@@ -250,6 +251,13 @@ def test_inputs_are_checked_and_named_by_their_key(models, tmp_path):
     bad = copy.deepcopy(cfg)
     bad["base_model"] = str(tmp_path / "missing")
     with pytest.raises(ConfigError, match="config base_model: .*missing: base model directory does not exist"):
+        Plan(bad).check_inputs()
+    no_tokenizer = shutil.copytree(models["base"], tmp_path / "base-without-tokenizer")
+    for f in no_tokenizer.glob("tokenizer*"):
+        f.unlink()
+    bad = copy.deepcopy(cfg)
+    bad["base_model"] = str(no_tokenizer)
+    with pytest.raises(ConfigError, match="config base_model: .*base-without-tokenizer: no tokenizer"):
         Plan(bad).check_inputs()
     empty = tmp_path / "empty.txt"
     empty.write_text("")

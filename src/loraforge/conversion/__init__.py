@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -22,6 +23,25 @@ from .tokenizer_check import check_chat_rendering, check_tokenizer
 log = logging.getLogger(__name__)
 
 
+# the converter's scratch directories (its view of the model, the metadata file), named by the owning process
+SCRATCH_PREFIX = "loraforge-convert-"
+
+
+def remove_stale_scratch(root: Path) -> None:
+    """Scratch directories of conversions whose process is gone (killed: SIGKILL skips every cleanup)."""
+    for d in root.glob(f"{SCRATCH_PREFIX}*-*"):
+        pid = d.name[len(SCRATCH_PREFIX) :].split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+            log.info("removed %s, left by a conversion that was killed", d)
+        except PermissionError:
+            pass  # alive, another user's
+
+
 def _convert_to(model_dir, out: Path, outtype: str, llama_cpp_dir=None, metadata: dict | None = None) -> dict:
     """Run the conversion into ``out``; the caller publishes it."""
     model = inspect_base(model_dir, what="model")
@@ -37,7 +57,8 @@ def _convert_to(model_dir, out: Path, outtype: str, llama_cpp_dir=None, metadata
     elif model.dtype == "F32" and outtype != "f32":
         log.info("%s holds float32 weights; writing %s as configured", model_dir, FLOAT_TYPES[outtype])
     lc = locate(llama_cpp_dir)
-    with tempfile.TemporaryDirectory(prefix="loraforge-convert-") as work:
+    remove_stale_scratch(Path(tempfile.gettempdir()))
+    with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-") as work:
         meta = None
         if metadata:  # llama.cpp's naming keys (general.name, basename, finetune, ...), else guessed from the path
             meta = Path(work) / "metadata.json"

@@ -38,6 +38,7 @@ class HashCache:
     def __init__(self, cache_file: str | os.PathLike | None):
         self.cache_file = Path(cache_file) if cache_file else None
         self._entries: dict[str, dict] = {}
+        self._new: dict[str, dict] = {}  # hashed by this process since the last save
         self._dirty = False
         if self.cache_file and self.cache_file.exists():
             try:
@@ -56,16 +57,29 @@ class HashCache:
         if entry and entry.get("stat") == stamp:
             return entry["sha256"]
         digest = sha256_file(p)
-        self._entries[key] = {"stat": stamp, "sha256": digest}
+        self._entries[key] = self._new[key] = {"stat": stamp, "sha256": digest}
         self._dirty = True
         return digest
 
     def save(self) -> None:
-        if self.cache_file and self._dirty:
-            self.cache_file.parent.mkdir(parents=True, exist_ok=True)
-            # shared by concurrent jobs (register_model, the workflow's DAG building): several writers
-            write_text_atomic(self.cache_file, json.dumps(self._entries, indent=0, sort_keys=True), single_writer=False)
-            self._dirty = False
+        """Add this process's new hashes to the file. Concurrent jobs and workflow runs share it: under an
+        exclusive lock, what is on disk now is read again and merged, so no writer loses another's entries."""
+        if not (self.cache_file and self._dirty):
+            return
+        import fcntl
+
+        self.cache_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.cache_file.with_name(self.cache_file.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                on_disk = json.loads(self.cache_file.read_text()) if self.cache_file.exists() else {}
+            except (OSError, ValueError):
+                on_disk = {}
+            on_disk.update(self._new)
+            write_text_atomic(self.cache_file, json.dumps(on_disk, indent=0, sort_keys=True), single_writer=False)
+        self._entries.update(on_disk)
+        self._new.clear()
+        self._dirty = False
 
 
 def tree_files(root: str | os.PathLike) -> list[Path]:

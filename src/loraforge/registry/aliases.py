@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 from .database import Database, now
 from .errors import NotFound, RegistryError
+from .filestore import ArtifactStore
 from .versions import ModelVersion
 
 ALIAS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
@@ -18,6 +20,7 @@ class Aliases:
     """Aliases, their history and A/B comparisons (a part of :class:`Registry`, which gives ``get``)."""
 
     db: Database
+    store: ArtifactStore
 
     def promote(
         self, name: str, version: int, alias: str, reason: str | None = None, evidence: dict | None = None
@@ -25,7 +28,12 @@ class Aliases:
         """Point ``alias`` at ``version``; the move, its reason and evidence go to the alias history."""
         if not ALIAS_RE.match(alias or ""):
             raise RegistryError(f"alias {alias!r}: a name of letters, digits, '.', '_' or '-', starting with a letter")
-        self.get(name, version)
+        for a in self.get(name, version).artifacts:  # an alias hands out files: they must be the registered bytes
+            if a.store_path is not None:
+                try:
+                    self.store.verify(Path(a.store_path), a.sha256)
+                except RegistryError as e:
+                    raise RegistryError(f"{name} v{version} not promoted to {alias}: {e}") from None
         with self.db.write() as c:
             prev = c.execute("SELECT version FROM aliases WHERE name = ? AND alias = ?", (name, alias)).fetchone()
             c.execute(

@@ -44,9 +44,6 @@ def _artifact_rows(v) -> list[dict]:
     return rows
 
 
-READ_ONLY = {"list", "show", "latest", "history", "verify", "compare", "dashboard"}
-
-
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -102,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(a) -> tuple[object, str, int]:
     """(data for --json, text, exit code)."""
-    reg = Registry(getattr(a, "registry", None), create=a.cmd not in READ_ONLY)
+    reg = Registry(getattr(a, "registry", None), create=False)  # only a registration creates a registry
     if a.cmd == "list":
         vs = reg.versions(a.name)
         rows = [r for v in vs for r in _artifact_rows(v)]

@@ -42,7 +42,9 @@ class Registry(Versions, Aliases, Verification):
             if src.is_file() and sha256_file(src) == r["sha256"]:
                 stored = self.store.put(src, r["sha256"])
                 with self.db.write() as c:
-                    c.execute("UPDATE artifacts SET store_path = ? WHERE id = ?", (str(stored), r["id"]))
+                    c.execute(
+                        "UPDATE artifacts SET store_path = ? WHERE id = ?", (self.store.relative(stored), r["id"])
+                    )
             else:
                 log.warning("%s: changed or gone since it was registered; its registered bytes are lost", src)
 

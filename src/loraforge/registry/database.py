@@ -27,6 +27,30 @@ ENV_VAR = "LORAFORGE_REGISTRY"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
+# filesystems shared between hosts (/proc/mounts' type), where SQLite's file locking is not to be trusted
+NETWORK_FS = ("nfs", "nfs4", "lustre", "gpfs", "cifs", "smb3", "smbfs", "beegfs", "ceph", "glusterfs", "fuse.sshfs")
+
+
+def network_filesystem(path: Path, mounts: str | None = None) -> str | None:
+    """The network filesystem type ``path`` (or the directory it would be created in) lives on, else None."""
+    if mounts is None:
+        try:
+            mounts = Path("/proc/mounts").read_text()
+        except OSError:
+            return None
+    target = Path(os.path.abspath(path))
+    best, kind = "", None
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = target == Path(point) or Path(point) in target.parents
+        if inside and len(point) > len(best):
+            best, kind = point, fields[2]
+    return kind if kind in NETWORK_FS else None
+
+
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -45,11 +69,16 @@ class Database:
 
     def __init__(self, path: str | os.PathLike | None = None, create: bool = True):
         self.path = Path(path or os.environ.get(ENV_VAR) or DEFAULT_PATH)
+        fs = network_filesystem(self.path)
+        if fs:
+            raise RegistryError(
+                f"{self.path}: on a {fs} network filesystem, where SQLite's locks and its WAL (shared memory on "
+                "one host) do not hold; keep the SQLite registry on a local disk of the host that runs the "
+                "workflow (Snakemake runs the registry rules there)"
+            )
+        if create and not self.path.exists():
+            self._create()
         self._check_file(create)
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise RegistryError(f"{self.path}: cannot create the registry's directory ({e.strerror})") from None
         self.conn = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
         self.conn.row_factory = sqlite3.Row
         try:
@@ -65,6 +94,38 @@ class Database:
         except RegistryError:
             self.conn.close()
             raise
+
+    def _create(self) -> None:
+        """A new registry, whole before it has its name: built under a private name, then hard-linked into place
+        (which fails if another writer got there first; theirs is used). Nobody sees a half-made registry, and an
+        empty file at the path is never one of ours."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RegistryError(f"{self.path}: cannot create the registry's directory ({e.strerror})") from None
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.new")
+        try:
+            conn = sqlite3.connect(str(tmp), isolation_level=None)
+            try:
+                conn.row_factory = sqlite3.Row
+                self.conn = conn
+                conn.execute("PRAGMA journal_mode = WAL")
+                self._migrate()
+            finally:
+                conn.close()
+            try:
+                os.link(tmp, self.path)
+                log.info("%s: no registry there; created a new one", self.path)
+            except FileExistsError:
+                pass
+        except sqlite3.Error as e:
+            if _full(e):
+                raise DiskFull(f"{self.path}: no space left on device creating the registry") from None
+            raise
+        finally:
+            for f in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
+                with contextlib.suppress(FileNotFoundError):
+                    f.unlink()
 
     def _use_wal(self, timeout: float = 60) -> None:
         """Switch to WAL (persistent in the file). Switching needs the database to itself and SQLite's busy
@@ -90,8 +151,22 @@ class Database:
             raise NotARegistry(f"{self.path}: registry path is a directory")
         with open(self.path, "rb") as f:
             head = f.read(16)
-        if head and head != _SQLITE_MAGIC:
+        if not head:
+            raise NotARegistry(f"{self.path}: an empty file, not a loraforge registry; refusing to use or overwrite it")
+        if head != _SQLITE_MAGIC:
             raise NotARegistry(f"{self.path}: not a SQLite database; refusing to use or overwrite it")
+        # another program's SQLite database: found out read-only, before anything (WAL mode, a transaction) would
+        # change a byte of it
+        try:
+            ro = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=60)
+            try:
+                tables = {r[0] for r in ro.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            finally:
+                ro.close()
+        except sqlite3.DatabaseError as e:
+            raise NotARegistry(f"{self.path}: not a usable loraforge registry ({e}); left untouched") from None
+        if tables and "meta" not in tables:
+            raise NotARegistry(f"{self.path}: a SQLite database that is not a loraforge registry; left untouched")
 
     @contextlib.contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:

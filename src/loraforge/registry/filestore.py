@@ -32,6 +32,13 @@ class ArtifactStore:
         self.root, self.mode = Path(root), mode
         self.hashes = HashCache(self.root / "hashes.json")
 
+    def relative(self, stored: Path) -> str:
+        """How the registry records a stored file: relative to the store, which may be copied or moved."""
+        return Path(stored).relative_to(self.root).as_posix()
+
+    def absolute(self, recorded: str | None) -> str | None:
+        return None if recorded is None else str(self.root / recorded)
+
     def path_for(self, sha256: str, suffix: str) -> Path:
         return self.root / "sha256" / sha256[:2] / f"{sha256}{suffix}"
 

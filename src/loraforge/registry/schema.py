@@ -12,6 +12,7 @@ import json
 import logging
 import sqlite3
 from collections.abc import Callable
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -185,8 +186,24 @@ def _v1_to_v2(c: sqlite3.Connection) -> None:
     log.info("registry migrated to schema 2: %d GGUF versions became %d revisions", len(new_version), len(revision_ids))
 
 
+def store_relative(path: str) -> str:
+    """A stored file's path relative to its store (``sha256/ab/<hash><suffix>``), from an absolute one."""
+    parts = Path(path).parts
+    return "/".join(parts[len(parts) - 1 - parts[::-1].index("sha256") :]) if "sha256" in parts else path
+
+
+def _v2_to_v3(c: sqlite3.Connection) -> None:
+    """Store paths relative to the store, so that a registry copied or moved with its store serves and verifies
+    its own files (schema 2 recorded absolute paths, which kept pointing at the old place)."""
+    rows = c.execute("SELECT id, store_path FROM artifacts WHERE store_path IS NOT NULL").fetchall()
+    for r in rows:
+        c.execute("UPDATE artifacts SET store_path = ? WHERE id = ?", (store_relative(r["store_path"]), r["id"]))
+    log.info("registry migrated to schema 3: %d store paths made relative to the store", len(rows))
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     lambda c: _script(c, V1),
     _v1_to_v2,
+    _v2_to_v3,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

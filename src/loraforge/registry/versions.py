@@ -23,7 +23,7 @@ class Artifact:
     variant: str  # Q4_K_M, BF16, ...
     sha256: str
     size: int
-    store_path: str | None  # the registry's own copy (None: recorded, not stored, e.g. a merged directory)
+    store_path: str | None  # the registry's own copy, where the store is now (None: recorded, not stored)
     source_path: str  # where the pipeline built it
     metrics: dict
     created_at: str
@@ -88,7 +88,7 @@ class Versions:
         if sha256 is None:
             sha256 = sha256_file(p)
         size = p.stat().st_size if p.is_file() else sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
-        stored = str(self.store.put(p, sha256)) if store else None
+        stored = self.store.relative(self.store.put(p, sha256)) if store else None
         rev = revision_key(lineage)
         with self.db.write() as c:
             row = c.execute("SELECT id, version FROM versions WHERE name = ? AND revision = ?", (name, rev)).fetchone()
@@ -137,7 +137,7 @@ class Versions:
                 a["variant"],
                 a["sha256"],
                 a["size"],
-                a["store_path"],
+                self.store.absolute(a["store_path"]),
                 a["source_path"],
                 json.loads(a["metrics"]),
                 a["created_at"],

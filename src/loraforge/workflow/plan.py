@@ -467,7 +467,9 @@ class Plan:
             try:
                 validate_inputs(self.base, specs)
             except PipelineError as e:
-                raise ConfigError(f"adapters.{name}", str(e)) from None
+                # the base's own files (its tokenizer, which no adapter replaces) are the base's problem
+                own = str(e).startswith((f"{self.base}", f"{base.path}")) if base else False
+                raise ConfigError("base_model" if own else f"adapters.{name}", str(e)) from None
         texts = {f"evaluation.texts.{n}": p for n, p in self.texts.items()}
         if self.config["checks"]["text"]:
             texts["checks.text"] = self.config["checks"]["text"]
