@@ -10,10 +10,19 @@ the sublayers add little to the residual stream), as a trained model's are: a ch
 decided by ties of a random model. The adapter is a rank-16 LoRA on every linear layer. Both are generated once
 into the cache.
 
-Then the default workflow runs on them (Q8_0 and Q4_K_M, evaluation on a short text, registry, deploy bundle)
-with the default memory budget, and every job's wall time and peak memory (loraforge.rule's ``job resources``
-log line: this process and its children, and the anonymous part) go to the JSON. The LoRA GGUF form is off and
-the registry hard-links: the base's own GGUFs and a copied store would need another 60 GB of disk.
+Then, in one run, so that the ratios are measured side by side on the same (noisy) machine:
+
+1. **The chain**: the default workflow on them (merge, BF16 GGUF, Q8_0 and Q4_K_M, reference, evaluation on a
+   short text, registry, deploy bundle) with the default memory budget; every job's wall time and peak memory
+   (loraforge.rule's ``job resources`` log line: this process and its children, and the anonymous part).
+2. **The bare tools beside it**, each a child process on the same inputs: the streaming merge without its check,
+   llama.cpp's ``convert_hf_to_gguf.py`` on the merged model, ``llama-quantize`` Q8_0 and Q4_K_M of the BF16 GGUF.
+   Each job's time over its bare tool's, and the chain's over the bare tools' sum.
+3. **A LoRA-only revision** (``merge.enabled: false``): the base's GGUFs and the first revision are built, then
+   the adapter's bytes change and the rerun, from the change to the registered LoRA GGUF, is timed.
+
+The LoRA GGUF form is off in the chain and the registry hard-links; the chain's outputs are deleted before the
+LoRA-only part: the base's own GGUFs would otherwise need another 30 GB of disk.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import json
 import logging
 import math
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -36,7 +46,7 @@ from loraforge.io.safetensors import encode
 from loraforge.merging.streaming import plan_shards, shard_name, write_index
 
 from .families import FAMILIES, build_tokenizer
-from .merge import write_lora, write_safetensors
+from .merge import measure_child, write_lora, write_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -222,20 +232,8 @@ def table(jobs: list[dict]) -> str:
     return "\n".join(rows)
 
 
-def run_benchmark(
-    cache: Path, work: Path, out: Path, cores: int = 2, cfg: dict = CONFIG, budget_mb: float | None = None, **shard
-) -> dict:
-    """Generate (or reuse) the model, run the workflow on it, and write every job's resources to ``out``."""
-    cache.mkdir(parents=True, exist_ok=True)
-    work.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    base, adapter = make_llama31_8b(cache, cfg=cfg, **shard)
-    gen_s = time.perf_counter() - t0
-    text = work / "heldout.txt"
-    text.write_text(CHECK_TEXT * 3, encoding="utf-8")
-    import yaml
-
-    (work / "config.yaml").write_text(yaml.safe_dump(workflow_config(base, adapter, text, budget_mb), sort_keys=False))
+def _snakemake(work: Path, cores: int) -> tuple[int, float]:
+    """The workflow in ``work`` (its config.yaml) with the local profile: (exit status, wall seconds)."""
     cmd = [
         str(Path(sys.executable).with_name("snakemake")),
         "--snakefile",
@@ -249,11 +247,133 @@ def run_benchmark(
         "--cores",
         str(cores),
     ]
-    log.info("running the default workflow: %s", " ".join(cmd))
-    t1 = time.perf_counter()
+    log.info("running the workflow: %s", " ".join(cmd))
+    t0 = time.perf_counter()
     proc = subprocess.run(cmd)
-    wall = time.perf_counter() - t1
-    jobs = job_resources(work)
+    return proc.returncode, time.perf_counter() - t0
+
+
+def _write_config(work: Path, cfg: dict) -> None:
+    import yaml
+
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+# (job, its bare tool): what each of the chain's artifact-making jobs runs, without checks and bookkeeping
+BARE = (
+    "merge_adapter support",
+    "convert_to_gguf support-BF16",
+    "quantize_gguf support-Q8_0",
+    "quantize_gguf support-Q4_K_M",
+)
+
+
+def bare_tools(base: Path, adapter: Path, work: Path, threads: int) -> dict[str, dict]:
+    """Each artifact-making tool of the chain alone, a child process on the chain's own inputs (outputs deleted
+    after each): {job: {"wall_s", "peak_rss_mb"}}."""
+    from loraforge.llamacpp.toolchain import locate
+    from loraforge.llamacpp.tools import converter_env
+
+    lc, out = locate(), work / "bare"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    res = work / "results"
+    merge = f"from loraforge.merging import merge; merge({str(base)!r}, [{str(adapter)!r}], {str(out / 'merged')!r})"
+    steps = {
+        BARE[0]: [sys.executable, "-c", merge],
+        BARE[1]: [
+            sys.executable,
+            str(lc.script("convert_hf_to_gguf.py")),
+            str(res / "merged" / "support"),
+            "--outfile",
+            str(out / "bf16.gguf"),
+            "--outtype",
+            "bf16",
+        ],
+        BARE[2]: [
+            str(lc.tool("llama-quantize")),
+            str(res / "gguf/support/support-BF16.gguf"),
+            str(out / "q8.gguf"),
+            "Q8_0",
+            str(threads),
+        ],
+        BARE[3]: [
+            str(lc.tool("llama-quantize")),
+            str(res / "gguf/support/support-BF16.gguf"),
+            str(out / "q4.gguf"),
+            "Q4_K_M",
+            str(threads),
+        ],
+    }
+    env = converter_env()
+    measured = {}
+    for job, cmd in steps.items():
+        log.info("bare tool for %s: %s", job, " ".join(cmd))
+        wall, rss = measure_child(cmd, env=env)
+        measured[job] = {"wall_s": round(wall, 2), "peak_rss_mb": round(rss)}
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir()
+    shutil.rmtree(out, ignore_errors=True)
+    return measured
+
+
+def lora_only_revision(base: Path, adapter: Path, text: Path, work: Path, cores: int, budget_mb) -> dict:
+    """A LoRA-only build (the base's GGUFs, the first revision), then a retrained adapter (its bytes changed):
+    the rerun's wall time is what a new revision costs, from the change to the registered LoRA GGUF."""
+    from safetensors.numpy import load_file, save_file
+
+    own = work / "adapter"
+    shutil.rmtree(own, ignore_errors=True)
+    shutil.copytree(adapter, own)
+    cfg = workflow_config(base, own, text, budget_mb)
+    cfg.update(merge={"enabled": False}, lora={"enabled": True})
+    _write_config(work, cfg)
+    rc, first = _snakemake(work, cores)
+    if rc != 0:
+        return {"first_rc": rc, "first_s": round(first, 1)}
+    first_jobs = job_resources(work)
+    weights = own / "adapter_model.safetensors"
+    tensors = load_file(weights)
+    key = next(k for k in tensors if "lora_B" in k)
+    tensors[key] = tensors[key] + np.float32(1e-3)  # a retrained adapter: other bytes, same shapes
+    save_file(tensors, weights, metadata={"format": "pt"})
+    for f in (work / "logs").rglob("*.log"):
+        f.unlink()  # the revision's own jobs are what job_resources reads next
+    rc, rev = _snakemake(work, cores)
+    return {
+        "first_rc": 0,
+        "first_s": round(first, 1),
+        "first_jobs": first_jobs,
+        "revision_rc": rc,
+        "revision_s": round(rev, 1),
+        "revision_jobs": job_resources(work),
+    }
+
+
+def run_benchmark(
+    cache: Path,
+    work: Path,
+    out: Path,
+    cores: int = 2,
+    cfg: dict = CONFIG,
+    budget_mb: float | None = None,
+    lora_only: bool = True,
+    **shard,
+) -> dict:
+    """Generate (or reuse) the model; run the chain, the bare tools beside it and a LoRA-only revision; write
+    every measurement to ``out``."""
+    cache.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    base, adapter = make_llama31_8b(cache, cfg=cfg, **shard)
+    gen_s = time.perf_counter() - t0
+    text = work / "heldout.txt"
+    text.write_text(CHECK_TEXT * 3, encoding="utf-8")
+    chain = work / "chain"
+    _write_config(chain, workflow_config(base, adapter, text, budget_mb))
+    rc, wall = _snakemake(chain, cores)
+    jobs = job_resources(chain)
     res = {
         "model": "Llama-3.1-8B-Instruct config, synthetic bf16 weights" if cfg is CONFIG else "a smaller config",
         "config": cfg,
@@ -261,13 +381,51 @@ def run_benchmark(
         "cores": cores,
         "generate_s": round(gen_s, 1),
         "workflow_s": round(wall, 1),
-        "workflow_rc": proc.returncode,
+        "workflow_rc": rc,
         "max_peak_anon_mb": max((j["peak_anon_mb"] for j in jobs), default=None),
         "max_peak_rss_mb": max((j["peak_rss_mb"] for j in jobs), default=None),
         "jobs": jobs,
     }
+    if rc == 0:
+        bare = bare_tools(base, adapter, chain, threads=cores)
+        by_job = {f"{j['rule']} {j['job']}": j for j in jobs}
+        res["bare"] = {
+            job: {**b, "job_s": by_job[job]["wall_s"], "ratio": round(by_job[job]["wall_s"] / b["wall_s"], 2)}
+            for job, b in bare.items()
+        }
+        bare_sum = sum(b["wall_s"] for b in bare.values())
+        res["bare_sum_s"] = round(bare_sum, 1)
+        res["chain_vs_bare"] = round(wall / bare_sum, 2)
+        if lora_only:  # the disk it needs: the chain's models go (their sidecars, checks and metrics stay)
+            shutil.rmtree(chain / "results" / "merged", ignore_errors=True)
+            for f in [*(chain / "results" / "gguf").rglob("*.gguf"), *chain.glob("*.store/**/*.gguf")]:
+                f.unlink()
+            res["lora_only"] = lora_only_revision(base, adapter, text, work / "lora-only", cores, budget_mb)
     write_text_atomic(out, json.dumps(res, indent=2) + "\n")
     return res
+
+
+def summary(res: dict) -> str:
+    """The tables ``make bench-8b`` prints."""
+    lines = [table(res["jobs"]), ""]
+    if "bare" in res:
+        lines += ["| job | job s | bare tool s | ratio |", "|---|---|---|---|"]
+        for job, b in res["bare"].items():
+            lines.append(f"| {job} | {b['job_s']:.0f} | {b['wall_s']:.0f} | {b['ratio']:.2f} |")
+        lines.append(
+            f"| the whole chain (every job) | {res['workflow_s']:.0f} | {res['bare_sum_s']:.0f} | "
+            f"{res['chain_vs_bare']:.2f} |"
+        )
+    lo = res.get("lora_only")
+    if lo and lo.get("revision_rc") == 0:
+        lines += ["", table(lo["revision_jobs"])]
+        lines.append(
+            f"LoRA-only: first build (the base's GGUFs) {lo['first_s'] / 60:.1f} min; a new revision, from the "
+            f"changed adapter to its registered LoRA GGUF, {lo['revision_s'] / 60:.1f} min"
+        )
+    elif lo:
+        lines.append(f"LoRA-only part FAILED: {lo}")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -279,13 +437,14 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     res = run_benchmark(Path(a.cache).resolve(), Path(a.work).resolve(), Path(a.out), a.cores)
-    print(table(res["jobs"]))
+    print(summary(res))
     done = "completed" if res["workflow_rc"] == 0 else "FAILED"
     print(
         f"workflow {done} in {res['workflow_s'] / 60:.1f} min; peak anonymous RSS of any job "
         f"{res['max_peak_anon_mb']} MB; results in {a.out}"
     )
-    return res["workflow_rc"]
+    lo = res.get("lora_only") or {}
+    return res["workflow_rc"] or lo.get("first_rc", 0) or lo.get("revision_rc", 0)
 
 
 if __name__ == "__main__":

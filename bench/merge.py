@@ -159,9 +159,9 @@ print(json.dumps({"wall": time.perf_counter() - t0, "rss_kb": usage.ru_maxrss,
 """
 
 
-def measure_child(cmd: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS MB) of one child process."""
-    out = subprocess.run([sys.executable, "-c", _LAUNCHER, *cmd], capture_output=True, text=True)
+def measure_child(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
+    """(wall seconds, peak RSS MB) of one child process (with ``env``, else this process's environment)."""
+    out = subprocess.run([sys.executable, "-c", _LAUNCHER, *cmd], capture_output=True, text=True, env=env)
     res = json.loads(out.stdout.strip().splitlines()[-1]) if out.stdout.strip() else {"rc": out.returncode}
     if res["rc"] != 0:
         raise SystemExit(f"benchmark step failed: {' '.join(cmd)}\n{out.stderr[-2000:]}")

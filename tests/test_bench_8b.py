@@ -1,5 +1,6 @@
-"""loraforge.bench_8b: the 8B benchmark's model, workflow and measurements, on a smaller config of the same shape
-(Llama 3.1's tokenizer and template, GQA, llama3 rope scaling) with a budget that makes every torch step stream."""
+"""bench.llama8b: the 8B benchmark's model, workflow and measurements (the chain, the bare tools beside it, a
+LoRA-only revision), on a smaller config of the same shape (Llama 3.1's tokenizer and template, GQA, llama3 rope
+scaling) with a budget that makes every torch step stream."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 
 import pytest
 
-from bench.llama8b import CONFIG, run_benchmark
+from bench.llama8b import BARE, CONFIG, run_benchmark, summary
 
 SMALL = dict(
     CONFIG, hidden_size=1024, intermediate_size=2048, num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=2
@@ -28,7 +29,7 @@ def test_benchmark_runs_the_default_workflow_streamed_and_records_every_job(tmp_
     rules = {j["rule"] for j in res["jobs"]}
     assert {"merge_adapter", "convert_to_gguf", "quantize_gguf", "compute_reference", "evaluate_artifact"} <= rules
     assert all(j["wall_s"] > 0 and j["peak_rss_mb"] > 0 for j in res["jobs"])
-    r = work / "results"
+    r = work / "chain" / "results"
     merge = json.loads((r / "checks" / "merge" / "support.json").read_text())["check"]
     assert merge["memory_plan"]["reference"]["streamed"] and merge["memory_plan"]["merged"]["streamed"]
     conv = json.loads((r / "gguf" / "support" / "support-BF16.gguf.json").read_text())
@@ -38,3 +39,14 @@ def test_benchmark_runs_the_default_workflow_streamed_and_records_every_job(tmp_
     torch_jobs = [j for j in res["jobs"] if j["rule"] in ("merge_adapter", "compute_reference", "evaluate_base")]
     print({f"{j['rule']} {j['job']}": j["peak_anon_mb"] for j in res["jobs"]})
     assert max(j["peak_anon_mb"] for j in torch_jobs) < BUDGET + 1000  # the budget, plus the Python runtime
+    # the bare tools beside their jobs, and a LoRA-only revision that rebuilds nothing of the base
+    assert set(res["bare"]) == set(BARE)
+    assert all(b["wall_s"] > 0 and b["ratio"] == round(b["job_s"] / b["wall_s"], 2) for b in res["bare"].values())
+    lo = res["lora_only"]
+    assert lo["first_rc"] == 0 and lo["revision_rc"] == 0
+    first = {j["rule"] for j in lo["first_jobs"]}
+    assert {"convert_to_gguf", "quantize_gguf", "convert_lora"} <= first and "merge_adapter" not in first
+    revision = sorted(j["rule"] for j in lo["revision_jobs"])
+    assert "convert_lora" in revision and "register_model" in revision and "compute_reference" in revision
+    assert not {"merge_adapter", "convert_to_gguf", "quantize_gguf"} & set(revision), revision
+    assert "a new revision, from the changed adapter to its registered LoRA GGUF" in summary(res)
