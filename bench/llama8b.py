@@ -21,8 +21,9 @@ Then, in one run, so that the ratios are measured side by side on the same (nois
 3. **A LoRA-only revision** (``merge.enabled: false``): the base's GGUFs and the first revision are built, then
    the adapter's bytes change and the rerun, from the change to the registered LoRA GGUF, is timed.
 
-The LoRA GGUF form is off in the chain and the registry hard-links; the chain's outputs are deleted before the
-LoRA-only part: the base's own GGUFs would otherwise need another 30 GB of disk.
+Disk (about 80 GB free is enough): the LoRA GGUF form is off in the chain and the registry hard-links; the bare
+tools replace the chain's models one at a time (their sidecars and metrics stay), so the LoRA-only part has room
+for the base's own GGUFs.
 """
 
 from __future__ import annotations
@@ -270,8 +271,11 @@ BARE = (
 
 
 def bare_tools(base: Path, adapter: Path, work: Path, threads: int) -> dict[str, dict]:
-    """Each artifact-making tool of the chain alone, a child process on the chain's own inputs (outputs deleted
-    after each): {job: {"wall_s", "peak_rss_mb"}}."""
+    """Each artifact-making tool of the chain alone, a child process on the chain's own inputs: {job: {"wall_s",
+    "peak_rss_mb"}}. At 8B the disk holds the chain's models or the bare copies, not both: so the quantizations
+    run first (from the chain's BF16 GGUF, its own quantized GGUFs deleted), then the conversion (from the chain's
+    merged model, its BF16 GGUF deleted), then the merge (the chain's merged model deleted). Sidecars, checks and
+    metrics stay; every bare output is deleted after its measurement."""
     from loraforge.llamacpp.toolchain import locate
     from loraforge.llamacpp.tools import converter_env
 
@@ -279,36 +283,36 @@ def bare_tools(base: Path, adapter: Path, work: Path, threads: int) -> dict[str,
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     res = work / "results"
+    gguf = res / "gguf" / "support"
+    store = list(work.glob("*.store"))
+
+    def drop(*names: str) -> None:  # the chain's files of these names, and the registry's hard links of them
+        for name in names:
+            f = gguf / name
+            if f.exists():
+                sha = json.loads((gguf / f"{name}.json").read_text())["sha256"]
+                f.unlink()
+                for linked in (p for s in store for p in s.rglob(f"{sha}*")):
+                    linked.unlink()
+
     merge = f"from loraforge.merging import merge; merge({str(base)!r}, [{str(adapter)!r}], {str(out / 'merged')!r})"
-    steps = {
-        BARE[0]: [sys.executable, "-c", merge],
-        BARE[1]: [
-            sys.executable,
-            str(lc.script("convert_hf_to_gguf.py")),
-            str(res / "merged" / "support"),
-            "--outfile",
-            str(out / "bf16.gguf"),
-            "--outtype",
-            "bf16",
-        ],
-        BARE[2]: [
-            str(lc.tool("llama-quantize")),
-            str(res / "gguf/support/support-BF16.gguf"),
-            str(out / "q8.gguf"),
-            "Q8_0",
-            str(threads),
-        ],
-        BARE[3]: [
-            str(lc.tool("llama-quantize")),
-            str(res / "gguf/support/support-BF16.gguf"),
-            str(out / "q4.gguf"),
-            "Q4_K_M",
-            str(threads),
-        ],
-    }
+    steps = [
+        (BARE[2], [str(lc.tool("llama-quantize")), str(gguf / "support-BF16.gguf"), str(out / "q.gguf"), "Q8_0"]),
+        (BARE[3], [str(lc.tool("llama-quantize")), str(gguf / "support-BF16.gguf"), str(out / "q.gguf"), "Q4_K_M"]),
+        (BARE[1], [sys.executable, str(lc.script("convert_hf_to_gguf.py")), str(res / "merged" / "support")]),
+        (BARE[0], [sys.executable, "-c", merge]),
+    ]
+    steps[0][1].append(str(threads))
+    steps[1][1].append(str(threads))
+    steps[2][1].extend(["--outfile", str(out / "bf16.gguf"), "--outtype", "bf16"])
     env = converter_env()
     measured = {}
-    for job, cmd in steps.items():
+    drop("support-Q8_0.gguf", "support-Q4_K_M.gguf")
+    for job, cmd in steps:
+        if job == BARE[1]:
+            drop("support-BF16.gguf")
+        if job == BARE[0]:
+            shutil.rmtree(res / "merged", ignore_errors=True)
         log.info("bare tool for %s: %s", job, " ".join(cmd))
         wall, rss = measure_child(cmd, env=env)
         measured[job] = {"wall_s": round(wall, 2), "peak_rss_mb": round(rss)}
@@ -396,10 +400,7 @@ def run_benchmark(
         bare_sum = sum(b["wall_s"] for b in bare.values())
         res["bare_sum_s"] = round(bare_sum, 1)
         res["chain_vs_bare"] = round(wall / bare_sum, 2)
-        if lora_only:  # the disk it needs: the chain's models go (their sidecars, checks and metrics stay)
-            shutil.rmtree(chain / "results" / "merged", ignore_errors=True)
-            for f in [*(chain / "results" / "gguf").rglob("*.gguf"), *chain.glob("*.store/**/*.gguf")]:
-                f.unlink()
+        if lora_only:  # (the chain's models are gone: bare_tools made room for the base's own GGUFs)
             res["lora_only"] = lora_only_revision(base, adapter, text, work / "lora-only", cores, budget_mb)
     write_text_atomic(out, json.dumps(res, indent=2) + "\n")
     return res
