@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 TORCH_CPU_SPEC ?= torch==2.13.0
 TORCH_CPU_PIP_ARGS ?=
 SIZE_GB ?= 1
+BENCH_8B_PARTS ?= chain lora-only  # make bench-8b BENCH_8B_PARTS=lora-only: only the LoRA-only revision
 
 .PHONY: setup demo test check lint dry-run report dashboard bench-merge bench-8b clean
 
@@ -56,8 +57,8 @@ dashboard: setup
 bench-merge: setup
 	$(BIN)/python -m bench.merge merge --size-gb $(SIZE_GB) --out results/bench/merge.json  # SIZE_GB="1 4"
 
-bench-8b: setup  # a Llama-3.1-8B-shaped model through the default workflow: time and memory of every job (~1 h)
-	$(BIN)/python -m bench.llama8b --out results/bench/8b.json
+bench-8b: setup  # a Llama-3.1-8B-shaped model: the default chain beside its bare tools, a LoRA-only revision (~1.5 h)
+	$(BIN)/python -m bench.llama8b --out results/bench/8b.json --parts $(BENCH_8B_PARTS)
 
 clean:
 	rm -rf results logs benchmarks .snakemake report.html
