@@ -12,6 +12,7 @@ import loraforge
 import loraforge.device
 from loraforge.errors import PipelineError
 from loraforge.io.hashing import WORKFLOW_HASH_CACHE, HashCache, tree_fingerprint
+from loraforge.registry.core import STORE_ENV
 from loraforge.workflow import Plan, paths, size_mb
 
 try:
@@ -100,5 +101,7 @@ def input_fingerprints(wildcards):
     }
 
 
-# every job's device (loraforge.device), local or on SLURM
+# every job's device (loraforge.device), local or on SLURM, and the registry's store
 os.environ[loraforge.device.ENV] = config["device"]
+if config["registry"]["store_dir"]:
+    os.environ[STORE_ENV] = os.path.abspath(config["registry"]["store_dir"])

@@ -2,14 +2,9 @@
 # when its A/B test says so; compare any two versions; the dashboard of the whole registry.
 
 
-# Every rule that writes the registry runs on the submit host, next to the SQLite file: SQLite's locks and WAL
-# do not hold across hosts (nor on a network filesystem, which loraforge.registry refuses). Promotion and
-# comparison score two GGUFs with llama.cpp there too.
-localrules:
-    register_model,
-    render_dashboard,
-    promote_revision,
-    compare_versions,
+# With a SQLite registry every rule that writes it runs on the submit host, next to the file (localrule: SQLite's
+# locks and WAL do not hold across hosts, nor on a network filesystem, which loraforge.registry refuses);
+# promotion and comparison score two GGUFs with llama.cpp there too. With PostgreSQL they may run on any node.
 
 
 rule register_model:
@@ -22,6 +17,7 @@ rule register_model:
     wildcard_constraints:
         model=one_of(plan.evaluated),
         variant=one_of(plan.gguf_types + [plan.lora_variant]),
+    localrule: plan.registry_local
     conda:
         "../envs/loraforge.yaml"
     threads: 1
@@ -50,6 +46,7 @@ rule promote_revision:
         paths.log("promote_revision", "{adapter}"),
     benchmark:
         paths.benchmark("promote_revision", "{adapter}")
+    localrule: plan.registry_local
     conda:
         "../envs/loraforge.yaml"
     threads: plan.threads
@@ -80,6 +77,7 @@ rule compare_versions:
         b=r"\d+",
         model=r"[^/]+",
         variant=r"[^/]+",
+    localrule: plan.registry_local
     conda:
         "../envs/loraforge.yaml"
     threads: plan.threads
@@ -103,6 +101,7 @@ rule render_dashboard:
         html=paths.DASHBOARD,
     log:
         paths.log("render_dashboard", "dashboard"),
+    localrule: plan.registry_local
     conda:
         "../envs/loraforge.yaml"
     threads: 1

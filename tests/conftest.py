@@ -261,3 +261,18 @@ def f16_gguf(models, tmp_path_factory):
     out = tmp_path_factory.mktemp("gguf") / "base-F16.gguf"
     convert(models["base"], out, outtype="f16")
     return out
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server on loopback for this session (tests/postgres_server.py), stopped by its PID."""
+    from postgres_server import LocalPostgres, unavailable_reason
+
+    reason = unavailable_reason()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"the PostgreSQL registry tests must run in CI, but: {reason}")
+        pytest.skip(reason)
+    pg = LocalPostgres().start()
+    yield pg
+    pg.stop()

@@ -29,10 +29,14 @@ METRICS = {
 EXE = str(Path(sys.executable).with_name("loraforge-registry"))
 
 
-@pytest.fixture
-def db(tmp_path):
-    db = str(tmp_path / "reg.sqlite")
-    reg = Registry(db)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request, tmp_path):
+    """A registry with two versions, on each backend: the CLI takes a file or a URL alike."""
+    if request.param == "sqlite":
+        db, store = str(tmp_path / "reg.sqlite"), None
+    else:
+        db, store = request.getfixturevalue("postgres").new_database(), tmp_path / "store"
+    reg = Registry(db, store_dir=store)
     for i in range(2):
         reg.register(
             "code",
@@ -64,7 +68,7 @@ def test_cli_commands(db, capsys):
     assert "production" in out and "0.002" in out and "0.9500" in out
     assert cli(["--registry", db, "latest", "code", "--alias", "production", "--quant", "Q4_K_M"]) == 0
     path = capsys.readouterr().out.strip()
-    assert Path(path).read_bytes() == b"1.gguf" * 100 and ".store/sha256/" in path
+    assert Path(path).read_bytes() == b"1.gguf" * 100 and "store/sha256/" in path
     assert cli(["--registry", db, "rollback", "code", "production"]) == 0
     assert "rolled back to v1" in capsys.readouterr().out
     # --json after the subcommand, as users write it

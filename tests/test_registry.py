@@ -30,9 +30,19 @@ def lineage(rev: str, base: str = "base-sha") -> dict:
     return {"base_model": {"sha256": base}, "adapters": [{"sha256": rev, "weight": 1.0}], "settings": {}}
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def location(request, tmp_path) -> tuple[str, Path | None]:
+    """Where a registry lives, on each backend: (a SQLite file, no store given: beside it) or (a new database on
+    the session's real PostgreSQL server, a store directory)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "reg.sqlite"), None
+    return request.getfixturevalue("postgres").new_database(), tmp_path / "store"
+
+
 @pytest.fixture
-def reg(tmp_path):
-    r = Registry(tmp_path / "reg.sqlite")
+def reg(location):
+    path, store = location
+    r = Registry(path, store_dir=store)
     yield r
     r.close()
 
@@ -250,17 +260,18 @@ WRITER = textwrap.dedent("""
 """)
 
 
-def test_sixteen_concurrent_writers_lose_and_duplicate_nothing(tmp_path):
-    """Four revisions x three artifact types, plus four duplicate registrations, racing from no database."""
+def test_sixteen_concurrent_writers_lose_and_duplicate_nothing(location, tmp_path):
+    """Four revisions x three artifact types, plus four duplicate registrations, racing from no registry."""
     import time
 
-    db = tmp_path / "reg.sqlite"
+    db, store = location
+    env = dict(os.environ, **({"LORAFORGE_REGISTRY_STORE": str(store)} if store else {}))
     jobs = [(artifact(tmp_path, f"{r}-{q}", f"{r}{q}".encode()), r) for r in "wxyz" for q in ("Q8_0", "Q4_K_M", "F16")]
     jobs += jobs[:4]
     start = time.time() + 3
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", WRITER, str(db), str(a), r, str(start)], stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", WRITER, str(db), str(a), r, str(start)], stdout=subprocess.PIPE, text=True, env=env
         )
         for a, r in jobs
     ]
@@ -271,9 +282,48 @@ def test_sixteen_concurrent_writers_lose_and_duplicate_nothing(tmp_path):
     for v, r, _c in results:
         assert version_of.setdefault(r, v) == v  # one version per revision, whoever came first
     assert sorted(int(v) for v in version_of.values()) == [1, 2, 3, 4]
-    reg = Registry(db)
+    reg = Registry(db, store_dir=store)
     assert [len(v.artifacts) for v in reg.versions("code")] == [3, 3, 3, 3]
-    assert reg.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert [r["status"] for r in reg.verify()] == ["ok"] * 12
+    if not store:
+        assert reg.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    reg.close()
+
+
+PROMOTER = textwrap.dedent("""
+    import sys, time
+    from loraforge.registry import Registry
+    path, version, start = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+    reg = Registry(path, create=False)
+    while time.time() < start:
+        time.sleep(0.001)
+    for _ in range(5):
+        reg.promote("code", version, "production", reason=f"by writer {version}")
+""")
+
+
+def test_racing_promotions_keep_a_whole_history(location, tmp_path):
+    """Eight processes move one alias five times each at once: 40 moves, each recorded with the version it
+    replaced, so the history is one unbroken chain and the alias ends where the last move put it."""
+    import time
+
+    db, store = location
+    reg = Registry(db, store_dir=store)
+    for i in range(1, 9):
+        reg.register("code", lineage(f"r{i}"), "gguf", "Q8_0", artifact(tmp_path, f"{i}.gguf"))
+    env = dict(os.environ, **({"LORAFORGE_REGISTRY_STORE": str(store)} if store else {}))
+    start = time.time() + 2
+    procs = [
+        subprocess.Popen([sys.executable, "-c", PROMOTER, str(db), str(v), str(start)], env=env, text=True)
+        for v in range(1, 9)
+    ]
+    assert [p.wait(timeout=120) for p in procs] == [0] * 8
+    history = reg.history("code", "production")
+    assert len(history) == 40
+    assert history[0]["previous_version"] is None
+    assert all(h["previous_version"] == prev["version"] for prev, h in zip(history, history[1:], strict=False))
+    assert reg.resolve("code", alias="production").version == history[-1]["version"]
+    reg.close()
 
 
 KILLED = textwrap.dedent("""
@@ -404,3 +454,53 @@ def test_sqlite_on_a_network_filesystem_is_refused_in_one_line(tmp_path):
     assert network_filesystem(Path("/shared/local/registry.sqlite"), mounts) is None  # a local disk mounted inside
     assert network_filesystem(Path("/home/me/registry.sqlite"), mounts) is None
     assert network_filesystem(tmp_path / "reg.sqlite") is None  # this machine's temp dir: a local disk
+
+
+def test_a_sqlite_registry_migrates_into_postgresql(postgres, tmp_path, capsys):
+    """loraforge-registry migrate: every version, artifact, tag, alias, history entry and comparison, ids kept; the
+    PostgreSQL registry serves and verifies the same store."""
+    from loraforge.registry.cli import main as cli
+
+    db = tmp_path / "reg.sqlite"
+    reg = Registry(db)
+    for i in (1, 2):
+        reg.register("code", lineage(f"r{i}"), "gguf", "Q8_0", artifact(tmp_path, f"{i}.gguf"), {"evaluation": {}})
+    reg.promote("code", 1, "production")
+    reg.promote("code", 2, "production", reason="better")
+    reg.tag("code", 2, "owner", "me")
+    reg.add_comparison("code", 1, 2, "Q8_0", {"winner": 2})
+    before = [v.to_dict() for v in reg.versions("code")], reg.history("code"), reg.comparisons("code")
+    reg.close()
+    url = postgres.new_database()
+    assert cli(["--registry", str(db), "migrate", url]) == 0
+    assert "copied into postgresql://loraforge@" in capsys.readouterr().out
+    pg = Registry(url, create=False)  # the store was recorded at the copy
+    assert ([v.to_dict() for v in pg.versions("code")], pg.history("code"), pg.comparisons("code")) == before
+    assert [r["status"] for r in pg.verify()] == ["ok", "ok"]
+    mv, path = pg.artifact_file("code", "Q8_0", alias="production")
+    assert mv.version == 2 and path.read_bytes() == (tmp_path / "2.gguf").read_bytes()
+    pg.register("code", lineage("r3"), "gguf", "Q8_0", artifact(tmp_path, "3.gguf"))  # ids continue after the copy
+    assert [v.version for v in pg.versions("code")] == [1, 2, 3]
+    pg.close()
+    assert cli(["--registry", str(db), "migrate", url]) == 1  # only into a new registry
+    assert "not empty" in capsys.readouterr().err
+
+
+def test_postgresql_that_is_not_a_registry_or_has_none_is_left_alone(postgres, tmp_path):
+    import psycopg
+
+    other = postgres.new_database()
+    with psycopg.connect(other, autocommit=True) as c:
+        c.execute("CREATE TABLE notes (id SERIAL PRIMARY KEY, body TEXT)")
+    with pytest.raises(PipelineError, match="a database that is not a loraforge registry; left untouched"):
+        Registry(other, store_dir=tmp_path / "store")
+    empty = postgres.new_database()
+    with pytest.raises(PipelineError, match="no registry there"):
+        Registry(empty, create=False)
+    with pytest.raises(PipelineError, match="needs a store directory that every host sees"):
+        Registry(empty)
+    with psycopg.connect(other) as c, psycopg.connect(empty) as d:  # refused before anything was written
+        tables = "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1"
+        assert [r[0] for r in c.execute(tables)] == ["notes"] and list(d.execute(tables)) == []
+    with pytest.raises(PipelineError, match="cannot connect to the registry's PostgreSQL server"):
+        Registry("postgresql://nobody:secret@127.0.0.1:1/none", create=False)

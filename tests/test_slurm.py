@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 from conftest import Workflow, user_config
@@ -13,8 +14,6 @@ from slurm_cluster import LocalSlurm, unavailable_reason
 from loraforge.io.hashing import sha256_file, tree_files
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
-# every rule that writes the SQLite registry runs on the submit host
-LOCAL_RULES = {"all", "register_model", "render_dashboard", "promote_revision", "compare_versions"}
 
 
 @pytest.fixture(scope="module")
@@ -84,29 +83,39 @@ def rule_of(job: dict) -> str:
     return comment[len("rule_") :].split("_wildcards")[0]
 
 
-def test_workflow_on_slurm_matches_local_run(cluster, tiny_build, tmp_path):
+def test_workflow_on_slurm_matches_local_run(cluster, tiny_build, postgres, tmp_path):
     """The tiny workflow of the other tests, for one of its two adapters (every rule of the plan, half the jobs),
-    run again from scratch through profiles/slurm."""
+    run again from scratch through profiles/slurm, registering into PostgreSQL: with a server database the
+    registry rules are SLURM jobs too, writing from the compute node."""
     local, _m, _before, _dry = tiny_build
     root = tmp_path / "slurm"
     shutil.copytree(local.root.parent / "models", root / "models")
     config = local.config()
     config["adapters"] = {"alpha": config["adapters"]["alpha"]}
+    url = postgres.new_database()
+    config["registry"] = {"path": url, "store_dir": str(root / "store")}
     wf = Workflow(root / "wf", config)
-    planned = collections.Counter(r for r, _ in wf.planned() if r not in LOCAL_RULES)
+    planned = collections.Counter(r for r, _ in wf.planned() if r != "all")
+    assert planned["register_model"] == 3 and planned["render_dashboard"] == 1  # not local rules with PostgreSQL
     before = {j["JobId"] for j in cluster.jobs()}
     proc = slurm_run(wf, cluster)
     assert "Complete log" in proc.stdout + proc.stderr
     jobs = [j for j in cluster.jobs() if j["JobId"] not in before]
-    # SLURM's own record: every non-local job of the plan ran as a SLURM job, and completed there
+    # SLURM's own record: every job of the plan ran as a SLURM job, and completed there
     assert collections.Counter(rule_of(j) for j in jobs) == planned
     assert all(j["JobState"] == "COMPLETED" and j["ExitCode"] == "0:0" for j in jobs)
-    assert not any(rule_of(j) in LOCAL_RULES for j in jobs)
     # and each job's output file, written by SLURM
     logs = list((wf.root / ".snakemake" / "slurm_logs").rglob("*.log"))
     assert {p.stem for p in logs} >= {j["JobId"] for j in jobs}
-    # local rules ran on the submit host: registrations exist without SLURM jobs
-    assert len(list((wf.root / "results" / "registry").rglob("*.json"))) == 3  # F16, Q8_0, LoRA
+    # the registrations, made on the node, are in the server's registry, their files in the shared store
+    from loraforge.registry import Registry
+
+    reg = Registry(url, create=False)
+    (v,) = reg.versions("alpha")
+    assert sorted(a.variant for a in v.artifacts if a.kind == "gguf") == ["F16", "Q8_0", "lora-F16"]
+    assert {r["status"] for r in reg.verify()} <= {"ok", "not stored"}
+    assert all(Path(a.store_path).is_relative_to(root / "store") for a in v.artifacts if a.store_path)
+    reg.close()
     # same artifacts, bit for bit, as the local run
     assert model_files(wf.root) == model_files(local.root, ("alpha", "base"))
     assert len(model_files(wf.root)) > 8

@@ -59,6 +59,12 @@ def test_switches_remove_their_targets():
     assert p.models == ["alpha", "beta"] and p.receipts() == [] and p.texts == {}
 
 
+def test_registry_rules_are_local_with_sqlite_and_anywhere_with_postgresql():
+    assert plan().registry_local is True
+    pg = plan(registry={"path": "postgresql://me@db.example/registry", "store_dir": "/shared/store"})
+    assert pg.registry_local is False
+
+
 def test_a_lora_only_revision_builds_no_merged_form():
     p = plan(merge={"enabled": False})
     assert p.models == ["base"] and p.evaluated == ["alpha", "beta"]
@@ -194,6 +200,10 @@ def test_memory_of_a_torch_job_is_bounded_by_the_budget():
             "config promote: needs registry.enabled and evaluation.enabled",
         ),
         ({"deploy": {"gguf_type": "Q4_0"}}, "config deploy.gguf_type: Q4_0 is not built (one of F16, Q8_0)"),
+        (
+            {"registry": {"path": "postgresql://me@db.example/registry"}},
+            "config registry.store_dir: a PostgreSQL registry needs a store directory that every host sees",
+        ),
         (
             {"merge": {"enabled": False}, "lora": {"enabled": False}},
             "config merge.enabled: false needs lora.enabled: true",

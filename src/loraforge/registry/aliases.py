@@ -37,7 +37,8 @@ class Aliases:
         with self.db.write() as c:
             prev = c.execute("SELECT version FROM aliases WHERE name = ? AND alias = ?", (name, alias)).fetchone()
             c.execute(
-                "INSERT OR REPLACE INTO aliases (name, alias, version, updated_at) VALUES (?, ?, ?, ?)",
+                "INSERT INTO aliases (name, alias, version, updated_at) VALUES (?, ?, ?, ?) ON CONFLICT (name, alias)"
+                " DO UPDATE SET version = excluded.version, updated_at = excluded.updated_at",
                 (name, alias, version, now()),
             )
             _history(c, name, alias, "promote", version, prev[0] if prev else None, reason, evidence)
@@ -93,9 +94,9 @@ class Aliases:
         with self.db.write() as c:
             return c.execute(
                 "INSERT INTO comparisons (name, version_a, version_b, variant, result, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
                 (name, version_a, version_b, variant, json.dumps(result, sort_keys=True), now()),
-            ).lastrowid
+            ).fetchone()[0]
 
     def comparisons(self, name: str | None = None) -> list[dict]:
         q = "SELECT * FROM comparisons" + (" WHERE name = ?" if name else "") + " ORDER BY id"

@@ -47,7 +47,9 @@ def _artifact_rows(v) -> list[dict]:
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--registry", default=argparse.SUPPRESS, help=f"registry file (default: ${ENV_VAR} or ./{DEFAULT_PATH})"
+        "--registry",
+        default=argparse.SUPPRESS,
+        help=f"registry: a SQLite file or a postgresql:// URL (default: ${ENV_VAR} or ./{DEFAULT_PATH})",
     )
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
     ap = argparse.ArgumentParser(prog="loraforge-registry", description=__doc__, parents=[common])
@@ -94,11 +96,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p = cmd("dashboard", "write the self-contained HTML dashboard of all versions")
     p.add_argument("out", help="the HTML file to write")
+    p = cmd("migrate", "copy the registry (--registry) into a new one, e.g. a SQLite file into PostgreSQL")
+    p.add_argument("destination", help="a postgresql:// URL (or a new SQLite file)")
     return ap
 
 
 def _run(a) -> tuple[object, str, int]:
     """(data for --json, text, exit code)."""
+    if a.cmd == "migrate":
+        from .postgres import copy_registry, redacted
+
+        counts = copy_registry(getattr(a, "registry", None), a.destination)
+        summary = ", ".join(f"{n} {t}" for t, n in counts.items())
+        return counts, f"copied into {redacted(a.destination)}: {summary}", 0
     reg = Registry(getattr(a, "registry", None), create=False)  # only a registration creates a registry
     if a.cmd == "list":
         vs = reg.versions(a.name)

@@ -10,26 +10,70 @@ from pathlib import Path
 
 from ..io.hashing import sha256_file
 from .aliases import Aliases
-from .database import Database
+from .database import DEFAULT_PATH, ENV_VAR, Database
+from .errors import RegistryError
 from .filestore import ArtifactStore
-from .schema import SCHEMA_VERSION
+from .postgres import PostgresDatabase, is_url
+from .schema import SCHEMA_VERSION, set_meta
 from .verification import Verification
 from .versions import Versions
 
 log = logging.getLogger(__name__)
 
 
-class Registry(Versions, Aliases, Verification):
-    """A registry file and its store beside it (``<file>.store/``). ``create=False`` (what read-only commands
-    use) refuses a path with no registry instead of creating an empty one."""
+STORE_ENV = "LORAFORGE_REGISTRY_STORE"
 
-    def __init__(self, path: str | os.PathLike | None = None, create: bool = True, store_mode: str = "copy"):
-        self.db = Database(path, create)
+
+class Registry(Versions, Aliases, Verification):
+    """A registry: a SQLite file, or a PostgreSQL database (a ``postgresql://`` URL), and its file store.
+    ``create=False`` (what the CLI uses) refuses a location with no registry instead of creating one.
+
+    The store is ``store_dir`` when given (else ``$LORAFORGE_REGISTRY_STORE``), else where the registry recorded
+    it, else, for a SQLite file, ``<file>.store/`` beside it. A PostgreSQL registry records its store (a directory
+    every writer and reader sees) when it is created."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike | None = None,
+        create: bool = True,
+        store_mode: str = "copy",
+        store_dir: str | os.PathLike | None = None,
+    ):
+        location = path or os.environ.get(ENV_VAR) or DEFAULT_PATH
+        given = store_dir or os.environ.get(STORE_ENV)
+        if is_url(str(location)):
+            self.db = PostgresDatabase(str(location), create, str(Path(given).resolve()) if given else None)
+        else:
+            self.db = Database(location, create)
         self.path = self.db.path
         self.conn = self.db.conn
-        self.store = ArtifactStore(self.path.resolve().with_name(self.path.name + ".store"), store_mode)
-        if 0 < self.db.migrated_from < SCHEMA_VERSION:  # registered by path only before: store them now
-            self._store_unstored()
+        try:
+            root = self._store_root(given)
+        except BaseException:
+            self.db.close()
+            raise
+        self.store = ArtifactStore(root, store_mode)
+        if 0 < self.db.migrated_from < SCHEMA_VERSION and isinstance(self.db, Database):
+            self._store_unstored()  # registered by path only before (schema 1): store them now
+
+    def _store_root(self, given) -> Path:
+        recorded = self.db.meta("store_root")
+        if given:
+            root = Path(given).resolve()
+            if recorded != str(root):
+                with self.db.write() as c:
+                    set_meta(c, "store_root", str(root))
+                if recorded:
+                    log.info("%s: its store is now %s (was %s)", self.path, root, recorded)
+            return root
+        if recorded:
+            return Path(recorded)
+        if isinstance(self.db, PostgresDatabase):
+            raise RegistryError(
+                f"{self.path}: a PostgreSQL registry needs a store directory that every host sees: set "
+                f"registry.store_dir (or ${STORE_ENV})"
+            )
+        return Path(self.db.path).resolve().with_name(Path(self.db.path).name + ".store")
 
     def _store_unstored(self) -> None:
         """Artifacts registered by path only (schema 1): into the store where the file still has the registered

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import DiskFull, NoRegistry, NotARegistry, NotFound, RegistryError
-from .schema import MIGRATIONS, SCHEMA_VERSION
+from .schema import MIGRATIONS, SCHEMA_VERSION, set_meta
 
 log = logging.getLogger(__name__)
 
@@ -206,9 +206,13 @@ class Database:
                 )
             for i in range(current, SCHEMA_VERSION):
                 MIGRATIONS[i](c)
-                c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(i + 1),))
+                set_meta(c, "schema_version", str(i + 1))
                 log.info("%s: registry schema migrated to version %d", self.path, i + 1)
         return current
+
+    def meta(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
 
     def schema_version(self) -> int:
         return int(self.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])

@@ -112,6 +112,78 @@ CREATE TABLE comparisons (
 """
 
 
+# A new PostgreSQL registry: the tables of schema 3 (what SQLite's migrations 1-3 build), with PostgreSQL's
+# identity columns for SQLite's INTEGER PRIMARY KEY. A later schema adds one step to MIGRATIONS, in SQL both speak.
+PG_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE versions (
+    id BIGSERIAL PRIMARY KEY,
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    revision TEXT NOT NULL,
+    lineage TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    UNIQUE (name, version),
+    UNIQUE (name, revision)
+);
+CREATE TABLE artifacts (
+    id BIGSERIAL PRIMARY KEY,
+    version_id BIGINT NOT NULL REFERENCES versions(id),
+    kind TEXT NOT NULL,
+    variant TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size BIGINT NOT NULL,
+    store_path TEXT,
+    source_path TEXT NOT NULL,
+    metrics TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    UNIQUE (version_id, kind, variant)
+);
+CREATE TABLE tags (
+    version_id BIGINT NOT NULL REFERENCES versions(id),
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (version_id, key)
+);
+CREATE TABLE aliases (
+    name TEXT NOT NULL,
+    alias TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (name, alias),
+    FOREIGN KEY (name, version) REFERENCES versions(name, version)
+);
+CREATE TABLE alias_history (
+    id BIGSERIAL PRIMARY KEY,
+    name TEXT NOT NULL,
+    alias TEXT NOT NULL,
+    action TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    previous_version INTEGER,
+    at TEXT NOT NULL,
+    reason TEXT,
+    evidence TEXT
+);
+CREATE TABLE comparisons (
+    id BIGSERIAL PRIMARY KEY,
+    name TEXT NOT NULL,
+    version_a INTEGER NOT NULL,
+    version_b INTEGER NOT NULL,
+    variant TEXT NOT NULL,
+    result TEXT NOT NULL,
+    created_at TEXT NOT NULL
+)
+"""
+
+
+def set_meta(c, key: str, value: str) -> None:
+    """A registry-wide setting (schema version, store root), in SQL both backends speak."""
+    c.execute(
+        "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )
+
+
 def revision_key(lineage: dict) -> str:
     """What makes a version: the base's and each adapter's content, the adapters' weights in order, and the build
     settings that change the artifacts' bytes (float type, GGUF naming, imatrix, compression): a revision's

@@ -98,9 +98,10 @@ class Versions:
                     "SELECT COALESCE(MAX(version), 0) + 1 FROM versions WHERE name = ?", (name,)
                 ).fetchone()[0]
                 vid = c.execute(
-                    "INSERT INTO versions (name, version, revision, lineage, created_at) VALUES (?, ?, ?, ?, ?)",
+                    "INSERT INTO versions (name, version, revision, lineage, created_at) VALUES (?, ?, ?, ?, ?)"
+                    " RETURNING id",
                     (name, number, rev, json.dumps(lineage, sort_keys=True), now()),
-                ).lastrowid
+                ).fetchone()[0]
             else:
                 vid, number = row["id"], row["version"]
             old = c.execute(
@@ -230,5 +231,9 @@ class Versions:
         mv = self.get(name, version)
         with self.db.write() as c:
             vid = c.execute("SELECT id FROM versions WHERE name = ? AND version = ?", (name, version)).fetchone()[0]
-            c.execute("INSERT OR REPLACE INTO tags (version_id, key, value) VALUES (?, ?, ?)", (vid, key, str(value)))
+            c.execute(
+                "INSERT INTO tags (version_id, key, value) VALUES (?, ?, ?)"
+                " ON CONFLICT (version_id, key) DO UPDATE SET value = excluded.value",
+                (vid, key, str(value)),
+            )
         return self.get(mv.name, mv.version)

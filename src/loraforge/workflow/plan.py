@@ -54,6 +54,12 @@ class Plan:
         self.threads = config["threads"]
         self.evaluate = config["evaluation"]["enabled"]
         self.register = config["registry"]["enabled"]
+        # SQLite: every rule that writes the registry runs beside the file, on the submit host; PostgreSQL: anywhere
+        self.registry_local = not config["registry"]["path"].startswith(("postgresql://", "postgres://"))
+        if not self.registry_local and not config["registry"]["store_dir"]:
+            raise ConfigError(
+                "registry.store_dir", "a PostgreSQL registry needs a store directory that every host sees"
+            )
         self.imatrix = config["quantize"]["imatrix"]
         self.imat_quants = [f"{t}-imat" for t in self.imatrix["types"]] if self.imatrix else []
         for t in self.quants:
