@@ -100,7 +100,7 @@ def register_artifact(
     )
     art = mv.artifact(gguf_type, "gguf")
     rec = {
-        "registry": str(reg.path.resolve()),
+        "registry": str(reg.path.resolve()) if isinstance(reg.path, Path) else reg.path,  # a file, or a URL
         "name": name,
         "version": mv.version,
         "revision": mv.revision,
