@@ -8,9 +8,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-import torch
-import yaml
+# Under pytest-xdist two workers share the cores, so a job's OpenMP threads (torch's) are often descheduled, and
+# OpenMP's default is to spin while it waits for them: measured here, the demo's 65-second LoRA training took
+# 550 s of a busy core. Waiting threads sleep instead (inherited by every job the tests start), and each worker's
+# own torch work takes its share of the cores. Set before torch is imported.
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 from loraforge.io.hashing import sha256_file, tree_files
 
