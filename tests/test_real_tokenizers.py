@@ -60,6 +60,9 @@ def test_family_through_the_workflow(name, workflow, tmp_path):
             "threads": 1,
             "convert": {"outtype": "f32"},
             "evaluation": {"texts": {"vectors": str(text)}, "n_ctx": 64, "max_tokens": 512},
+            # tokenizers are what this test is about: the registry and bundles are tested elsewhere
+            "registry": {"enabled": False},
+            "deploy": {"enabled": False},
         }
     )
     wf.run()
