@@ -26,6 +26,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -e '.[test,slurm]'
 	# llama.cpp's libllama, tools and converters at the library's revision, compiled once into ~/.cache/loraforge
 	$(BIN)/python -m loraforge.llamacpp.toolchain build
+	# llm-compressor (GPTQ / AWQ for vLLM) caps transformers at 5.17: its own environment, in the same cache
+	$(BIN)/python -m loraforge.hfquant setup  # torch: the version of .venv's
 	touch $@
 
 demo: setup

@@ -54,3 +54,34 @@ rule quantize_gguf:
         version=loraforge.__version__,
     script:
         "../scripts/quantize_gguf.py"
+
+
+# merged (or compressed, or base) HF model -> 4-bit GPTQ / AWQ compressed-tensors checkpoint for vLLM (hf_quant),
+# calibrated with llm-compressor on the calibration text, checked on reload.
+rule quantize_hf:
+    input:
+        unpack(lambda w: with_external(plan.hfq_inputs(w.model))),
+    output:
+        checkpoint=directory(paths.HFQ),
+        check=paths.HFQ_CHECK,
+    log:
+        paths.log("quantize_hf", "{model}-{scheme}"),
+    benchmark:
+        paths.benchmark("quantize_hf", "{model}-{scheme}")
+    wildcard_constraints:
+        model=one_of(plan.hfq_models()),
+        scheme=one_of(plan.hfq_schemes),
+    conda:
+        "../envs/loraforge.yaml"
+    threads: plan.threads
+    resources:
+        mem_mb=lambda w, input: int(2000 + 6 * input.size_mb),
+        runtime=240,
+    params:
+        samples=(plan.hfq or {}).get("samples"),
+        seq_len=(plan.hfq or {}).get("seq_len"),
+        group_size=(plan.hfq or {}).get("group_size"),
+        fingerprint=fingerprint((plan.hfq or {}).get("text")),
+        version=loraforge.__version__,
+    script:
+        "../scripts/quantize_hf.py"

@@ -16,7 +16,7 @@ rule register_model:
         paths.log("register_model", "{model}-{variant}"),
     wildcard_constraints:
         model=one_of(plan.evaluated),
-        variant=one_of(plan.gguf_types + [plan.lora_variant]),
+        variant=one_of(plan.registered_variants()),
     localrule: plan.registry_local
     conda:
         "../envs/loraforge.yaml"
@@ -28,6 +28,7 @@ rule register_model:
         registry=config["registry"]["path"],
         store_mode=config["registry"]["store"],
         settings=lambda w: plan.lineage_settings(w.model),
+        weights=lambda w: plan.adapter_weights(w.model),
     script:
         "../scripts/register_model.py"
 

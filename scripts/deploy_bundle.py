@@ -25,4 +25,6 @@ if __name__ == "__main__":
         license_=p.license,
         quantized_by=p.quantized_by,
         splits=i.get("splits"),
+        checkpoints=i.get("checkpoints"),
+        base_checkpoints=i.get("base_checkpoints"),
     )

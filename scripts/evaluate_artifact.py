@@ -7,7 +7,7 @@ if __name__ == "__main__":
     sm = snakemake  # noqa: F821 - injected by Snakemake
     p, w, i = sm.params, sm.wildcards, sm.input
     adapters = None
-    if p.kind == "peft":
+    if p.kind in ("peft", "hfq-lora"):
         adapters = [{"path": a, "weight": wt} for a, wt in zip(i.adapters, p.weights, strict=True)]
     run(
         sm.log[0],

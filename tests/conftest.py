@@ -30,8 +30,9 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 # `make test` runs the suite on every core (pytest-xdist, --dist loadgroup). A session fixture is built once per
 # worker, so the tests that share an expensive one run on one worker: the demo build, and the tiny build with the
-# SLURM cluster that compares against it (one cluster per machine: slurmd's node name is the host's).
-SHARED_BUILDS = {"demo_local": "demo", "tiny_build": "tiny_build", "cluster": "tiny_build"}
+# SLURM cluster that compares against it (one cluster per machine: slurmd's node name is the host's), and the
+# GPTQ / AWQ calibrations of tests/test_hfquant.py.
+SHARED_BUILDS = {"demo_local": "demo", "tiny_build": "tiny_build", "cluster": "tiny_build", "checkpoints": "hfq"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the marks into the test ids

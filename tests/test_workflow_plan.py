@@ -239,10 +239,96 @@ def test_the_shipped_configs_plan(tmp_path):
     validate(demo, SCHEMA)
     p = Plan(demo, produced=lambda path: path.startswith("results/"))
     assert p.evaluated == ["code", "prose", "code-drop20"] and "Q4_K_M-imat" in p.gguf_types
-    assert len(p.evaluations()) == 2 * 10 + 6  # as the demo test counts the report's rows
+    # code: 10 + GPTQ, AWQ and both multi-LoRA forms; prose: 10 + the multi-LoRA forms; code-drop20: 6
+    assert len(p.evaluations()) == 14 + 12 + 6  # as the demo test counts the report's rows
     example = yaml.safe_load((REPO / "config" / "example.yaml").read_text())
     validate(example, SCHEMA)
     assert Plan(example).adapters
+
+
+HFQ = {"text": "/texts/calibration.txt", "schemes": ["GPTQ-W4A16", "AWQ-W4A16"]}
+
+
+@pytest.fixture
+def llmcompressor_env(monkeypatch):
+    """Any existing Python passes the planning-time check that llm-compressor's environment exists."""
+    import sys
+
+    monkeypatch.setenv("LORAFORGE_LLMCOMPRESSOR_PYTHON", sys.executable)
+
+
+def test_gpu_serving_checkpoints_and_the_multi_lora_form(llmcompressor_env):
+    p = plan(hf_quant={**HFQ, "models": ["alpha"]})
+    assert p.hfq_models() == ["alpha", "base"]
+    ck = [f"results/hfq/{m}/{m}-{s}" for m in ("alpha", "base") for s in ("GPTQ-W4A16", "AWQ-W4A16")]
+    assert all(c in p.targets() for c in ck) and len(p.hfq_checkpoints()) == 4
+    assert p.artifacts_of("alpha")[-4:] == ["GPTQ-W4A16", "AWQ-W4A16", "vllm-lora-GPTQ-W4A16", "vllm-lora-AWQ-W4A16"]
+    assert p.artifacts_of("beta")[-2:] == ["vllm-lora-GPTQ-W4A16", "vllm-lora-AWQ-W4A16"]
+    assert "GPTQ-W4A16" not in p.artifacts_of("beta")
+    assert p.artifact_kind("AWQ-W4A16") == "hfq" and p.artifact_kind("vllm-lora-AWQ-W4A16") == "hfq-lora"
+    assert p.evaluation_inputs("beta", "vllm-lora-GPTQ-W4A16") == {
+        "reference": "results/eval/beta/reference.safetensors",
+        "artifact": "results/hfq/base/base-GPTQ-W4A16",
+        "check": "results/hfq/base/base-GPTQ-W4A16.json",
+        "base": "/models/base",
+        "adapters": ["/adapters/beta"],
+    }
+    receipts = p.receipts()
+    assert (
+        "results/registry/alpha/AWQ-W4A16.json" in receipts and "results/registry/base/AWQ-W4A16.json" not in receipts
+    )
+    assert "results/registry/beta/vllm-lora-AWQ-W4A16.json" in receipts
+    assert p.register_inputs("alpha", "GPTQ-W4A16")["checkpoint"] == "results/hfq/alpha/alpha-GPTQ-W4A16"
+    assert p.build_benchmarks("alpha", "GPTQ-W4A16") == [
+        "benchmarks/merge_adapter/alpha.tsv",
+        "benchmarks/quantize_hf/alpha-GPTQ-W4A16.tsv",
+    ]
+    assert p.lineage_settings("alpha")["hf_quant"] == {
+        "text": "/texts/calibration.txt",
+        "samples": 16,
+        "seq_len": 512,
+        "group_size": None,
+    }
+    assert p.deploy_inputs("alpha")["checkpoints"] == ck[:2] and p.deploy_inputs("beta")["base_checkpoints"] == ck[2:]
+    # without multi_lora the base is not quantized; LoRA-only builds the multi-LoRA form alone
+    assert plan(hf_quant={**HFQ, "multi_lora": False}).hfq_models() == ["alpha", "beta"]
+    compressed = {"text": "/texts/calibration.txt", "specs": {"d": {"drop_layers": 1}}}
+    both = plan(hf_quant={**HFQ, "models": ["alpha-d"]}, compress=compressed)
+    assert both.hfq_models() == ["alpha-d", "base"] and both.artifacts_of("alpha-d")[-2:] == HFQ["schemes"]
+    assert "GPTQ-W4A16" not in both.artifacts_of("alpha")
+    lora_only = plan(hf_quant=HFQ, merge={"enabled": False})
+    assert lora_only.hfq_models() == ["base"] and "GPTQ-W4A16" not in lora_only.artifacts_of("alpha")
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ({"hf_quant": {**HFQ, "models": ["gamma"]}}, "config hf_quant.models: no adapter or compressed model 'gamma'"),
+        (
+            {"hf_quant": {**HFQ, "models": ["alpha"]}, "merge": {"enabled": False}},
+            "config hf_quant.models: quantizes merged models",
+        ),
+        (
+            {"hf_quant": {**HFQ, "multi_lora": False}, "merge": {"enabled": False}},
+            "config hf_quant: with merge.enabled false only multi_lora can build",
+        ),
+    ],
+)
+def test_hf_quant_config_errors(llmcompressor_env, extra, message):
+    with pytest.raises(ConfigError) as e:
+        Plan(config(**extra))
+    assert str(e.value).startswith(message) and "\n" not in str(e.value), str(e.value)
+
+
+def test_an_unknown_scheme_is_refused_by_the_schema():
+    with pytest.raises(Exception, match="NF4"):
+        config(hf_quant={**HFQ, "schemes": ["NF4"]})
+
+
+def test_hf_quant_without_llm_compressors_environment_is_one_line(monkeypatch, tmp_path):
+    monkeypatch.setenv("LORAFORGE_LLMCOMPRESSOR_PYTHON", str(tmp_path / "python"))
+    with pytest.raises(ConfigError, match=r"^config hf_quant: \$LORAFORGE_LLMCOMPRESSOR_PYTHON=.*: no such Python$"):
+        plan(hf_quant=HFQ)
 
 
 # --- checks that read the inputs (headers and JSON): real tiny models ---------------------------------------
@@ -289,6 +375,41 @@ def test_adapters_llama_cpp_cannot_load_exactly_have_no_lora_form(models, tmp_pa
         "adapter dora: no LoRA GGUF form (DoRA: llama.cpp's LoRA GGUFs have no magnitude vectors); "
         "its merged form builds"
     ]
+
+
+def test_hf_quant_inputs_are_checked_before_any_job(models, tmp_path, llmcompressor_env):
+    cfg = config(base_model=str(models["base"]), adapters={"alpha": str(models["alpha"])})
+    cfg["evaluation"]["texts"] = {"general": str(models["text"])}
+    calibration = tmp_path / "calibration.txt"
+    calibration.write_text("def f(x):\n    return x * 2\n" * 400)
+    cfg["hf_quant"] = {**HFQ, "text": str(calibration), "group_size": None, "samples": 4, "seq_len": 64}
+    cfg["hf_quant"]["multi_lora"] = True
+    Plan(copy.deepcopy(cfg)).check_inputs()
+    bad = copy.deepcopy(cfg)
+    bad["hf_quant"]["group_size"] = 256
+    Plan(copy.deepcopy(bad)).check_inputs()  # 256 divides the tiny Llama's 256-wide rows
+    bad["hf_quant"]["group_size"] = 32
+    Plan(copy.deepcopy(bad)).check_inputs()
+    bad = copy.deepcopy(cfg)
+    bad["hf_quant"]["samples"] = 10_000
+    with pytest.raises(ConfigError, match=r"config hf_quant.text: .*calibration.txt: \d+ tokens, too short"):
+        Plan(bad).check_inputs()
+    bad = copy.deepcopy(cfg)
+    bad["hf_quant"]["text"] = str(models["text"])
+    with pytest.raises(ConfigError, match="config hf_quant.text: .* overlaps evaluation.texts.general"):
+        Plan(bad).check_inputs()
+
+
+def test_adapters_vllm_cannot_serve_have_no_multi_lora_form(models, tmp_path, llmcompressor_env):
+    dora = make_adapter(models["base"], tmp_path / "dora", r=4, use_dora=True)
+    cfg = config(base_model=str(models["base"]), adapters={"alpha": str(models["alpha"]), "dora": str(dora)})
+    cfg["hf_quant"] = {**HFQ, "models": ["alpha"]}
+    cfg["hf_quant"]["multi_lora"] = True
+    said = []
+    p = Plan(cfg, notify=said.append)
+    assert p.vllm_lora_adapters() == ["alpha"]
+    assert not any(a.startswith("vllm-lora-") for a in p.artifacts_of("dora"))
+    assert "adapter dora: no vLLM multi-LoRA form (DoRA: vLLM does not support it)" in said
 
 
 def test_a_lora_only_revision_refuses_what_has_no_lora_form(models, tmp_path):

@@ -5,6 +5,8 @@ A bundle directory per adapter (``results/deploy/<adapter>/``):
 - ``Modelfile``: ``FROM`` the merged model's GGUF;
 - ``Modelfile.lora`` (when the adapter has the LoRA GGUF form): ``FROM`` the base's GGUF of the same type and
   ``ADAPTER`` the LoRA GGUF;
+- with ``hf_quant``, the card's vLLM section: ``vllm serve`` of each GPTQ / AWQ checkpoint of the merged model,
+  and of the base's checkpoint with the adapter as a LoRA module (``--enable-lora``);
 - ``README.md``: a model card with YAML front matter (``base_model``, ``base_model_relation``, ``license``,
   ``tags``, ``quantized_by``) and the measured numbers of every evaluated artifact.
 
@@ -93,6 +95,38 @@ def modelfile(bundle: Path, from_gguf, stops: list[str], template: str | None, a
     return "\n".join(lines) + "\n"
 
 
+def vllm_commands(adapter: str, adapter_dirs, checkpoints, base_checkpoints) -> list[dict]:
+    """How vLLM serves each GPU-serving form: a GPTQ / AWQ checkpoint of the merged model, and the base's checkpoint
+    with the adapter's PEFT directory as a LoRA module (``--max-lora-rank`` at least the adapter's rank)."""
+    out = []
+    for ck in checkpoints:
+        scheme = json.loads(Path(f"{ck}.json").read_text())["scheme"]
+        out.append(
+            {
+                "form": scheme,
+                "path": str(ck),
+                "what": f"the merged model as a {scheme} compressed-tensors checkpoint (vLLM, SGLang, TGI)",
+                "command": f"vllm serve {ck} --served-model-name {adapter}",
+            }
+        )
+    for ck in base_checkpoints:
+        scheme = json.loads(Path(f"{ck}.json").read_text())["scheme"]
+        cfg = json.loads((Path(adapter_dirs[0]) / "adapter_config.json").read_text())
+        ranks = [cfg["r"], *(cfg.get("rank_pattern") or {}).values()]
+        rank = next(r for r in (8, 16, 32, 64, 128, 256, 320, 512) if r >= max(ranks))
+        out.append(
+            {
+                "form": f"vllm-lora-{scheme}",
+                "path": str(ck),
+                "what": f"the base model as a {scheme} checkpoint, shared by every adapter (vLLM `--enable-lora`)",
+                "command": (
+                    f"vllm serve {ck} --enable-lora --max-lora-rank {rank} --lora-modules {adapter}={adapter_dirs[0]}"
+                ),
+            }
+        )
+    return out
+
+
 def _license(base_dir, configured: str | None) -> str | None:
     readme = Path(base_dir) / "README.md"
     if readme.exists():
@@ -128,6 +162,7 @@ def model_card(
     metrics: dict[str, Metrics],
     base_metrics: Metrics | None,
     merged: bool = True,
+    vllm: list[dict] | None = None,
 ) -> str:
     """The Hugging Face model card (README.md with its YAML front matter) of one adapter's bundle."""
     import yaml
@@ -166,6 +201,7 @@ def model_card(
         rows=rows,
         base_ppl=base_ppl,
         merged=merged,
+        vllm=vllm or [],
     )
 
 
@@ -186,6 +222,8 @@ def deploy_bundle(
     license_: str | None = None,
     quantized_by: str | None = None,
     splits=None,
+    checkpoints=None,
+    base_checkpoints=None,
 ) -> dict:
     """Write the bundle directory of one adapter (it appears only when complete). ``splits``: the sidecars of
     its GGUFs in llama.cpp's split format (loraforge.quantization.split), listed in the card. A LoRA-only
@@ -212,6 +250,9 @@ def deploy_bundle(
             f"{Path(s['source']).name} in {len(s['files'])} file(s) of at most {s['max_size']} (llama.cpp loads "
             "the set from this first file; Ollama and LM Studio take the whole file)"
         )
+    vllm = vllm_commands(adapter, adapter_dirs, checkpoints or [], base_checkpoints or [])
+    for v in vllm:
+        files[v["path"]] = v["what"]
     base_id = _base_model_id(base_dir, adapter_dirs, base_model_id)
     lic = _license(base_dir, license_)
     with atomic_dir(out_dir) as tmp:
@@ -231,7 +272,7 @@ def deploy_bundle(
                 )
             )
         (tmp / "README.md").write_text(
-            model_card(name, adapter, base_id, lic, quantized_by, files, loaded, base_m, merged_gguf is not None),
+            model_card(name, adapter, base_id, lic, quantized_by, files, loaded, base_m, merged_gguf is not None, vllm),
             encoding="utf-8",
         )
     summary = {
@@ -240,7 +281,9 @@ def deploy_bundle(
         "template_family": template_family(template),
         "base_model": base_id,
         "license": lic,
-        "forms": (["merged"] if merged_gguf is not None else []) + (["lora"] if lora_gguf else []),
+        "forms": (["merged"] if merged_gguf is not None else [])
+        + (["lora"] if lora_gguf else [])
+        + [v["form"] for v in vllm],
     }
     log.info("deploy bundle %s: %s", out_dir, summary)
     return summary

@@ -70,7 +70,7 @@ def _rows(base_json, metric_jsons, benchmarks: dict | None = None) -> tuple[list
             row["size_mb"] = m.size_bytes / 1e6
             # what each further adapter costs: its LoRA GGUF beside the shared base, or a whole merged model
             if artifact != "base":
-                row["per_adapter_mb"] = (m.lora_bytes if m.kind == "lora" else m.size_bytes) / 1e6
+                row["per_adapter_mb"] = (m.lora_bytes if m.kind in ("lora", "hfq-lora") else m.size_bytes) / 1e6
         if artifact == "base":
             row["form"] = "base model"
         for key, _ in COLUMNS[5:-1]:
@@ -88,7 +88,14 @@ def _rows(base_json, metric_jsons, benchmarks: dict | None = None) -> tuple[list
 
 
 def _form(kind: str) -> str:
-    return {"lora": "base GGUF + LoRA GGUF", "gguf": "merged GGUF", "hf": "merged HF", "peft": "PEFT"}.get(kind, kind)
+    return {
+        "lora": "base GGUF + LoRA GGUF",
+        "gguf": "merged GGUF",
+        "hf": "merged HF",
+        "peft": "PEFT",
+        "hfq": "merged, compressed-tensors (vLLM)",
+        "hfq-lora": "base compressed-tensors + PEFT LoRA (vLLM)",
+    }.get(kind, kind)
 
 
 def _table_html(rows, cols) -> str:

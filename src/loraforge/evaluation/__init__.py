@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import PipelineError
-from ..io.hashing import sha256_file
+from ..io.hashing import sha256_file, tree_fingerprint
 from ..io.publish import write_text_atomic
 from ..progress import Progress
 from .metrics import GATES, Metrics, TextScorer, check_gates, kld_stats
@@ -26,11 +26,11 @@ from .windows import token_windows
 
 log = logging.getLogger(__name__)
 
-KINDS = ("gguf", "lora", "hf", "peft")
+KINDS = ("gguf", "lora", "hf", "peft", "hfq", "hfq-lora")
 
 
 def _artifact_size(path: Path) -> int:
-    if path.is_dir():
+    if path.is_dir():  # an HF model or a compressed-tensors checkpoint: its weights
         return sum(f.stat().st_size for f in path.glob("*.safetensors"))
     return path.stat().st_size
 
@@ -43,11 +43,12 @@ def changed_since_built(path, check_json) -> str:
 
 
 def verify_built(path, check_json) -> str | None:
-    """``path``'s sha256 when its build sidecar ``check_json`` recorded one (refused if it differs), else None."""
+    """``path``'s sha256 (a directory's tree fingerprint) when its build sidecar ``check_json`` recorded one (refused
+    if it differs), else None."""
     expected = json.loads(Path(check_json).read_text()).get("sha256") if check_json else None
     if not expected:
         return None
-    sha = sha256_file(path)
+    sha = tree_fingerprint(path) if Path(path).is_dir() else sha256_file(path)
     if sha != expected:
         raise PipelineError(changed_since_built(path, check_json))
     return sha
@@ -81,6 +82,10 @@ def _scorer(kind: str, path, n_ctx: int, threads: int, base_dir, adapters, batch
         return hf_scorer(path, batch=batch, budget_mb=budget_mb, n_ctx=n_ctx)
     if kind == "peft":
         return peft_scorer(base_dir, adapters, batch=batch, budget_mb=budget_mb, n_ctx=n_ctx)
+    if kind in ("hfq", "hfq-lora"):
+        from .scorers import checkpoint_scorer
+
+        return checkpoint_scorer(path, adapters if kind == "hfq-lora" else None, batch=batch, budget_mb=budget_mb)
     raise PipelineError(f"unknown artifact kind {kind!r} (one of {', '.join(KINDS)})")
 
 
@@ -153,10 +158,16 @@ def evaluate(
         summary["size_bytes"] = _artifact_size(Path(path))
         if Path(path).is_file():
             summary["artifact_sha256"] = hashes.get("path") or sha256_file(path)
+        elif hashes.get("path"):  # a checkpoint directory, verified against its build sidecar
+            summary["artifact_sha256"] = hashes["path"]
         if "bits_per_weight" in loaded and not lora:
             summary["bits_per_weight"] = loaded["bits_per_weight"]
     if "memory_plan" in loaded:
         summary["memory_plan"] = loaded["memory_plan"]
+    if kind == "hfq-lora":  # the adapter vLLM loads beside the base's checkpoint
+        adapter_bytes = sum(_artifact_size(Path(a["path"])) for a in adapters)
+        summary.update(lora=str(adapters[0]["path"]), lora_bytes=adapter_bytes)
+        summary["size_bytes"] += adapter_bytes
     if lora:
         lora_bytes = Path(lora).stat().st_size
         summary.update(lora=str(lora), lora_bytes=lora_bytes, lora_sha256=hashes.get("lora") or sha256_file(lora))

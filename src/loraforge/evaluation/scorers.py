@@ -5,10 +5,13 @@ windows as parallel sequences changes quantized logits: llama.cpp picks other ke
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+
+from ..errors import PipelineError
 
 
 class HFScorer:
@@ -84,3 +87,46 @@ def peft_scorer(
     base, loaded = validate_inputs(base_dir, adapters)
     model = peft_model(base.path, loaded, merge_all=False, dtype=dtype, budget_mb=budget_mb, n_ctx=n_ctx)
     return HFScorer(model, batch)
+
+
+class CheckpointScorer(HFScorer):
+    """A compressed-tensors checkpoint (GPTQ / AWQ), decompressed by transformers into 16-bit weights and computed
+    in its own dtype, as vLLM's W4A16 kernels do; with ``adapters``, the adapter applied through PEFT on top (vLLM's
+    multi-LoRA form)."""
+
+    def __init__(self, path, adapters=None, batch: int = 8):
+        from ..models.hf import load_checkpoint
+
+        self.sidecar = json.loads(Path(f"{path}.json").read_text())
+        model = load_checkpoint(path)
+        if adapters:
+            from peft import PeftModel
+
+            (spec,) = adapters
+            model = PeftModel.from_pretrained(model, str(spec["path"]), local_files_only=True)
+            if float(spec.get("weight", 1.0)) != 1.0:
+                raise PipelineError(
+                    f"{spec['path']}: vLLM applies a LoRA at scale 1; a weighted adapter has no such form"
+                )
+        from ..device import torch_device
+
+        super().__init__(model.to(torch_device()), batch)
+        self.adapters = adapters
+
+    def info(self) -> dict:
+        return {} if self.adapters else {"bits_per_weight": self.sidecar["bits_per_weight"]}
+
+
+def checkpoint_scorer(path, adapters=None, batch: int = 8, budget_mb: float | None = None) -> CheckpointScorer:
+    """A checkpoint loads whole (decompressed, 2 bytes a weight): refused in one line when that exceeds the memory
+    budget, since a packed checkpoint cannot stream layer by layer as an HF model does."""
+    sidecar = Path(f"{path}.json")
+    if not sidecar.is_file():
+        raise PipelineError(f"{path}: no build sidecar {sidecar} (not built by loraforge's quantize_hf)")
+    need_mb = json.loads(sidecar.read_text())["n_params"] * 2 / 2**20
+    if budget_mb is not None and need_mb > budget_mb:
+        raise PipelineError(
+            f"{path}: decompressed it needs {need_mb:.0f} MB, over memory.budget_mb {budget_mb:.0f}; a GPTQ/AWQ "
+            "checkpoint is evaluated whole: raise the budget or drop hf_quant for this model"
+        )
+    return CheckpointScorer(path, adapters, batch)

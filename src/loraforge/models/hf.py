@@ -1,7 +1,8 @@
-"""An HF causal LM from a local directory, loaded whole."""
+"""An HF causal LM from a local directory, loaded whole; a compressed-tensors (GPTQ / AWQ) checkpoint decompressed."""
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 
@@ -10,3 +11,18 @@ def load_hf_model(model_dir: str | Path, dtype="auto"):
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype, local_files_only=True)
+
+
+def load_checkpoint(path, dtype="auto"):
+    """A compressed-tensors checkpoint through transformers, decompressed into plain 16-bit Linear layers (what
+    runs on a CPU and what PEFT can wrap); ``dtype`` "float32" computes in float32."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils.quantization_config import CompressedTensorsConfig
+
+    # transformers >= 5.20 names it dequantize=True; older ones run_compressed=False
+    params = inspect.signature(CompressedTensorsConfig).parameters
+    config = CompressedTensorsConfig(**({"dequantize": True} if "dequantize" in params else {"run_compressed": False}))
+    model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, quantization_config=config)
+    if dtype == "float32":
+        model = model.float()
+    return model.eval()

@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import PipelineError
-from ..io.hashing import HashCache, sha256_file
+from ..io.hashing import HashCache, sha256_file, tree_fingerprint
 from .errors import DiskFull, StoredFileChanged, StoredFileMissing
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,10 @@ class ArtifactStore:
         return self.root / "sha256" / sha256[:2] / f"{sha256}{suffix}"
 
     def put(self, src: Path, sha256: str) -> Path:
-        """The store's copy of ``src`` (whose content hashes to ``sha256``); idempotent."""
+        """The store's copy of ``src`` (whose content hashes to ``sha256``; a directory's is its tree fingerprint);
+        idempotent."""
+        if Path(src).is_dir():
+            return self._put_tree(Path(src), sha256)
         dst = self.path_for(sha256, "".join(Path(src).suffixes[-1:]))
         if dst.exists():
             self.verify(dst, sha256)
@@ -74,8 +77,54 @@ class ArtifactStore:
         log.info("stored %s as %s (%s)", src, dst, self.mode)
         return dst
 
+    def _put_tree(self, src: Path, sha256: str) -> Path:
+        """A directory artifact (a GPU-serving checkpoint, a PEFT adapter): copied (or hard-linked) file by file
+        into a temporary directory, verified, made read-only, then renamed into place."""
+        dst = self.path_for(sha256, ".d")
+        if dst.exists():
+            self.verify(dst, sha256)
+            return dst
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+
+        def copy(a, b):
+            if self.mode == "link":
+                try:
+                    return os.link(a, b)
+                except OSError as e:
+                    if e.errno != errno.EXDEV:
+                        raise
+            return shutil.copyfile(a, b)
+
+        try:
+            shutil.copytree(src, tmp, copy_function=copy)
+            if tree_fingerprint(tmp) != sha256:
+                raise PipelineError(f"{src}: changed while it was being registered; nothing registered")
+            for f in tmp.rglob("*"):
+                if f.is_file():
+                    os.chmod(f, 0o444)
+            os.replace(tmp, dst)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise DiskFull(f"{self.root}: no space left on device storing {src}") from None
+            raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        log.info("stored %s as %s (%s)", src, dst, self.mode)
+        return dst
+
     def verify(self, path: Path, sha256: str) -> None:
         """The stored file is there with its registered content; else one line, and nothing handed out."""
+        if path.is_dir():
+            got = tree_fingerprint(path, self.hashes)
+            self.hashes.save()
+            if got != sha256:
+                raise StoredFileChanged(
+                    f"{path}: registered directory changed since registration (fingerprint {got}, registered "
+                    f"{sha256}); refusing to hand it out"
+                )
+            return
         if not path.is_file():
             raise StoredFileMissing(f"{path}: registered file is missing from the registry store")
         got = self.hashes.sha256(path)

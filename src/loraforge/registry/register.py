@@ -70,12 +70,107 @@ def register_artifact(
     inputs = (merged or built).get("inputs")
     if not inputs:
         raise PipelineError(f"{merge_json or check_json}: records no inputs (built by an older loraforge); rebuild it")
+    return _register(
+        registry,
+        store_mode,
+        name,
+        inputs,
+        settings,
+        "gguf",
+        gguf_type,
+        gguf,
+        metrics,
+        sha,
+        merged,
+        merged_dir,
+        hashes,
+        receipt,
+    )
+
+
+def register_checkpoint(
+    registry,
+    name: str,
+    variant: str,
+    checkpoint,
+    check_json,
+    receipt,
+    settings: dict,
+    merge_json=None,
+    merged_dir=None,
+    base_dir=None,
+    adapter_dirs=None,
+    weights=None,
+    metrics_json=None,
+    store_mode: str = "copy",
+) -> dict:
+    """Register a GPU-serving form of an adapter revision: a GPTQ / AWQ checkpoint directory (kind ``hf-quant``,
+    variant the scheme), or for ``vllm-lora-<scheme>`` the adapter's PEFT directory that vLLM serves on the base's
+    checkpoint (kind ``vllm-lora``; the base checkpoint's fingerprint is recorded with it). Both are stored whole."""
+    built = _read(check_json)
+    hashes = HashCache(WORKFLOW_HASH_CACHE)
+    ck_sha = tree_fingerprint(checkpoint, hashes)
+    if ck_sha != built.get("sha256"):
+        raise PipelineError(changed_since_built(checkpoint, check_json))
+    quantization = {k: built.get(k) for k in ("scheme", "method", "group_size", "bits_per_weight", "calibration")}
+    metrics: dict = {
+        "check": {k: built["check"][k] for k in ("max_logit_diff", "top1_agreement")},
+        "tools": built.get("tools", {}),
+    }
+    vllm = variant.startswith("vllm-lora-")
+    if vllm:
+        if not adapter_dirs or len(adapter_dirs) != 1:
+            raise PipelineError(f"{name}: vLLM's multi-LoRA form takes exactly one adapter directory")
+        path, kind = Path(adapter_dirs[0]), "vllm-lora"
+        sha = tree_fingerprint(path, hashes)
+        metrics["base_checkpoint"] = {"path": str(Path(checkpoint).resolve()), "sha256": ck_sha, **quantization}
+    else:
+        path, kind, sha = Path(checkpoint), "hf-quant", ck_sha
+        metrics["quantization"] = quantization
+    if metrics_json:
+        evaluation = Metrics.from_json(_read(metrics_json))
+        if evaluation.artifact_sha256 != ck_sha:
+            raise PipelineError(f"{checkpoint}: {metrics_json} scored other files than these; re-run its evaluation")
+        metrics["evaluation"] = evaluation.to_json()
+    merged = _read(merge_json) if merge_json else None
+    if merged:
+        inputs = merged.get("inputs")
+        if not inputs:
+            raise PipelineError(f"{merge_json}: records no inputs (built by an older loraforge); rebuild it")
+    else:
+        from ..merging import input_lineage
+
+        weights = weights or [1.0] * len(adapter_dirs)
+        specs = [{"path": a, "weight": w} for a, w in zip(adapter_dirs, weights, strict=True)]
+        inputs = input_lineage(base_dir, specs)
+    return _register(
+        registry,
+        store_mode,
+        name,
+        inputs,
+        settings,
+        kind,
+        variant,
+        path,
+        metrics,
+        sha,
+        merged,
+        merged_dir,
+        hashes,
+        receipt,
+    )
+
+
+def _register(
+    registry, store_mode, name, inputs, settings, kind, variant, path, metrics, sha, merged, merged_dir, hashes, receipt
+) -> dict:
+    """Register one artifact (and, once, the merged model of its revision) and write its receipt."""
     lineage = {**inputs, "settings": settings, "tools": tool_versions()}
     merged_sha = tree_fingerprint(merged_dir, hashes) if merged else None
     hashes.save()
     reg = Registry(registry, store_mode=store_mode)
     try:
-        mv, new_version, new_artifact = reg.register(name, lineage, "gguf", gguf_type, gguf, metrics, sha256=sha)
+        mv, new_version, new_artifact = reg.register(name, lineage, kind, variant, path, metrics, sha256=sha)
         if merged:
             reg.register(
                 name,
@@ -94,17 +189,18 @@ def register_artifact(
         "registered" if new_artifact else "already registered",
         name,
         mv.version,
-        gguf_type,
+        variant,
         "(new version)" if new_version else "",
         reg.path,
     )
-    art = mv.artifact(gguf_type, "gguf")
+    art = mv.artifact(variant, kind)
     rec = {
         "registry": str(reg.path.resolve()) if isinstance(reg.path, Path) else reg.path,  # a file, or a URL
         "name": name,
         "version": mv.version,
         "revision": mv.revision,
-        "variant": gguf_type,
+        "variant": variant,
+        "kind": kind,
         "sha256": sha,
         "stored_as": art.store_path,
         "created": new_artifact,

@@ -5,10 +5,11 @@ Wildcards, one name per meaning:
 - ``{adapter}``: a configured adapter (or stack) name;
 - ``{model}``: anything with GGUFs: an adapter's merged model, ``base`` (the base's own GGUFs, for the LoRA GGUF
   form) or a compressed model ``<adapter>-<spec>``;
+- ``{scheme}``: a GPU-serving checkpoint scheme (``GPTQ-W4A16``, ``AWQ-W4A16``);
 - ``{gguf_type}``: a GGUF type (the float type, a quant type, ``<quant>-imat``);
 - ``{artifact}``: an evaluated form of a model (``adapter``, ``merged``, a GGUF type, ``lora-<type>``, ``pruned``,
-  ``distilled``);
-- ``{variant}``: a registered artifact of a model (a GGUF type or ``lora-<type>``).
+  ``distilled``, a scheme, ``vllm-lora-<scheme>``);
+- ``{variant}``: a registered artifact of a model (a GGUF type, ``lora-<type>``, a scheme, ``vllm-lora-<scheme>``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ GGUF_CHECK = GGUF + ".json"
 IMATRIX = "results/imatrix/{model}.imatrix.gguf"
 IMATRIX_CHECK = IMATRIX + ".json"
 LORA_GGUF = "results/lora/{adapter}/{adapter}-lora-{lora_type}.gguf"
+HFQ = "results/hfq/{model}/{model}-{scheme}"
+HFQ_CHECK = HFQ + ".json"
 PRUNED = "results/pruned/{model}"
 PRUNE_SCORES = "results/pruned/{model}.json"
 DISTILLED = "results/distilled/{model}"

@@ -11,12 +11,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import PipelineError
+from ..hfquant import SCHEMES
 from . import paths
 
 log = logging.getLogger(__name__)
 
 # the evaluated forms that are HF model directories, and the PEFT-applied adapter
 HF_ARTIFACTS = ("merged", "pruned", "distilled")
+VLLM_LORA = "vllm-lora-"  # vllm-lora-<scheme>: the base's checkpoint of a scheme with the adapter through PEFT
 
 
 class ConfigError(PipelineError):
@@ -100,6 +102,7 @@ class Plan:
                 raise ConfigError(
                     "compress.specs", f"{clash[0]} is both an adapter and a compressed model's name; rename one"
                 )
+        self._init_hf_quant(config)
         # what gets GGUFs: every adapter's merged model, the base itself for the LoRA GGUF form, compressed models
         self.models = (self.adapters if self.merged else []) + (["base"] if self.lora else []) + list(self.compressed)
         # what has a reference-based evaluation and registry entries
@@ -111,6 +114,8 @@ class Plan:
             + (["merged", *self.gguf_types] if self.merged else [])
             + ([f"lora-{t}" for t in self.gguf_types] if self.lora else [])
             + (["pruned", "distilled"] if self.compress else [])
+            + (list(self.hfq_schemes) if self.hfq_adapters or self.hfq_compressed else [])
+            + ([f"{VLLM_LORA}{s}" for s in self.hfq_schemes] if self.hfq_multi_lora else [])
         )
         evaluation = config["evaluation"]
         if self.evaluate and not evaluation["texts"]:
@@ -160,6 +165,47 @@ class Plan:
                         f"adapters.{name}", f"no LoRA GGUF form ({why}): it needs the merged form (merge.enabled: true)"
                     )
 
+    def _init_hf_quant(self, config: dict) -> None:
+        """GPU-serving checkpoints (``hf_quant``): which merged models get them, and whether the base does (for
+        vLLM's multi-LoRA form)."""
+        hfq = config.get("hf_quant")
+        if hfq:
+            hfq = {"group_size": None, "samples": 16, "seq_len": 512, "multi_lora": True, **hfq}
+        self.hfq = hfq
+        self.hfq_schemes: list[str] = list(hfq["schemes"]) if hfq else []
+        self.hfq_adapters: list[str] = []  # adapters whose merged models get checkpoints
+        self.hfq_compressed: list[str] = []  # compressed models that do
+        self.hfq_multi_lora = bool(hfq and hfq["multi_lora"])
+        self._vllm_refusal = functools.cache(self._vllm_refusal_uncached)
+        if not hfq:
+            return
+        for s in self.hfq_schemes:
+            if s not in SCHEMES:
+                raise ConfigError("hf_quant.schemes", f"{s} is not one of {', '.join(SCHEMES)}")
+        from ..hfquant import tool_python
+
+        try:
+            tool_python()
+        except PipelineError as e:
+            raise ConfigError("hf_quant", str(e)) from None
+        listed = hfq.get("models")
+        names = self.adapters + list(self.compressed)
+        for a in listed or []:
+            if a not in names:
+                raise ConfigError(
+                    "hf_quant.models", f"no adapter or compressed model {a!r} (one of {', '.join(names)})"
+                )
+        if not self.merged and listed:
+            raise ConfigError(
+                "hf_quant.models",
+                "quantizes merged models: with merge.enabled false only the multi-LoRA form (the base) builds",
+            )
+        if not self.merged and not self.hfq_multi_lora:
+            raise ConfigError("hf_quant", "with merge.enabled false only multi_lora can build: set it true")
+        chosen = (listed or names) if self.merged else []
+        self.hfq_adapters = [a for a in chosen if a in self.adapters]
+        self.hfq_compressed = [c for c in chosen if c in self.compressed]
+
     # --- what each name is ---------------------------------------------------------------------------------
 
     def adapter_specs(self, name: str) -> list[dict]:
@@ -195,9 +241,14 @@ class Plan:
 
     @staticmethod
     def artifact_kind(artifact: str) -> str:
-        """How an evaluated artifact is scored: peft (base + adapter), hf (a model dir), gguf, or lora."""
+        """How an evaluated artifact is scored: peft (base + adapter), hf (a model dir), gguf, lora (base GGUF +
+        LoRA GGUF), hfq (a compressed-tensors checkpoint) or hfq-lora (the base's checkpoint + adapter, PEFT)."""
+        if artifact.startswith(VLLM_LORA):
+            return "hfq-lora"
         if artifact.startswith("lora-"):
             return "lora"
+        if artifact in SCHEMES:
+            return "hfq"
         if artifact == "adapter":
             return "peft"
         return "hf" if artifact in HF_ARTIFACTS else "gguf"
@@ -231,15 +282,53 @@ class Plan:
     def lora_adapters(self) -> list[str]:
         return [a for a in self.adapters if self.lora_form(a)]
 
+    def vllm_lora_form(self, name: str) -> bool:
+        """Whether adapter ``name`` gets vLLM's multi-LoRA form (the base's checkpoint + the PEFT directory);
+        what vLLM's LoRA cannot serve is skipped, logged once."""
+        if not self.hfq_multi_lora or name not in self.adapters:
+            return False
+        if why := self._vllm_refusal(name):
+            if f"vllm:{name}" not in self._told:
+                self._told.add(f"vllm:{name}")
+                self.notify(f"adapter {name}: no vLLM multi-LoRA form ({why})")
+            return False
+        return True
+
+    def _vllm_refusal_uncached(self, name: str) -> str | None:
+        from ..hfquant import vllm_lora_refusal
+
+        specs = self.adapter_specs(name)
+        if len(specs) == 1 and self.produced(specs[0]["path"]):
+            return None  # built by this workflow (the demo's): a plain LoRA
+        try:
+            return vllm_lora_refusal(specs)
+        except PipelineError:
+            return None  # a broken adapter: check_inputs() names the problem in one line
+
+    def vllm_lora_adapters(self) -> list[str]:
+        return [a for a in self.adapters if self.vllm_lora_form(a)]
+
+    def hfq_models(self) -> list[str]:
+        """What gets GPU-serving checkpoints: the listed adapters' merged models and compressed models, and the
+        base when an adapter has the multi-LoRA form."""
+        out = list(self.hfq_adapters) + list(self.hfq_compressed)
+        return out + (["base"] if self.vllm_lora_adapters() else [])
+
     def artifacts_of(self, name: str) -> list[str]:
         """The evaluated artifacts of one adapter or compressed model."""
+        schemes = self.hfq_schemes if name in self.hfq_models() else []
         if name in self.compressed:
-            return ["pruned", *(["distilled"] if self.distilled(name) else []), *self.gguf_types]
-        return [
+            return ["pruned", *(["distilled"] if self.distilled(name) else []), *self.gguf_types, *schemes]
+        own = [
             a
             for a in self.artifacts
-            if a not in ("pruned", "distilled") and (not a.startswith("lora-") or self.lora_form(name))
+            if a not in ("pruned", "distilled")
+            and a not in self.hfq_schemes
+            and not a.startswith(VLLM_LORA)
+            and (not a.startswith("lora-") or self.lora_form(name))
         ]
+        vllm = [f"{VLLM_LORA}{s}" for s in self.hfq_schemes] if self.vllm_lora_form(name) else []
+        return own + list(schemes) + vllm
 
     def gguf_metadata(self, name: str) -> dict:
         """llama.cpp's naming keys for a GGUF of ``name`` (an adapter, a compressed model, or ``base``)."""
@@ -271,6 +360,8 @@ class Plan:
             }
         if name in self.compressed:
             settings["compress"] = self.compress_spec(name)
+        if self.hfq:  # the checkpoints' calibration (a scheme is a variant of the version, not a setting)
+            settings["hf_quant"] = {k: self.hfq[k] for k in ("text", "samples", "seq_len", "group_size")}
         return settings
 
     # --- paths ---------------------------------------------------------------------------------------------
@@ -284,6 +375,15 @@ class Plan:
     def lora_gguf_of(self, adapter: str) -> str:
         return self.lora_gguf.format(adapter=adapter)
 
+    def hfq_dir(self, model: str, scheme: str) -> str:
+        return paths.HFQ.format(model=model, scheme=scheme)
+
+    def hfq_check(self, model: str, scheme: str) -> str:
+        return paths.HFQ_CHECK.format(model=model, scheme=scheme)
+
+    def hfq_checkpoints(self) -> list[str]:
+        return [self.hfq_dir(m, s) for m in self.hfq_models() for s in self.hfq_schemes]
+
     def metrics(self, model: str, artifact: str) -> str:
         return paths.METRICS.format(model=model, artifact=artifact)
 
@@ -292,7 +392,17 @@ class Plan:
             return []
         merged = self.evaluated if self.merged else []
         out = [paths.RECEIPT.format(model=m, variant=t) for m in merged for t in self.gguf_types]
-        return out + [paths.RECEIPT.format(model=a, variant=self.lora_variant) for a in self.lora_adapters()]
+        out += [paths.RECEIPT.format(model=a, variant=self.lora_variant) for a in self.lora_adapters()]
+        out += [
+            paths.RECEIPT.format(model=m, variant=s) for m in self.hfq_models() if m != "base" for s in self.hfq_schemes
+        ]
+        vllm = [f"{VLLM_LORA}{s}" for s in self.hfq_schemes]
+        return out + [paths.RECEIPT.format(model=a, variant=v) for a in self.vllm_lora_adapters() for v in vllm]
+
+    def registered_variants(self) -> list[str]:
+        """Every ``{variant}`` register_model takes."""
+        vllm = [f"{VLLM_LORA}{s}" for s in self.hfq_schemes]
+        return [*self.gguf_types, self.lora_variant, *self.hfq_schemes, *vllm]
 
     def promotions(self) -> list[str]:
         return [paths.PROMOTION.format(adapter=a) for a in self.adapters] if self.promote else []
@@ -303,8 +413,8 @@ class Plan:
     def build_benchmarks(self, name: str, artifact: str) -> list[str]:
         """The benchmark files of the jobs that build one artifact of ``name`` (for the report's build time). The
         LoRA form counts only its own conversion: the base's GGUFs are built once for every adapter."""
-        if artifact == "adapter":
-            return []
+        if artifact == "adapter" or artifact.startswith(VLLM_LORA):
+            return []  # the adapter as trained (the base's checkpoint is built once for every adapter)
         if artifact.startswith("lora-"):
             return [paths.benchmark("convert_lora", name)]
         if name in self.compressed:
@@ -315,6 +425,8 @@ class Plan:
             steps = [paths.benchmark("merge_adapter", name)]
         if artifact in HF_ARTIFACTS:
             return steps if artifact == "distilled" else steps[:1]
+        if artifact in self.hfq_schemes:
+            return [*steps, paths.benchmark("quantize_hf", f"{name}-{artifact}")]
         steps.append(paths.benchmark("convert_to_gguf", f"{name}-{self.float_type}"))
         if artifact != self.float_type:
             steps.append(paths.benchmark("quantize_gguf", f"{name}-{artifact}"))
@@ -331,6 +443,7 @@ class Plan:
         models = [m for m in self.models if m != "base" or self.lora_adapters()]
         out = [self.gguf(m, t) for m in models for t in self.gguf_types]
         out += [self.lora_gguf_of(a) for a in self.lora_adapters()]
+        out += self.hfq_checkpoints()
         if self.deploy:
             out += [paths.DEPLOY.format(adapter=a) for a in self.adapters]
         if self.split:
@@ -353,6 +466,8 @@ class Plan:
             out.add(self.imatrix["text"])
         if self.compress:
             out.add(self.compress["text"])
+        if self.hfq:
+            out.add(self.hfq["text"])
         return {p for p in out if not self.produced(p)}
 
     def adapter_inputs(self, adapter: str) -> dict:
@@ -368,6 +483,9 @@ class Plan:
 
     def convert_inputs(self, model: str) -> dict:
         return {"model_dir": self.model_dir(model)}
+
+    def hfq_inputs(self, model: str) -> dict:
+        return {"model_dir": self.model_dir(model), "text": self.hfq["text"]}
 
     def quantize_inputs(self, model: str, gguf_type: str) -> dict:
         inputs = {"gguf": self.gguf(model, self.float_type)}
@@ -388,6 +506,12 @@ class Plan:
             inputs.update(
                 artifact=self.gguf("base", t), check=self.gguf_check("base", t), lora=lora, lora_check=f"{lora}.json"
             )
+        elif kind == "hfq":
+            inputs.update(artifact=self.hfq_dir(model, artifact), check=self.hfq_check(model, artifact))
+        elif kind == "hfq-lora":
+            scheme = artifact.removeprefix(VLLM_LORA)
+            inputs.update(artifact=self.hfq_dir("base", scheme), check=self.hfq_check("base", scheme))
+            inputs.update(self.adapter_inputs(model))
         elif kind == "hf":
             stage = {"merged": paths.MERGED, "pruned": paths.PRUNED, "distilled": paths.DISTILLED}[artifact]
             inputs["artifact"] = paths.fill(stage, adapter=model, model=model)
@@ -407,7 +531,17 @@ class Plan:
             if self.evaluate:  # base + LoRA's evaluation: its numbers belong to the pair, not the file
                 inputs["evaluated"] = self.metrics(model, f"lora-{self.float_type}")
             return inputs
-        inputs = {"gguf": self.gguf(model, variant), "check": self.gguf_check(model, variant), **common}
+        if variant.startswith(VLLM_LORA):  # the adapter's PEFT directory, served on the base's checkpoint
+            scheme = variant.removeprefix(VLLM_LORA)
+            inputs = {**common, **self.adapter_inputs(model)}
+            inputs.update(checkpoint=self.hfq_dir("base", scheme), check=self.hfq_check("base", scheme))
+            if self.evaluate:
+                inputs["metrics"] = self.metrics(model, variant)
+            return inputs
+        if variant in self.hfq_schemes:
+            inputs = {"checkpoint": self.hfq_dir(model, variant), "check": self.hfq_check(model, variant), **common}
+        else:
+            inputs = {"gguf": self.gguf(model, variant), "check": self.gguf_check(model, variant), **common}
         if self.evaluate:
             inputs["metrics"] = self.metrics(model, variant)
         return inputs
@@ -420,6 +554,10 @@ class Plan:
         if self.lora_form(adapter):
             inputs["base_gguf"] = self.gguf("base", t)
             inputs["lora_gguf"] = self.lora_gguf_of(adapter)
+        if adapter in self.hfq_adapters:
+            inputs["checkpoints"] = [self.hfq_dir(adapter, s) for s in self.hfq_schemes]
+        if self.vllm_lora_form(adapter):
+            inputs["base_checkpoints"] = [self.hfq_dir("base", s) for s in self.hfq_schemes]
         if self.evaluate:
             inputs["metrics"] = [self.metrics(adapter, art) for art in self.artifacts_of(adapter)]
             inputs["base_metrics"] = paths.BASE_METRICS
@@ -448,6 +586,8 @@ class Plan:
         estimate = 2000 + 3 * inputs_mb
         if self.artifact_kind(artifact) in ("hf", "peft"):
             return self.bounded_mem_mb(estimate)
+        if self.artifact_kind(artifact) in ("hfq", "hfq-lora"):
+            return int(2000 + 8 * inputs_mb)  # decompressed to 16-bit weights, loaded whole
         return int(estimate)
 
     # --- checks before any job -----------------------------------------------------------------------------
@@ -483,6 +623,8 @@ class Plan:
             texts["quantize.imatrix.text"] = self.imatrix["text"]
         if self.compress:
             texts["compress.text"] = self.compress["text"]
+        if self.hfq:
+            texts["hf_quant.text"] = self.hfq["text"]
         for key, path in texts.items():
             if not self.produced(path):
                 try:
@@ -493,6 +635,7 @@ class Plan:
         calibration = {
             "quantize.imatrix.text": (self.imatrix or {}).get("text"),
             "compress.text": (self.compress or {}).get("text"),
+            "hf_quant.text": (self.hfq or {}).get("text"),
         }
         for key, text in calibration.items():
             if text and not self.produced(text):
@@ -503,6 +646,8 @@ class Plan:
                         f"{text} overlaps evaluation.texts.{same}: calibrating on evaluated text makes the scores "
                         "optimistic; use other text",
                     )
+        if base is not None and self.hfq and self.hfq_models():
+            self._check_hf_quant(base.path)
         if base is not None:
             n_ctx = self.config["evaluation"]["n_ctx"]
             limit = base.config.get("max_position_embeddings")
@@ -516,6 +661,24 @@ class Plan:
                         check_spec(spec, base.config, self.row_multiple)
                     except PipelineError as e:
                         raise ConfigError(f"compress.specs.{spec_name}", str(e)) from None
+
+    def _check_hf_quant(self, base_dir) -> None:
+        """The group size against the base's rows (an adapter does not change them) and the calibration text's
+        length in the base's tokens."""
+        from transformers import AutoTokenizer
+
+        from ..hfquant import calibration_windows, group_size_for
+
+        try:
+            group_size_for(base_dir, self.hfq["group_size"])
+        except PipelineError as e:
+            raise ConfigError("hf_quant.group_size", str(e)) from None
+        if not self.produced(self.hfq["text"]):
+            tokenizer = AutoTokenizer.from_pretrained(str(base_dir), local_files_only=True)
+            try:
+                calibration_windows(tokenizer, self.hfq["text"], self.hfq["samples"], self.hfq["seq_len"])
+            except PipelineError as e:
+                raise ConfigError("hf_quant.text", str(e)) from None
 
 
 def size_mb(path) -> float:

@@ -1,0 +1,164 @@
+"""GPU-serving checkpoints (loraforge.hfquant): real GPTQ and AWQ calibrations by llm-compressor (in its own
+environment) of a tiny Llama, loaded back through this stack's transformers and compressed-tensors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from conftest import make_adapter
+
+from loraforge.errors import PipelineError
+from loraforge.hfquant import (
+    PYTHON_ENV,
+    group_size_for,
+    probe_logprobs,
+    quantize_checkpoint,
+    tool_python,
+    vllm_lora_refusal,
+)
+from loraforge.io.hashing import tree_fingerprint
+from loraforge.models.hf import load_checkpoint
+
+SCHEMES = ("GPTQ-W4A16", "AWQ-W4A16")
+
+
+@pytest.fixture(scope="module")
+def checkpoints(models, tmp_path_factory):
+    root = tmp_path_factory.mktemp("hfq")
+    out = {}
+    for s in SCHEMES:
+        ck = root / f"base-{s}"
+        summary = quantize_checkpoint(models["base"], ck, f"{ck}.json", s, models["text"], samples=4, seq_len=64)
+        out[s] = (ck, summary)
+    return out
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_a_checkpoint_reloads_with_the_logits_its_sidecar_recorded(checkpoints, scheme):
+    ck, summary = checkpoints[scheme]
+    sidecar = json.loads(ck.with_name(f"{ck.name}.json").read_text())
+    assert sidecar == json.loads(json.dumps(summary))
+    assert sidecar["format"] == "pack-quantized" and sidecar["group_size"] == 128  # 256-wide rows
+    assert sidecar["symmetric"] is (scheme == "GPTQ-W4A16")
+    assert sidecar["sha256"] == tree_fingerprint(ck)
+    assert sidecar["check"]["max_logit_diff"] <= 0.05 and sidecar["check"]["top1_agreement"] > 0.99
+    assert sidecar["tools"]["llmcompressor"].startswith("0.14")
+    model = load_checkpoint(ck)
+    got = probe_logprobs(model, sidecar["check"]["probe_tokens"])
+    assert len(got) == 31
+    assert max(abs(a - b) for a, b in zip(got, sidecar["check"]["probe_logprobs"], strict=True)) < 1e-4
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_the_weights_are_4_bit_in_groups(checkpoints, scheme):
+    """Decompressed, each group of 128 weights of a quantized layer takes at most 16 values; lm_head and the
+    embeddings stay 16-bit; AWQ stores zero points, GPTQ (symmetric) none."""
+    from safetensors import safe_open
+
+    ck, summary = checkpoints[scheme]
+    with safe_open(str(ck / "model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+        packed = f.get_tensor("model.layers.0.self_attn.q_proj.weight_packed")
+    assert "model.layers.0.self_attn.q_proj.weight_packed" in keys
+    assert ("model.layers.0.self_attn.q_proj.weight_zero_point" in keys) is (scheme == "AWQ-W4A16")
+    model = load_checkpoint(ck)
+    w = model.model.layers[0].mlp.down_proj.weight.detach().float()
+    groups = w.reshape(w.shape[0], -1, 128)
+    assert max(len(torch.unique(groups[r, g])) for r in range(8) for g in range(groups.shape[1])) <= 16
+    assert len(torch.unique(model.lm_head.weight[0].float())) > 16
+    # eight 4-bit weights per int32; the embeddings and lm_head (most of this tiny model) stay float32
+    assert tuple(packed.shape) == (256, 256 // 8) and packed.dtype == torch.int32
+    assert 4 < summary["bits_per_weight"] < 32
+
+
+def test_a_group_size_that_does_not_divide_the_rows_is_refused(models):
+    with pytest.raises(PipelineError, match=r"group_size 96 does not divide .*_proj.weight's rows of 256"):
+        group_size_for(models["base"], 96)
+    assert group_size_for(models["base"]) == 128
+
+
+def test_too_short_a_calibration_text_is_refused_before_any_model_loads(models, tmp_path):
+    out = tmp_path / "ck"
+    with pytest.raises(PipelineError, match=r"too short for hf_quant's 500 samples of 512 tokens"):
+        quantize_checkpoint(models["base"], out, tmp_path / "ck.json", "GPTQ-W4A16", models["text"], samples=500)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unknown_scheme_and_a_missing_environment_are_one_line(models, tmp_path, monkeypatch):
+    with pytest.raises(PipelineError, match="hf_quant scheme 'NF4' is not one of GPTQ-W4A16, AWQ-W4A16"):
+        quantize_checkpoint(models["base"], tmp_path / "ck", tmp_path / "ck.json", "NF4", models["text"])
+    monkeypatch.setenv(PYTHON_ENV, str(tmp_path / "no-python"))
+    with pytest.raises(PipelineError, match="no such Python"):
+        tool_python()
+
+
+def test_a_model_llm_compressor_cannot_quantize_fails_in_one_line_and_publishes_nothing(models, tmp_path):
+    """Weights cut short after an intact header: the checks pass, the worker fails, its one line is the error."""
+    broken = tmp_path / "broken"
+    shutil.copytree(models["base"], broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(PipelineError, match=str(broken)):
+        quantize_checkpoint(broken, tmp_path / "ck", tmp_path / "ck.json", "GPTQ-W4A16", models["text"], samples=2)
+    assert not (tmp_path / "ck").exists() and not (tmp_path / "ck.json").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".ck")]
+
+
+def test_what_vllm_lora_cannot_serve_is_named(models, tmp_path):
+    assert vllm_lora_refusal([models["alpha"]]) is None
+    dora = make_adapter(models["base"], tmp_path / "dora", use_dora=True, r=8)
+    assert "DoRA" in vllm_lora_refusal([dora])
+    saved = make_adapter(models["base"], tmp_path / "mts", r=8, modules_to_save=["lm_head"])
+    assert "modules_to_save" in vllm_lora_refusal([saved])
+    assert "stack" in vllm_lora_refusal([models["alpha"], models["beta"]])
+
+
+def test_a_checkpoint_and_the_multi_lora_form_are_evaluated(checkpoints, models):
+    from loraforge.evaluation import evaluate
+
+    ck, summary = checkpoints["GPTQ-W4A16"]
+    texts = {"general": str(models["text"])}
+    alone = evaluate("hfq", ck, texts=texts, base_dir=models["base"], n_ctx=64, max_tokens=256)
+    assert alone.bits_per_weight == summary["bits_per_weight"] and alone.size_bytes == summary["size_bytes"]
+    adapters = [{"path": models["alpha"], "weight": 1.0}]
+    pair = evaluate("hfq-lora", ck, texts=texts, base_dir=models["base"], adapters=adapters, n_ctx=64, max_tokens=256)
+    assert pair.bits_per_weight is None and pair.lora == str(models["alpha"]) and pair.lora_bytes > 1_000_000
+    assert pair.texts["general"].ppl != alone.texts["general"].ppl  # the adapter changes the model
+
+
+def test_a_checkpoint_is_registered_whole_and_refused_once_changed(checkpoints, models, tmp_path):
+    from loraforge.registry import Registry
+    from loraforge.registry.register import register_checkpoint
+
+    ck, _ = checkpoints["AWQ-W4A16"]
+    copy = tmp_path / "ck"
+    shutil.copytree(ck, copy)
+    shutil.copy(f"{ck}.json", f"{copy}.json")
+    args = dict(
+        registry=tmp_path / "reg.db",
+        name="alpha",
+        checkpoint=copy,
+        check_json=f"{copy}.json",
+        settings={},
+        base_dir=models["base"],
+        adapter_dirs=[models["alpha"]],
+        weights=[1.0],
+    )
+    Registry(tmp_path / "reg.db", create=True).close()
+    rec = register_checkpoint(variant="AWQ-W4A16", receipt=tmp_path / "r1.json", **args)
+    assert rec["kind"] == "hf-quant" and rec["created"]
+    pair = register_checkpoint(variant="vllm-lora-AWQ-W4A16", receipt=tmp_path / "r2.json", **args)
+    assert pair["kind"] == "vllm-lora" and pair["version"] == rec["version"]
+    reg = Registry(tmp_path / "reg.db")
+    try:
+        _, stored = reg.artifact_file("alpha", "AWQ-W4A16", kind="hf-quant")
+        assert tree_fingerprint(stored) == rec["sha256"]
+        assert load_checkpoint(stored) is not None
+    finally:
+        reg.close()
+    (copy / "config.json").write_text((copy / "config.json").read_text() + " ")
+    with pytest.raises(PipelineError, match="content changed since it was built"):
+        register_checkpoint(variant="AWQ-W4A16", receipt=tmp_path / "r3.json", **args)
