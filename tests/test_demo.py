@@ -246,7 +246,7 @@ def test_gpu_serving_checkpoints_reload_with_their_recorded_logits_and_are_measu
         s = json.loads(sidecar.read_text())
         ck = sidecar.with_suffix("")
         assert s["group_size"] == 64 and s["format"] == "pack-quantized"  # SmolLM2's 576-wide rows
-        assert s["sha256"] == tree_fingerprint(ck) and s["calibration"]["tokens"] == 16 * 256
+        assert s["sha256"] == tree_fingerprint(ck) and s["calibration"]["tokens"] == 8 * 256
         got = probe_logprobs(load_checkpoint(ck), s["check"]["probe_tokens"])
         assert max(abs(a - b) for a, b in zip(got, s["check"]["probe_logprobs"], strict=True)) < 1e-4, ck
     q4 = metrics(demo, "code", "Q4_K_M")
