@@ -263,6 +263,8 @@ def test_gpu_serving_checkpoints_reload_with_their_recorded_logits_and_are_measu
         assert receipt["kind"] == "hf-quant" and receipt["stored_as"]
         pair = json.loads((res / "registry" / "prose" / f"vllm-lora-{scheme}.json").read_text())
         assert pair["kind"] == "vllm-lora"
+    dashboard = (res / "dashboard" / "index.html").read_text()
+    assert all(v in dashboard for v in ("GPTQ-W4A16", "AWQ-W4A16", "vllm-lora-AWQ-W4A16"))
     card = (res / "deploy" / "code" / "README.md").read_text()
     assert "vllm serve results/hfq/code/code-GPTQ-W4A16" in card
     assert "--enable-lora --max-lora-rank 8 --lora-modules code=results/demo/adapters/code" in card
