@@ -1,6 +1,6 @@
 # merged HF model (or the base itself, for the LoRA form) -> float GGUF (llama.cpp's own converter), checked
-# against the HF model's logits; each adapter -> a LoRA GGUF (llama.cpp's convert_lora_to_gguf.py), checked
-# against the merged model's GGUF.
+# against the HF model's logits; each adapter -> a LoRA GGUF (llama.cpp's convert_lora_to_gguf.py), checked with
+# the base's float GGUF against the adapter applied through PEFT in float32 (a LoRA-only revision: its reference).
 
 
 rule convert_to_gguf:
@@ -38,6 +38,7 @@ rule convert_to_gguf:
 
 rule convert_lora:
     input:
+        unpack(lambda w: plan.lora_check_inputs(w.adapter)),
         adapter=lambda w: external(plan.adapter_specs(w.adapter)[0]["path"]),
         base=external(plan.base),
         base_gguf=plan.gguf("base", plan.float_type),

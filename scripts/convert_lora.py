@@ -21,4 +21,5 @@ if __name__ == "__main__":
         max_kld=p.max_kld,
         llama_cpp_dir=p.llama_cpp_dir,
         budget_mb=p.budget_mb,
+        reference=i.get("reference"),
     )

@@ -15,7 +15,7 @@ import sys
 import pytest
 from conftest import make_adapter
 
-from loraforge import convert, merge
+from loraforge import compute_reference, convert, merge
 from loraforge.conversion.lora import check_lora, convert_lora, lora_artifact, refusal
 from loraforge.errors import PipelineError
 from loraforge.llamacpp.library import GGUFModel
@@ -85,6 +85,31 @@ def test_a_corrupted_lora_gguf_fails_its_check(models, base_gguf, tmp_path):
     bad.write_bytes(bytes(data))
     res = check_lora(base, ad, base_gguf, bad)
     assert not res["mean_kld"] <= 5e-3 and res["mean_kld"] > 1000 * s["check"]["mean_kld"], (res, s["check"])
+
+
+def test_a_lora_only_check_uses_the_peft_reference_and_fails_a_corrupted_lora(models, base_gguf, tmp_path):
+    """A LoRA-only revision checks against its evaluation reference (PEFT, float32) instead of running PEFT again:
+    the same verdicts as the check that runs PEFT, a corrupted LoRA GGUF fails it, a reference of another adapter
+    is refused."""
+    base, ad = models["base"], models["alpha"]
+    ref = tmp_path / "ref.safetensors"
+    compute_reference(base, {"t": models["text"]}, ref, n_ctx=64, max_tokens=256, adapters=[{"path": ad, "weight": 1}])
+    s = lora_artifact(ad, base, tmp_path / "l.gguf", tmp_path / "l.json", base_gguf, reference=ref)
+    own = check_lora(base, ad, base_gguf, tmp_path / "l.gguf")  # the check that runs PEFT itself
+    assert s["check"]["reference_file"] == str(ref) and s["check"]["tokens"] == 64
+    assert 0 < s["check"]["mean_kld"] < 1e-4 and 0 < own["mean_kld"] < 1e-4, (s["check"], own)
+    assert s["check"]["top1_agreement"] == 1.0 and s["check"]["max_abs_logprob_diff"] < 0.05, s["check"]
+    bad = tmp_path / "bad.gguf"
+    data = bytearray((tmp_path / "l.gguf").read_bytes())
+    data[-(1 << 16) :] = b"\x00\x3c" * (1 << 15)  # the last tensors' values all 1.0 (f16)
+    bad.write_bytes(bytes(data))
+    res = check_lora(base, ad, base_gguf, bad, reference=ref)
+    assert res["mean_kld"] > 1000 * s["check"]["mean_kld"], (res, s["check"])
+    with pytest.raises(PipelineError, match="failed its check|disagrees"):
+        lora_artifact(ad, base, tmp_path / "b.gguf", tmp_path / "b.json", base_gguf, reference=ref, max_kld=1e-9)
+    assert not (tmp_path / "b.gguf").exists() and not (tmp_path / "b.json").exists()
+    with pytest.raises(PipelineError, match="not the PEFT reference of .*beta"):
+        check_lora(base, models["beta"], base_gguf, tmp_path / "l.gguf", reference=ref)
 
 
 def test_what_no_lora_gguf_expresses_is_refused_in_one_line(models, tmp_path):

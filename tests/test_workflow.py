@@ -329,6 +329,7 @@ def test_a_lora_only_revision_builds_checks_evaluates_and_registers_no_merged_fo
     for a in ("alpha", "beta"):
         side = json.loads((r / "lora" / a / f"{a}-lora-F16.gguf.json").read_text())
         assert side["check"]["reference"] == "the adapter applied through PEFT, unmerged, float32"
+        assert side["check"]["reference_file"] == f"results/eval/{a}/reference.safetensors"  # PEFT ran once
         assert side["check"]["mean_kld"] < 1e-3
         assert sorted(p.stem for p in (r / "eval" / a).glob("*.json")) == ["adapter", "lora-F16", "lora-Q8_0"]
         ref = json.loads((r / "eval" / a / "lora-Q8_0.json").read_text())

@@ -481,6 +481,11 @@ class Plan:
             return {"model_dir": paths.MERGED.format(adapter=adapter)}
         return self.adapter_inputs(adapter)
 
+    def lora_check_inputs(self, adapter: str) -> dict:
+        """What convert_lora checks the LoRA GGUF against besides running PEFT itself: nothing with a merged form; in
+        a LoRA-only revision the evaluation's reference, which is that PEFT float32 model's log-probs already."""
+        return {} if self.merged else {"reference": paths.REFERENCE.format(adapter=adapter)}
+
     def convert_inputs(self, model: str) -> dict:
         return {"model_dir": self.model_dir(model)}
 
