@@ -256,11 +256,13 @@ def build(dest: Path | None = None, jobs: int | None = None, force: bool = False
         _extract_tree(sdist, tree)
         jobs = jobs or os.cpu_count() or 2
         log.info("compiling libllama, %s with %d jobs (minutes): %s", ", ".join(TOOLS), jobs, " ".join(args))
-        for cmd in (
-            ["cmake", "-S", str(tree), "-B", str(tree / "build"), *args],
-            ["cmake", "--build", str(tree / "build"), "-j", str(jobs), "--target", "llama", *TOOLS],
+        build = ["cmake", "--build", str(tree / "build"), "-j", str(jobs), "--target"]
+        for what, cmd in (  # libllama, then the tools: cmake counts percent per invocation, so each ETA holds
+            ("cmake -S", ["cmake", "-S", str(tree), "-B", str(tree / "build"), *args]),
+            ("cmake --build libllama", [*build, "llama"]),
+            ("cmake --build the tools", [*build, *TOOLS]),
         ):
-            rc, output = run_logged(cmd, f"{cmd[0]} {cmd[1]}", every=30, logger=log)
+            rc, output = run_logged(cmd, what, every=30, logger=log)
             if rc != 0:
                 (work / "build.log").write_text(output)
                 lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
