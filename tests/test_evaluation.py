@@ -69,6 +69,22 @@ def test_the_reference_scores_itself_exactly(models, reference):
     assert m.mean_kld < 1e-9 and m.top1_agreement == 1.0 and abs(m.max_delta_ppl) < 1e-6
 
 
+def test_a_bfloat16_model_records_the_dtype_it_was_computed_in(models, reference, tmp_path):
+    """Its own dtype where the hardware computes it, float32 on a CPU without bfloat16 arithmetic (where torch's
+    emulation is ~30x slower); the weights are the bfloat16 ones either way, so the model is not the reference."""
+    import torch
+
+    from loraforge.device import compute_dtype
+    from loraforge.models.hf import load_hf_model
+
+    bf16 = tmp_path / "bf16"
+    load_hf_model(models["base"], dtype=torch.bfloat16).save_pretrained(bf16)
+    m = evaluate("hf", bf16, reference=reference)
+    assert m.compute_dtype == compute_dtype("bfloat16") and m.compute_dtype in ("bfloat16", "float32")
+    assert 0 < m.mean_kld < 1e-2 and m.to_json()["compute_dtype"] == m.compute_dtype
+    assert evaluate("hf", models["base"], reference=reference).compute_dtype == "float32"
+
+
 def test_a_gguf_is_scored_against_the_reference(f16_gguf, reference):
     m = evaluate("gguf", f16_gguf, reference=reference, label="base/F16")
     assert 0 < m.mean_kld < 1e-3 and m.top1_agreement > 0.98 and m.scored_tokens == 16 * 63

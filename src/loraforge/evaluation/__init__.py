@@ -164,6 +164,8 @@ def evaluate(
             summary["bits_per_weight"] = loaded["bits_per_weight"]
     if "memory_plan" in loaded:
         summary["memory_plan"] = loaded["memory_plan"]
+    if loaded.get("compute_dtype"):
+        summary["compute_dtype"] = loaded["compute_dtype"]
     if kind == "hfq-lora":  # the adapter vLLM loads beside the base's checkpoint
         adapter_bytes = sum(_artifact_size(Path(a["path"])) for a in adapters)
         summary.update(lora=str(adapters[0]["path"]), lora_bytes=adapter_bytes)

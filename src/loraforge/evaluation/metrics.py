@@ -55,6 +55,7 @@ class Metrics:
     lora_bytes: int | None = None  # its size: what each adapter adds to the shared base (size_bytes is both)
     lora_sha256: str | None = None
     memory_plan: dict | None = None  # HF/PEFT with a memory budget: loaded whole or streamed, and the batch
+    compute_dtype: str | None = None  # HF/PEFT/checkpoints: what torch computed in (loraforge.device.compute_dtype)
     gates: dict = field(default_factory=dict)
 
     def ppl(self) -> dict[str, float]:

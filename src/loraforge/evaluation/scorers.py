@@ -15,12 +15,13 @@ from ..errors import PipelineError
 
 
 class HFScorer:
-    def __init__(self, model, batch: int = 8):
+    def __init__(self, model, batch: int = 8, compute_dtype: str | None = None):
         from ..device import torch_device
 
         self.model = model.eval()
         self.batch = _batch(model, batch)
         self.device = torch_device()
+        self.compute_dtype = compute_dtype
 
     def logits(self, windows: np.ndarray) -> Iterator[np.ndarray]:
         import torch
@@ -32,7 +33,10 @@ class HFScorer:
 
     def info(self) -> dict:
         plan = getattr(self.model, "memory_plan", None)
-        return {"memory_plan": plan} if plan and plan.get("budget_mb") is not None else {}
+        out = {"memory_plan": plan} if plan and plan.get("budget_mb") is not None else {}
+        if self.compute_dtype:
+            out["compute_dtype"] = self.compute_dtype
+        return out
 
     def close(self) -> None:
         streamed = getattr(self.model, "streamed", None)  # PEFT forwards attributes to the model it wraps
@@ -71,10 +75,24 @@ def _batch(model, batch: int) -> int:
     return plan["batch"] if plan.get("streamed") else batch
 
 
+def _own_dtype(model_dir, dtype: str) -> tuple[str, str]:
+    """("auto" or "float32" for the loaders, the dtype computed in): "auto" is the model's own dtype where this
+    device computes it (loraforge.device.compute_dtype), else float32."""
+    from ..device import compute_dtype
+    from ..models.hf import stored_dtype
+
+    if dtype == "float32":
+        return "float32", "float32"
+    stored = stored_dtype(model_dir)
+    compute = compute_dtype(stored)
+    return ("auto" if compute == stored else "float32"), compute
+
+
 def hf_scorer(model_dir, dtype="auto", batch: int = 8, budget_mb: float | None = None, n_ctx: int = 256) -> HFScorer:
     from ..models.streamed import inference_model
 
-    return HFScorer(inference_model(model_dir, dtype, budget_mb, n_ctx), batch)
+    dtype, compute = _own_dtype(model_dir, dtype)
+    return HFScorer(inference_model(model_dir, dtype, budget_mb, n_ctx), batch, compute)
 
 
 def peft_scorer(
@@ -85,8 +103,9 @@ def peft_scorer(
     from ..preflight import validate_inputs
 
     base, loaded = validate_inputs(base_dir, adapters)
+    dtype, compute = _own_dtype(base.path, dtype)
     model = peft_model(base.path, loaded, merge_all=False, dtype=dtype, budget_mb=budget_mb, n_ctx=n_ctx)
-    return HFScorer(model, batch)
+    return HFScorer(model, batch, compute)
 
 
 class CheckpointScorer(HFScorer):
@@ -98,7 +117,8 @@ class CheckpointScorer(HFScorer):
         from ..models.hf import load_checkpoint
 
         self.sidecar = json.loads(Path(f"{path}.json").read_text())
-        model = load_checkpoint(path)
+        dtype, compute = _own_dtype(path, "auto")
+        model = load_checkpoint(path, dtype)
         if adapters:
             from peft import PeftModel
 
@@ -110,11 +130,12 @@ class CheckpointScorer(HFScorer):
                 )
         from ..device import torch_device
 
-        super().__init__(model.to(torch_device()), batch)
+        super().__init__(model.to(torch_device()), batch, compute)
         self.adapters = adapters
 
     def info(self) -> dict:
-        return {} if self.adapters else {"bits_per_weight": self.sidecar["bits_per_weight"]}
+        out = {"compute_dtype": self.compute_dtype}
+        return out if self.adapters else {**out, "bits_per_weight": self.sidecar["bits_per_weight"]}
 
 
 def checkpoint_scorer(path, adapters=None, batch: int = 8, budget_mb: float | None = None) -> CheckpointScorer:

@@ -13,6 +13,14 @@ def load_hf_model(model_dir: str | Path, dtype="auto"):
     return AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype, local_files_only=True)
 
 
+def stored_dtype(model_dir) -> str:
+    """The dtype a model directory's config.json says its weights are in ("float32" when it says none)."""
+    import json
+
+    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    return str(cfg.get("dtype") or cfg.get("torch_dtype") or "float32").removeprefix("torch.")
+
+
 def load_checkpoint(path, dtype="auto"):
     """A compressed-tensors checkpoint through transformers, decompressed into plain 16-bit Linear layers (what
     runs on a CPU and what PEFT can wrap); ``dtype`` "float32" computes in float32."""
