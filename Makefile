@@ -8,7 +8,7 @@ TORCH_CPU_PIP_ARGS ?=
 SIZE_GB ?= 1
 BENCH_8B_PARTS ?= chain lora-only  # make bench-8b BENCH_8B_PARTS=lora-only: only the LoRA-only revision
 
-.PHONY: setup demo test check lint dry-run report dashboard bench-merge bench-8b clean
+.PHONY: setup demo demo-vllm test check lint dry-run report dashboard bench-merge bench-8b clean
 
 setup: $(VENV)/.installed
 
@@ -33,6 +33,10 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/snakemake --profile profiles/local
 	@echo "demo artifacts:"; ls -l results/gguf/*/
+
+demo-vllm: setup  # the demo plus its GPU-serving forms: GPTQ / AWQ checkpoints, vLLM's multi-LoRA form
+	$(BIN)/snakemake --profile profiles/local --configfile config/demo.yaml config/demo-vllm.yaml
+	@echo "GPU-serving checkpoints:"; ls -d results/hfq/*/*/
 
 dry-run: setup
 	$(BIN)/snakemake --profile profiles/local -n

@@ -364,3 +364,42 @@ def test_a_lora_only_revision_builds_checks_evaluates_and_registers_no_merged_fo
     reg = Registry(wf.root / "registry.sqlite")
     assert [v.version for v in reg.versions("alpha")] == [1, 2] and len(reg.versions("beta")) == 1
     reg.close()
+
+
+def test_gpu_serving_checkpoints_are_built_checked_evaluated_registered_and_deployed(workflow, models, tmp_path):
+    """hf_quant through the workflow: GPTQ and AWQ checkpoints of alpha's merged model, and the base's for vLLM's
+    multi-LoRA form; each loads back with the log-probs its sidecar recorded, is evaluated against the float32
+    reference, registered whole and named in the deploy card with its vllm serve line. (The demo's own GPU forms,
+    of SmolLM2, build with `make demo-vllm`.)"""
+    from loraforge.hfquant import probe_logprobs
+    from loraforge.models.hf import load_checkpoint
+
+    calib = tmp_path / "calibration.txt"  # other text than the evaluation's (an overlap is refused)
+    calib.write_text(Path(json.__file__).read_text(encoding="utf-8"), encoding="utf-8")
+    schemes = ["GPTQ-W4A16", "AWQ-W4A16"]
+    hfq = {"text": str(calib), "schemes": schemes, "models": ["alpha"], "samples": 2, "seq_len": 64}
+    wf = workflow(user_config(models, hf_quant=hfq, lora={"enabled": False}))
+    wf.run()
+    res = wf.root / "results"
+    sidecars = sorted((res / "hfq").glob("*/*.json"))
+    assert [p.name for p in sidecars] == [f"{m}-{s}.json" for m in ("alpha", "base") for s in sorted(schemes)]
+    for sidecar in sidecars:
+        s = json.loads(sidecar.read_text())
+        ck = sidecar.with_suffix("")
+        assert s["format"] == "pack-quantized" and s["sha256"] == tree_fingerprint(ck)
+        got = probe_logprobs(load_checkpoint(ck), s["check"]["probe_tokens"])
+        assert max(abs(a - b) for a, b in zip(got, s["check"]["probe_logprobs"], strict=True)) < 1e-4, ck
+    for scheme in schemes:
+        m = json.loads((res / "eval" / "alpha" / f"{scheme}.json").read_text())
+        assert m["kind"] == "hfq" and 0 < m["mean_kld"] < 1.0 and 4 < m["bits_per_weight"] < 32
+        for a in ("alpha", "beta"):
+            pair = json.loads((res / "eval" / a / f"vllm-lora-{scheme}.json").read_text())
+            assert pair["kind"] == "hfq-lora" and 0 < pair["mean_kld"] < 1.0
+        receipt = json.loads((res / "registry" / "alpha" / f"{scheme}.json").read_text())
+        assert receipt["kind"] == "hf-quant" and receipt["stored_as"]
+        assert json.loads((res / "registry" / "beta" / f"vllm-lora-{scheme}.json").read_text())["kind"] == "vllm-lora"
+    dashboard = (res / "dashboard" / "index.html").read_text()
+    assert all(v in dashboard for v in ("GPTQ-W4A16", "AWQ-W4A16", "vllm-lora-AWQ-W4A16"))
+    card = (res / "deploy" / "alpha" / "README.md").read_text()
+    assert "vllm serve results/hfq/alpha/alpha-GPTQ-W4A16" in card
+    assert f"--enable-lora --max-lora-rank 64 --lora-modules alpha={models['alpha']}" in card

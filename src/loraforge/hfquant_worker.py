@@ -57,9 +57,6 @@ def _run(req: dict) -> int:
         cache.IntermediatesCache.pin_memory = lambda self, *a, **k: None
     tokenizer = AutoTokenizer.from_pretrained(req["model_dir"], local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(req["model_dir"], dtype="auto", local_files_only=True).eval()
-    stored = model.dtype
-    if req.get("calibrate_in") == "float32":  # a CPU without 16-bit arithmetic: see loraforge.device
-        model = model.float()
     windows = req["windows"]
     data = Dataset.from_dict({"input_ids": windows, "attention_mask": [[1] * len(w) for w in windows]})
     t0 = time.time()
@@ -77,9 +74,8 @@ def _run(req: dict) -> int:
         print(f"llm-compressor could not apply {req['scheme']}: {type(e).__name__}: {first}", file=sys.stderr)
         return 2
     seconds = time.time() - t0
-    with torch.no_grad():  # the calibrated model's logits, for the reload check
+    with torch.no_grad():
         logits = model(torch.tensor([req["check_tokens"]])).logits[0].float().numpy()
-    model = model.to(stored)  # the checkpoint keeps the model's own dtype: scales and unquantized tensors
     model.save_pretrained(req["out_dir"], save_compressed=True)
     tokenizer.save_pretrained(req["out_dir"])
     np.save(req["logits"], logits)
