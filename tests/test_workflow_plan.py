@@ -234,13 +234,17 @@ def test_cross_field_config_errors_are_one_line_naming_the_key(extra, message):
     assert str(e.value).startswith(message) and "\n" not in str(e.value), str(e.value)
 
 
-def test_the_shipped_configs_plan(tmp_path):
+def test_the_shipped_configs_plan(tmp_path, llmcompressor_env):
     demo = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
     validate(demo, SCHEMA)
     p = Plan(demo, produced=lambda path: path.startswith("results/"))
     assert p.evaluated == ["code", "prose", "code-drop20"] and "Q4_K_M-imat" in p.gguf_types
-    # code: 10 + GPTQ, AWQ and both multi-LoRA forms; prose: 10 + the multi-LoRA forms; code-drop20: 6
-    assert len(p.evaluations()) == 14 + 12 + 6  # as the demo test counts the report's rows
+    assert len(p.evaluations()) == 10 + 10 + 6  # as the demo test counts the report's rows
+    # make demo-vllm: code's GPTQ, AWQ and both multi-LoRA forms; prose's multi-LoRA forms
+    vllm = yaml.safe_load((REPO / "config" / "demo-vllm.yaml").read_text())
+    full = {**demo, **vllm}
+    validate(full, SCHEMA)
+    assert len(Plan(full, produced=lambda path: path.startswith("results/")).evaluations()) == 14 + 12 + 6
     example = yaml.safe_load((REPO / "config" / "example.yaml").read_text())
     validate(example, SCHEMA)
     assert Plan(example).adapters

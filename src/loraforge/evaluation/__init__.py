@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import PipelineError
-from ..io.hashing import sha256_file, tree_fingerprint
+from ..io.hashing import WORKFLOW_HASH_CACHE, HashCache, sha256_file, tree_fingerprint
 from ..io.publish import write_text_atomic
 from ..progress import Progress
 from .metrics import GATES, Metrics, TextScorer, check_gates, kld_stats
@@ -42,13 +42,18 @@ def changed_since_built(path, check_json) -> str:
     )
 
 
-def verify_built(path, check_json) -> str | None:
+def verify_built(path, check_json, hashes: HashCache | None = None) -> str | None:
     """``path``'s sha256 (a directory's tree fingerprint) when its build sidecar ``check_json`` recorded one (refused
-    if it differs), else None."""
+    if it differs), else None. With ``hashes`` a file hashed before and not touched since (same size, mtime, inode
+    and ctime: an edit in place changes the ctime) is not read again: every LoRA evaluation verifies the shared base
+    GGUF, 16 GB at 8B."""
     expected = json.loads(Path(check_json).read_text()).get("sha256") if check_json else None
     if not expected:
         return None
-    sha = tree_fingerprint(path) if Path(path).is_dir() else sha256_file(path)
+    if Path(path).is_dir():
+        sha = tree_fingerprint(path, hashes)
+    else:
+        sha = hashes.sha256(path) if hashes is not None else sha256_file(path)
     if sha != expected:
         raise PipelineError(changed_since_built(path, check_json))
     return sha
@@ -189,16 +194,23 @@ def evaluate(
 
 
 def evaluate_artifact(
-    out_json, label: str, gates: dict | None = None, check_json=None, lora_check_json=None, **kwargs
+    out_json,
+    label: str,
+    gates: dict | None = None,
+    check_json=None,
+    lora_check_json=None,
+    hash_cache=WORKFLOW_HASH_CACHE,
+    **kwargs,
 ) -> Metrics:
     """The evaluate_artifact rule: measure, then apply gates; a failing gate fails the rule, no JSON written.
 
     With ``check_json`` (a GGUF's build sidecar; ``lora_check_json`` the LoRA GGUF's), the file must still be the
-    bytes that were built."""
-    hashes = {}
+    bytes that were built (hashed once per file state: ``hash_cache``, the workflow's, keyed by its stat)."""
+    hashes, cache = {}, HashCache(hash_cache)
     for key, sidecar in (("path", check_json), ("lora", lora_check_json)):
         if sidecar:
-            hashes[key] = verify_built(kwargs[key], sidecar)
+            hashes[key] = verify_built(kwargs[key], sidecar, cache)
+    cache.save()
     result = dataclasses.replace(evaluate(label=label, _hashes=hashes, **kwargs), gates=gates or {})
     log.info("evaluation of %s: %s", label, json.dumps(result.to_json(), indent=1))
     failures = check_gates(result, gates, label)
