@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -242,7 +243,13 @@ def built_copy(tiny_build, tmp_path):
     """A private copy of the built tree (workflow, results, Snakemake's records, models) to change freely."""
     wf, m, before, dry = tiny_build
     root = tmp_path / "copy"
-    shutil.copytree(wf.root.parent, root, symlinks=True)
+    # the registry's WAL is folded into the database first: a connection another test left to the garbage
+    # collector can close (and delete the -wal / -shm files) while the tree is copied
+    for db in wf.root.glob("*.sqlite"):
+        con = sqlite3.connect(db)
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        con.close()
+    shutil.copytree(wf.root.parent, root, symlinks=True, ignore=shutil.ignore_patterns("*.sqlite-wal", "*.sqlite-shm"))
     copy = Workflow.__new__(Workflow)
     copy.root, copy.own_config = root / "wf", True
     return copy, {k: root / "models" / v.name for k, v in m.items()}
