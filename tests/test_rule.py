@@ -48,3 +48,23 @@ def test_every_job_logs_its_wall_time_and_peak_memory(tmp_path):
     res = json.loads(line.split("job resources: ", 1)[1])
     assert res["wall_s"] >= 1 and 300 <= res["vm_hwm_mb"] < 1000 and res["peak_rss_mb"] >= res["vm_hwm_mb"]
     assert res["max_child_rss_mb"] >= 600 and res["peak_anon_mb"] >= 850  # both at once, sampled
+
+
+def test_the_jobs_threads_reach_a_function_that_forwards_its_keywords(tmp_path):
+    """evaluate_artifact and imatrix_artifact pass **kwargs on to the functions that start llama.cpp: the job's
+    threads must reach them (dropped, every llama.cpp evaluation ran on one thread of the job's cores)."""
+    code = (
+        "import sys\n"
+        "from loraforge.rule import run\n"
+        "def scorer(threads=1):\n"
+        "    return threads\n"
+        "def rule_function(label, **kwargs):\n"
+        "    return scorer(**kwargs)\n"
+        "def no_threads(label):\n"
+        "    return label\n"
+        "print(run(sys.argv[1], rule_function, threads=2, label='x'), run(sys.argv[1], no_threads, threads=2, label='y'))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "job.log")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["2", "y"]
+    assert '"threads": 2' in (tmp_path / "job.log").read_text()

@@ -91,12 +91,15 @@ def run(log_file: str, fn: Callable, threads: int = 1, **kwargs):
         os.environ[var] = str(max(1, int(threads)))
     if "torch" in sys.modules:  # already imported by the script's module
         sys.modules["torch"].set_num_threads(max(1, int(threads)))
-    if "threads" in inspect.signature(fn).parameters:
+    params = inspect.signature(fn).parameters
+    # a rule function that forwards **kwargs (evaluate_artifact, imatrix_artifact) gets the threads too: dropped, the
+    # llama.cpp evaluations and llama-imatrix ran on one thread of the job's cores
+    if "threads" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
         kwargs["threads"] = threads
     watch = ResourceWatch()
 
     def done() -> None:  # before any error line: the error stays the log's last line
-        log.info("job resources: %s", json.dumps(watch.stop()))
+        log.info("job resources: %s", json.dumps({"threads": threads, **watch.stop()}))
 
     try:
         result = fn(**kwargs)
