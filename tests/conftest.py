@@ -32,8 +32,17 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 # `make test` runs the suite on every core (pytest-xdist, --dist loadgroup). A session fixture is built once per
 # worker, so the tests that share an expensive one run on one worker: the demo build, and the tiny build with the
 # SLURM cluster that compares against it (one cluster per machine: slurmd's node name is the host's), and the
-# GPTQ / AWQ calibrations of tests/test_hfquant.py.
-SHARED_BUILDS = {"demo_local": "demo", "tiny_build": "tiny_build", "cluster": "tiny_build", "checkpoints": "hfq"}
+# GPTQ / AWQ calibrations of tests/test_hfquant.py; and module fixtures that take minutes (a module's tests are spread
+# over the workers like any others, so its fixture would be built on each: the promotion history's three trainings
+# and workflow runs, 6 minutes, were built twice).
+SHARED_BUILDS = {
+    "demo_local": "demo",
+    "tiny_build": "tiny_build",
+    "cluster": "tiny_build",
+    "checkpoints": "hfq",
+    "history": "promotion",
+    "llama3": "llama3_conversion",
+}
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the marks into the test ids
@@ -267,7 +276,9 @@ def workflow(tmp_path):
 def demo_local(tmp_path_factory):
     """The default config (the demo) built once with the local profile; shared by the demo and SLURM tests."""
     wf = Workflow(tmp_path_factory.mktemp("demo") / "wf", None)
-    wf.run("--profile", "profiles/local")
+    # sharing two cores with the other worker's tests, the build takes about twice its time alone (measured alone:
+    # 32 minutes on an AVX2-only CPU before the job threads fix): past 30 minutes is slow, not hung
+    wf.run("--profile", "profiles/local", timeout=3600)
     return wf
 
 

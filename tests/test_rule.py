@@ -62,7 +62,8 @@ def test_the_jobs_threads_reach_a_function_that_forwards_its_keywords(tmp_path):
         "    return scorer(**kwargs)\n"
         "def no_threads(label):\n"
         "    return label\n"
-        "print(run(sys.argv[1], rule_function, threads=2, label='x'), run(sys.argv[1], no_threads, threads=2, label='y'))\n"
+        "a = run(sys.argv[1], rule_function, threads=2, label='x')\n"
+        "print(a, run(sys.argv[1], no_threads, threads=2, label='y'))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "job.log")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
