@@ -84,8 +84,7 @@ rule evaluate_base:
 
 rule report_quality:
     input:
-        base=rules.evaluate_base.output.metrics,
-        metrics=plan.evaluations(),
+        unpack(lambda w: plan.report_inputs()),  # the base's own evaluation unless evaluation.skip names it
     output:
         table=report(
             paths.REPORT_TABLE,

@@ -9,7 +9,7 @@ if __name__ == "__main__":
     run(
         sm.log[0],
         report_quality,
-        base_json=sm.input.base,
+        base_json=sm.input.get("base"),
         metric_jsons=list(sm.input.metrics),
         table_html=o.table,
         tsv=o.tsv,

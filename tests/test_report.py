@@ -60,3 +60,7 @@ def test_report_of_base_and_artifacts(tmp_path):
     assert tsv[4].split("\t")[6] == "0.002" and tsv[4].split("\t")[2] == "merged GGUF"
     for svg in (out["svg1"], out["svg2"]):
         assert "<svg" in svg.read_text() and "Q4_K_M" in svg.read_text()
+    # the base's own evaluation skipped (evaluation.skip: [base]): no base row, the plots still drawn
+    rows = report_quality(None, files, out["html"], out["tsv"], out["svg1"], out["svg2"])
+    assert [r["artifact"] for r in rows] == ["F16", "Q8_0", "Q4_K_M"]
+    assert out["html"].read_text().count("<tr>") == 4 and "Q4_K_M" in out["svg2"].read_text()

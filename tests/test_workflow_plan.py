@@ -59,6 +59,24 @@ def test_switches_remove_their_targets():
     assert p.models == ["alpha", "beta"] and p.receipts() == [] and p.texts == {}
 
 
+def test_skipped_forms_are_not_evaluated_reported_or_registered_with_numbers():
+    p = plan(evaluation={"texts": {"general": "/t"}, "skip": ["adapter", "merged", "base", "lora-F16"]})
+    assert p.artifacts_of("alpha") == ["F16", "Q8_0", "lora-Q8_0"]
+    assert sorted(p.evaluations()) == sorted(
+        f"results/eval/{a}/{t}.json" for a in ("alpha", "beta") for t in ("F16", "Q8_0", "lora-Q8_0")
+    )
+    assert p.report_inputs() == {"metrics": p.evaluations()}  # no base row
+    assert "base_metrics" not in p.deploy_inputs("alpha") and p.deploy_inputs("alpha")["metrics"] == [
+        f"results/eval/alpha/{t}.json" for t in ("F16", "Q8_0", "lora-Q8_0")
+    ]
+    # registration waits for the numbers it records, and records none of a skipped form
+    assert p.register_inputs("alpha", "Q8_0")["metrics"] == "results/eval/alpha/Q8_0.json"
+    assert "evaluated" not in p.register_inputs("alpha", "lora-F16")
+    # the targets are the same files: skipping evaluations removes no artifact
+    assert sorted(p.targets()) == sorted(plan().targets())
+    assert plan().report_inputs()["base"] == "results/base/eval.json"
+
+
 def test_registry_rules_are_local_with_sqlite_and_anywhere_with_postgresql():
     assert plan().registry_local is True
     pg = plan(registry={"path": "postgresql://me@db.example/registry", "store_dir": "/shared/store"})
@@ -75,7 +93,11 @@ def test_a_lora_only_revision_builds_no_merged_form():
         + ["results/report/metrics.html", "results/dashboard/index.html"]
         + [f"results/registry/{a}/lora-F16.json" for a in ("alpha", "beta")]
     )
-    assert p.artifacts_of("alpha") == ["adapter", "lora-F16", "lora-Q8_0"]
+    # the adapter through PEFT is its reference (float32): by default not evaluated again; skip: [] evaluates it
+    assert p.artifacts_of("alpha") == ["lora-F16", "lora-Q8_0"]
+    both = plan(merge={"enabled": False}, evaluation={"texts": {"general": "/t"}, "skip": []})
+    assert both.artifacts_of("alpha") == ["adapter", "lora-F16", "lora-Q8_0"]
+    assert plan().artifacts_of("alpha")[0] == "adapter"  # with a merged form, nothing is skipped by default
     assert not any("merged" in path for path in p.evaluations())
     # the reference is the adapter through PEFT; registration and deploy name no merged model
     assert p.reference_inputs("alpha") == {"base": "/models/base", "adapters": ["/adapters/alpha"]}
@@ -180,6 +202,30 @@ def test_memory_of_a_torch_job_is_bounded_by_the_budget():
             "config compress.specs: a-s is both an adapter and a compressed model's name",
         ),
         ({"evaluation": {"texts": {}}}, "config evaluation.texts: no text named"),
+        (
+            {"evaluation": {"texts": {"g": "/t"}, "skip": ["Q4_K_M"]}},
+            "config evaluation.skip.Q4_K_M: no such artifact (one of base, adapter, merged, F16, Q8_0, lora-F16,",
+        ),
+        (
+            {
+                "evaluation": {
+                    "texts": {"g": "/t"},
+                    "skip": ["adapter", "merged", "F16", "Q8_0", "lora-F16", "lora-Q8_0"],
+                }
+            },
+            "config evaluation.skip: skips every artifact: set evaluation.enabled: false instead",
+        ),
+        (
+            {"evaluation": {"texts": {"g": "/t"}, "skip": ["Q8_0"], "gates": {"Q8_0": {"min_top1": 0.9}}}},
+            "config evaluation.gates.Q8_0: is in evaluation.skip: the gate would never run",
+        ),
+        (
+            {
+                "evaluation": {"texts": {"general": "/t"}, "skip": ["Q8_0"]},
+                "promote": {"alias": "p", "candidate_quant": "Q8_0", "require": {"general": "better"}},
+            },
+            "config promote.candidate_quant: Q8_0 is in evaluation.skip",
+        ),
         (
             {"evaluation": {"texts": {"g": "/t"}, "gates": {"Q4_K_M": {"min_top1": 0.9}}}},
             "config evaluation.gates.Q4_K_M: no such artifact",

@@ -57,7 +57,7 @@ def build_seconds(files: list[str]) -> float | None:
 
 def _rows(base_json, metric_jsons, benchmarks: dict | None = None) -> tuple[list[dict], list[str]]:
     rows, texts = [], []
-    entries = [("(base)", "base", Metrics.from_json(json.loads(Path(base_json).read_text())))]
+    entries = [("(base)", "base", Metrics.from_json(json.loads(Path(base_json).read_text())))] if base_json else []
     for p in metric_jsons:
         m = Metrics.from_json(json.loads(Path(p).read_text()))
         adapter, artifact = m.label.split("/", 1)
@@ -151,10 +151,10 @@ def _plot_ppl(rows, texts, out) -> None:
     import matplotlib.pyplot as plt
 
     adapters = [a for a in dict.fromkeys(r["adapter"] for r in rows) if a != "(base)"]
-    base = next(r for r in rows if r["artifact"] == "base")
+    base = [("base", r) for r in rows if r["artifact"] == "base"]  # none where evaluation.skip names it
     fig, axes = plt.subplots(1, len(adapters), figsize=(6 * len(adapters), 4.5), squeeze=False)
     for ax, adapter in zip(axes[0], adapters, strict=True):
-        series = [("base", base)] + [(r["artifact"], r) for r in rows if r["adapter"] == adapter]
+        series = base + [(r["artifact"], r) for r in rows if r["adapter"] == adapter]
         width = 0.8 / len(series)
         for i, (name, r) in enumerate(series):
             xs = [j + i * width for j in range(len(texts))]
@@ -172,7 +172,8 @@ def _plot_ppl(rows, texts, out) -> None:
 def report_quality(
     base_json, metric_jsons, table_html, tsv, size_kld_svg, ppl_svg, build_benchmarks: dict | None = None
 ) -> list[dict]:
-    """``build_benchmarks``: "adapter/artifact" -> the Snakemake benchmark files of the jobs that built it."""
+    """``base_json``: the base model's own evaluation, or None (skipped). ``build_benchmarks``: "adapter/artifact"
+    -> the Snakemake benchmark files of the jobs that built it."""
     rows, texts = _rows(base_json, metric_jsons, build_benchmarks)
     cols = COLUMNS + [(f"ppl:{t}", f"PPL {t}") for t in texts]
     write_text_atomic(table_html, _table_html(rows, cols))

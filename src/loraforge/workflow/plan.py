@@ -122,9 +122,23 @@ class Plan:
             raise ConfigError(
                 "evaluation.texts", "no text named: name at least one text file, or set evaluation.enabled: false"
             )
+        skip = evaluation["skip"]
+        if skip is None:  # a LoRA-only revision's reference is the adapter through PEFT (float32): not again
+            skip = [] if self.merged else ["adapter"]
+        self.skipped = set(skip) if self.evaluate else set()
+        for name in evaluation["skip"] or []:
+            if name != "base" and name not in self.artifacts:
+                raise ConfigError(
+                    f"evaluation.skip.{name}", f"no such artifact (one of base, {', '.join(self.artifacts)})"
+                )
+        if self.evaluate and not set(self.artifacts) - self.skipped:
+            raise ConfigError("evaluation.skip", "skips every artifact: set evaluation.enabled: false instead")
+        self.evaluate_base = self.evaluate and "base" not in self.skipped
         for gate in evaluation["gates"]:
             if gate not in self.artifacts:
                 raise ConfigError(f"evaluation.gates.{gate}", f"no such artifact (one of {', '.join(self.artifacts)})")
+            if gate in self.skipped:
+                raise ConfigError(f"evaluation.gates.{gate}", "is in evaluation.skip: the gate would never run")
         self.texts: dict[str, str] = dict(evaluation["texts"]) if self.evaluate else {}
         self.promote = config.get("promote")
         self.promote_quant = (self.promote or {}).get("candidate_quant")
@@ -139,6 +153,11 @@ class Plan:
                 raise ConfigError(
                     "promote.candidate_quant",
                     f"{self.promote_quant} is not built (one of {', '.join(self.gguf_types)})",
+                )
+            if self.promote_quant in self.skipped:
+                raise ConfigError(
+                    "promote.candidate_quant",
+                    f"{self.promote_quant} is in evaluation.skip: promotion compares its numbers",
                 )
             for text in self.promote["require"]:
                 if text not in evaluation["texts"]:
@@ -315,7 +334,10 @@ class Plan:
         return out + (["base"] if self.vllm_lora_adapters() else [])
 
     def artifacts_of(self, name: str) -> list[str]:
-        """The evaluated artifacts of one adapter or compressed model."""
+        """The evaluated artifacts of one adapter or compressed model (less those in evaluation.skip)."""
+        return [a for a in self._artifacts_of(name) if a not in self.skipped]
+
+    def _artifacts_of(self, name: str) -> list[str]:
         schemes = self.hfq_schemes if name in self.hfq_models() else []
         if name in self.compressed:
             return ["pruned", *(["distilled"] if self.distilled(name) else []), *self.gguf_types, *schemes]
@@ -383,6 +405,14 @@ class Plan:
 
     def hfq_checkpoints(self) -> list[str]:
         return [self.hfq_dir(m, s) for m in self.hfq_models() for s in self.hfq_schemes]
+
+    def evaluated_form(self, artifact: str) -> bool:
+        """Whether ``artifact`` (of any model) is evaluated: evaluation on and the artifact not skipped."""
+        return self.evaluate and artifact not in self.skipped
+
+    def report_inputs(self) -> dict:
+        """report_quality's inputs: every evaluation, and the base model's own unless skipped."""
+        return {"metrics": self.evaluations(), **({"base": paths.BASE_METRICS} if self.evaluate_base else {})}
 
     def metrics(self, model: str, artifact: str) -> str:
         return paths.METRICS.format(model=model, artifact=artifact)
@@ -533,21 +563,21 @@ class Plan:
         if variant == self.lora_variant:  # the adapter's LoRA GGUF, an artifact of the same revision
             lora = self.lora_gguf_of(model)
             inputs = {"gguf": lora, "check": f"{lora}.json", **common}
-            if self.evaluate:  # base + LoRA's evaluation: its numbers belong to the pair, not the file
+            if self.evaluated_form(f"lora-{self.float_type}"):  # base + LoRA's: its numbers are the pair's
                 inputs["evaluated"] = self.metrics(model, f"lora-{self.float_type}")
             return inputs
         if variant.startswith(VLLM_LORA):  # the adapter's PEFT directory, served on the base's checkpoint
             scheme = variant.removeprefix(VLLM_LORA)
             inputs = {**common, **self.adapter_inputs(model)}
             inputs.update(checkpoint=self.hfq_dir("base", scheme), check=self.hfq_check("base", scheme))
-            if self.evaluate:
+            if self.evaluated_form(variant):
                 inputs["metrics"] = self.metrics(model, variant)
             return inputs
         if variant in self.hfq_schemes:
             inputs = {"checkpoint": self.hfq_dir(model, variant), "check": self.hfq_check(model, variant), **common}
         else:
             inputs = {"gguf": self.gguf(model, variant), "check": self.gguf_check(model, variant), **common}
-        if self.evaluate:
+        if self.evaluated_form(variant):
             inputs["metrics"] = self.metrics(model, variant)
         return inputs
 
@@ -565,7 +595,8 @@ class Plan:
             inputs["base_checkpoints"] = [self.hfq_dir("base", s) for s in self.hfq_schemes]
         if self.evaluate:
             inputs["metrics"] = [self.metrics(adapter, art) for art in self.artifacts_of(adapter)]
-            inputs["base_metrics"] = paths.BASE_METRICS
+            if self.evaluate_base:
+                inputs["base_metrics"] = paths.BASE_METRICS
         if self.split:
             inputs["splits"] = [paths.SPLIT_CHECK.format(model=adapter, gguf_type=t) for t in self.gguf_types]
         return inputs
