@@ -92,6 +92,8 @@ def test_workflow_on_slurm_matches_local_run(cluster, tiny_build, postgres, tmp_
     shutil.copytree(local.root.parent / "models", root / "models")
     config = local.config()
     config["adapters"] = {"alpha": config["adapters"]["alpha"]}
+    # every rule still runs (evaluate_artifact on the GGUFs and LoRA pairs): not two more torch evaluations
+    config["evaluation"]["skip"] = ["adapter", "merged"]
     url = postgres.new_database()
     config["registry"] = {"path": url, "store_dir": str(root / "store")}
     wf = Workflow(root / "wf", config)
