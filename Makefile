@@ -63,7 +63,7 @@ dashboard: setup
 bench-merge: setup
 	$(BIN)/python -m bench.merge merge --size-gb $(SIZE_GB) --out results/bench/merge.json  # SIZE_GB="1 4"
 
-bench-8b: setup  # a Llama-3.1-8B-shaped model: the default chain beside its bare tools, a LoRA-only revision (~1.5 h)
+bench-8b: setup  # a Llama-3.1-8B-shaped model: the default chain beside its bare tools, a LoRA-only revision (about 1 h on a 2-core EPYC)
 	$(BIN)/python -m bench.llama8b --out results/bench/8b.json --parts $(BENCH_8B_PARTS)
 
 clean:
