@@ -2,6 +2,7 @@
 (loraforge.conversion.lora)."""
 
 from loraforge.conversion.lora import lora_artifact
+from loraforge.io.hashing import WORKFLOW_HASH_CACHE
 from loraforge.rule import run
 
 if __name__ == "__main__":
@@ -22,4 +23,5 @@ if __name__ == "__main__":
         llama_cpp_dir=p.llama_cpp_dir,
         budget_mb=p.budget_mb,
         reference=i.get("reference"),
+        hash_cache=WORKFLOW_HASH_CACHE,  # the evaluation and registration after it need not hash the GGUF again
     )

@@ -1,6 +1,8 @@
-"""Rule convert_to_gguf: llama.cpp conversion, checked against HF logits (loraforge.conversion.convert_artifact)."""
+"""Rule convert_to_gguf: llama.cpp conversion, checked against HF logits or their stored reference
+(loraforge.conversion.convert_artifact)."""
 
 from loraforge.conversion import convert_artifact
+from loraforge.io.hashing import WORKFLOW_HASH_CACHE
 from loraforge.rule import run
 
 if __name__ == "__main__":
@@ -21,4 +23,6 @@ if __name__ == "__main__":
         llama_cpp_dir=p.llama_cpp_dir,
         metadata=dict(p.metadata),
         budget_mb=p.budget_mb,
+        reference=sm.input.get("reference"),
+        hash_cache=WORKFLOW_HASH_CACHE,  # the evaluation and registration after it need not hash the GGUF again
     )

@@ -1,5 +1,6 @@
 """Rule quantize_gguf: llama.cpp quantization, load check (loraforge.quantization.quantize_artifact)."""
 
+from loraforge.io.hashing import WORKFLOW_HASH_CACHE
 from loraforge.quantization import quantize_artifact
 from loraforge.rule import run
 
@@ -15,4 +16,6 @@ if __name__ == "__main__":
         qtype=sm.params.qtype,
         imatrix=sm.input.get("imatrix"),
         llama_cpp_dir=sm.params.llama_cpp_dir,
+        reference=sm.input.get("reference"),
+        hash_cache=WORKFLOW_HASH_CACHE,  # the evaluation and registration after it need not hash the GGUF again
     )

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..checks import CHECK_TEXT, check_token_ids, compare_logits, hf_logits, write_sidecar
 from ..errors import PipelineError
-from ..io.hashing import sha256_file
+from ..io.hashing import remember_hash, sha256_file
 from ..io.publish import atomic_file
 from ..llamacpp.library import FLOAT_TYPES, GGUFModel, gguf_info
 from ..llamacpp.toolchain import locate
@@ -117,9 +117,14 @@ def convert_artifact(
     llama_cpp_dir=None,
     metadata: dict | None = None,
     budget_mb: float | None = None,
+    reference=None,
+    hash_cache=None,
 ) -> dict:
     """The convert_to_gguf rule: convert; check the GGUF's tokenizer and chat template against the HF tokenizer
-    and its logits against the HF model; publish GGUF and sidecar."""
+    and its logits against the HF model (or, given ``reference``, against that model's stored float32 log-probs:
+    see loraforge.evaluation.reference.gguf_against_reference); publish GGUF and sidecar. ``max_abs_logit_diff``
+    bounds the log-probs' largest difference where a reference is compared. ``hash_cache``: where the workflow's
+    jobs look up file hashes (None: nowhere), seeded with the GGUF's."""
     out_gguf = Path(out_gguf)
     with atomic_file(out_gguf) as tmp:
         summary = _convert_to(model_dir, tmp, outtype, llama_cpp_dir, metadata)
@@ -128,19 +133,27 @@ def convert_artifact(
             summary["tokenizer"] = check_tokenizer(model_dir, tmp, texts, shown_as=out_gguf)
             summary["tokenizer"].update(check_chat_rendering(model_dir, tmp, llama_cpp_dir, threads, out_gguf))
             log.info("tokenizer check passed: %s", summary["tokenizer"])
-            res, info = check_conversion(model_dir, tmp, check_text, threads, budget_mb)
+            if reference is not None:
+                from ..evaluation.reference import gguf_against_reference
+
+                res, info = gguf_against_reference(tmp, reference, threads, model_dir)
+                diff = res["max_abs_logprob_diff"]
+            else:
+                res, info = check_conversion(model_dir, tmp, check_text, threads, budget_mb)
+                diff = res["max_abs_logit_diff"]
             res.update(min_top1=min_top1, max_abs_logit_diff_allowed=max_abs_logit_diff)
             summary["check"] = res
-            if res["top1_agreement"] < min_top1 or not res["max_abs_logit_diff"] <= max_abs_logit_diff:
+            if res["top1_agreement"] < min_top1 or not diff <= max_abs_logit_diff:
                 raise PipelineError(
                     f"{out_gguf}: llama.cpp logits disagree with the HF model (top-1 agreement "
-                    f"{res['top1_agreement']:.3f}, min {min_top1}; max abs diff {res['max_abs_logit_diff']:.4g}, "
-                    f"max {max_abs_logit_diff})"
+                    f"{res['top1_agreement']:.3f}, min {min_top1}; max abs "
+                    f"{'log-prob' if reference is not None else 'logit'} diff {diff:.4g}, max {max_abs_logit_diff})"
                 )
             log.info("conversion check passed: %s", res)
         else:
             log.warning("conversion check disabled in config: GGUF logits were not compared with HF")
             info = gguf_info(tmp)
         summary.update(info, sha256=sha256_file(tmp))  # what was built: registration refuses other bytes
+    remember_hash(out_gguf, summary["sha256"], hash_cache)
     write_sidecar(check_json, summary)
     return summary

@@ -210,12 +210,13 @@ def lora_artifact(
     llama_cpp_dir=None,
     budget_mb: float | None = None,
     reference=None,
+    hash_cache=None,
 ) -> dict:
     """The convert_lora rule: convert, check base GGUF + LoRA against the adapter applied through PEFT (or against
     ``reference``, that model's stored log-probs: see check_lora), publish the GGUF and its sidecar (with the inputs'
-    content fingerprints: a LoRA-only revision's lineage)."""
+    content fingerprints: a LoRA-only revision's lineage; ``hash_cache`` is seeded with the GGUF's hash)."""
     from ..checks import write_sidecar
-    from ..io.hashing import sha256_file
+    from ..io.hashing import remember_hash, sha256_file
     from ..merging import input_lineage
 
     with atomic_file(out_gguf) as tmp:
@@ -229,7 +230,8 @@ def lora_artifact(
                 f"{res['mean_kld']:.3g}, max {max_kld:g}; top-1 agreement {res['top1_agreement']:.3f})"
             )
         summary.update(size_bytes=tmp.stat().st_size, sha256=sha256_file(tmp))
-    summary["inputs"] = input_lineage(base_dir, [{"path": adapter_dir, "weight": weight}])
+    remember_hash(out_gguf, summary["sha256"], hash_cache)
+    summary["inputs"] = input_lineage(base_dir, [{"path": adapter_dir, "weight": weight}], hash_cache)
     write_sidecar(check_json, summary)
     log.info("LoRA GGUF %s: %s", out_gguf, summary)
     return summary

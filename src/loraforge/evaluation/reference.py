@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 
+from ..errors import PipelineError
 from ..io.publish import atomic_file
 from ..progress import Progress
 from .metrics import log_softmax
@@ -73,3 +75,38 @@ def load_reference(path) -> tuple[dict, dict[str, np.ndarray], dict[str, np.ndar
         tokens = {n: f.get_tensor(f"tokens.{n}") for n in info["texts"]}
         lps = {n: f.get_tensor(f"logprobs.{n}") for n in info["texts"]}
     return info, tokens, lps
+
+
+def gguf_against_reference(gguf, reference, threads: int = 1, model_dir=None) -> tuple[dict, dict]:
+    """llama.cpp's log-probs of ``gguf`` against a stored float32 reference (compute_reference) on its first window:
+    the checks of a merged model's GGUFs, which then run no HF model and no second GGUF (at 8B a streamed HF pass
+    is a minute or more, a BF16 GGUF's pass half that). Log-probs, not logits: a reference stores those, and a
+    constant shift of a row of logits does not change them. ``model_dir``: refuse a reference of another model.
+
+    Returns (comparison, GGUF info) from the one load of the GGUF."""
+    from ..llamacpp.library import GGUFModel
+
+    info, tokens, lps = load_reference(reference)
+    if model_dir is not None and (
+        info.get("adapters") or Path(info.get("model", "")).resolve() != Path(model_dir).resolve()
+    ):
+        raise PipelineError(
+            f"{reference}: not the float32 reference of {model_dir} "
+            f"(it is of {info.get('adapters') or info.get('model')})"
+        )
+    name = next(iter(tokens))
+    ids, ref = tokens[name][0].tolist(), lps[name][0].astype(np.float64)  # ref: log-probs of tokens 1..n-1
+    with GGUFModel(Path(gguf), n_ctx=max(len(ids), 8), threads=threads) as g:
+        got, ginfo = g.logits(ids), g.info()
+    finite = bool(np.isfinite(got).all())
+    lq = log_softmax(got[: len(ref)].astype(np.float64))
+    res = {
+        "tokens": len(ids),
+        "finite_logits": finite,
+        "max_abs_logprob_diff": float(np.abs(lq - ref).max()),
+        "top1_agreement": float((lq.argmax(-1) == ref.argmax(-1)).mean()),
+        "mean_kld": float((np.exp(ref) * (ref - lq)).sum(-1).mean()),
+        "reference": "HF model, float32 (its evaluation reference, first window)",
+        "reference_file": str(reference),
+    }
+    return res, ginfo

@@ -61,6 +61,17 @@ class HashCache:
         self._dirty = True
         return digest
 
+    def remember(self, path: str | os.PathLike, digest: str) -> None:
+        """Record ``digest`` for ``path`` as it is now: for a file this process has just written and hashed (the
+        temporary it published by renaming, whose ctime the rename changed: so stat it here, after)."""
+        p = Path(path).resolve()
+        st = p.stat()
+        self._entries[str(p)] = self._new[str(p)] = {
+            "stat": [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns],
+            "sha256": digest,
+        }
+        self._dirty = True
+
     def save(self) -> None:
         """Add this process's new hashes to the file. Concurrent jobs and workflow runs share it: under an
         exclusive lock, what is on disk now is read again and merged, so no writer loses another's entries."""
@@ -80,6 +91,15 @@ class HashCache:
         self._entries.update(on_disk)
         self._new.clear()
         self._dirty = False
+
+
+def remember_hash(path: str | os.PathLike, digest: str, cache_file: str | os.PathLike | None) -> None:
+    """Seed ``cache_file`` with the hash of a file just published (a rule's GGUF, whose sidecar records the same
+    hash): the jobs after it, evaluation and registration, then need not read its gigabytes again."""
+    if cache_file:
+        cache = HashCache(cache_file)
+        cache.remember(path, digest)
+        cache.save()
 
 
 def tree_files(root: str | os.PathLike) -> list[Path]:

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..checks import CHECK_TEXT, compare_logits, write_sidecar
 from ..errors import PipelineError
-from ..io.hashing import sha256_file
+from ..io.hashing import remember_hash, sha256_file
 from ..io.publish import atomic_file
 from ..llamacpp.library import FLOAT_TYPES, GGUFModel, file_types
 from ..llamacpp.toolchain import locate
@@ -66,10 +66,19 @@ def quantize(
         return _quantize_to(src_gguf, tmp, qtype, threads, llama_cpp_dir, imatrix)
 
 
-def check_quantized(src_gguf, gguf, threads: int = 1) -> tuple[dict, dict]:
-    """The quantized model loads, its logits are finite; agreement with the float GGUF is recorded.
+def check_quantized(src_gguf, gguf, threads: int = 1, reference=None) -> tuple[dict, dict]:
+    """The quantized model loads, its logits are finite; agreement with the float GGUF is recorded, or with
+    ``reference``, the float32 log-probs of the HF model the float GGUF was converted from (a merged model's
+    evaluation reference: the float GGUF need not run again, a pass of a 16 GB file at 8B).
 
     Returns (check, GGUF info) from the one load of the quantized GGUF."""
+    if reference is not None:
+        from ..evaluation.reference import gguf_against_reference
+
+        res, info = gguf_against_reference(gguf, reference, threads)
+        if not res["finite_logits"]:
+            raise PipelineError(f"{gguf}: llama.cpp produced non-finite logits")
+        return res, info
     with GGUFModel(Path(gguf), n_ctx=256, threads=threads) as q:
         ids = q.tokenize(CHECK_TEXT)[: min(256, q.n_ctx_train)]  # never past the model's context length
         got, info = q.logits(ids), q.info()
@@ -81,14 +90,25 @@ def check_quantized(src_gguf, gguf, threads: int = 1) -> tuple[dict, dict]:
 
 
 def quantize_artifact(
-    src_gguf, out_gguf, check_json, qtype: str, threads: int = 1, imatrix=None, llama_cpp_dir=None
+    src_gguf,
+    out_gguf,
+    check_json,
+    qtype: str,
+    threads: int = 1,
+    imatrix=None,
+    llama_cpp_dir=None,
+    hash_cache=None,
+    reference=None,
 ) -> dict:
-    """The quantize_gguf rule: quantize, load and check, publish GGUF and sidecar."""
+    """The quantize_gguf rule: quantize, load and check (against ``reference``, where given: see check_quantized),
+    publish GGUF and sidecar (and seed ``hash_cache``, where the workflow's jobs look up file hashes, with the
+    GGUF's)."""
     out_gguf = Path(out_gguf)
     with atomic_file(out_gguf) as tmp:
         summary = _quantize_to(src_gguf, tmp, qtype, threads, llama_cpp_dir, imatrix)
-        summary["check"], info = check_quantized(src_gguf, tmp, threads)
+        summary["check"], info = check_quantized(src_gguf, tmp, threads, reference)
         summary.update(info, sha256=sha256_file(tmp))  # what was built: registration refuses other bytes
         log.info("quantized %s: %s", out_gguf, summary)
+    remember_hash(out_gguf, summary["sha256"], hash_cache)
     write_sidecar(check_json, summary)
     return summary
