@@ -53,6 +53,7 @@ class Plan:
         self.adapters = list(config["adapters"])
         self.quants = list(config["quantize"]["types"])
         self.float_type = config["convert"]["outtype"].upper()
+        self.convert_check = config["convert"]["check"]
         self.threads = config["threads"]
         self.evaluate = config["evaluation"]["enabled"]
         self.register = config["registry"]["enabled"]
@@ -517,13 +518,26 @@ class Plan:
         return {} if self.merged else {"reference": paths.REFERENCE.format(adapter=adapter)}
 
     def convert_inputs(self, model: str) -> dict:
-        return {"model_dir": self.model_dir(model)}
+        """The HF model a float GGUF is converted from; for an adapter's merged model with evaluation on, also its
+        float32 reference, which the conversion check compares the GGUF with instead of running the HF model again."""
+        inputs = {"model_dir": self.model_dir(model)}
+        if self.convert_check:
+            inputs.update(self.check_reference(model))
+        return inputs
+
+    def check_reference(self, model: str) -> dict:
+        """The stored float32 reference the checks of ``model``'s GGUFs compare with instead of running its HF model
+        (conversion) or its float GGUF (quantization) again: an adapter's merged model's, where evaluation computes
+        it; none for the base and compressed models, whose evaluation references are other models'."""
+        if self.evaluate and self.merged and model in self.adapters:
+            return {"reference": paths.REFERENCE.format(adapter=model)}
+        return {}
 
     def hfq_inputs(self, model: str) -> dict:
         return {"model_dir": self.model_dir(model), "text": self.hfq["text"]}
 
     def quantize_inputs(self, model: str, gguf_type: str) -> dict:
-        inputs = {"gguf": self.gguf(model, self.float_type)}
+        inputs = {"gguf": self.gguf(model, self.float_type), **self.check_reference(model)}
         if gguf_type.endswith("-imat"):
             inputs["imatrix"] = paths.IMATRIX.format(model=model)
         return inputs
