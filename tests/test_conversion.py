@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import pytest
 
@@ -54,3 +55,44 @@ def test_scratch_left_by_a_killed_conversion_is_removed_on_the_next(tmp_path):
         (d / "metadata.json").write_text("{}")
     remove_stale_scratch(tmp_path)
     assert not dead.exists() and live.exists() and other.exists()
+
+
+def test_check_against_the_stored_reference(models, tmp_path):
+    """With the model's float32 reference (the evaluation's, already computed) the check runs no HF model: the GGUF
+    agrees with it on its first window; an impossible bound fails it with the usual line, leaving nothing; a
+    reference of another model is refused by name."""
+    from loraforge import compute_reference
+    from loraforge.io.hashing import HashCache
+
+    ref = tmp_path / "reference.safetensors"
+    compute_reference(models["base"], {"t": models["text"]}, ref, n_ctx=64, max_tokens=256)
+    out, side, cache = tmp_path / "m.gguf", tmp_path / "m.gguf.json", tmp_path / "hashes.json"
+    s = convert_artifact(models["base"], out, side, reference=ref, hash_cache=cache)
+    check = s["check"]
+    assert check["reference_file"] == str(ref) and check["tokens"] == 64 and check["top1_agreement"] >= 0.98
+    assert 0 <= check["mean_kld"] < 1e-3 and check["max_abs_logprob_diff"] < 0.05, check
+    # the GGUF's hash is in the workflow's cache as the file is now: its evaluation and registration read it there
+    st = out.stat()
+    seeded = json.loads(cache.read_text())[str(out.resolve())]
+    assert seeded == {"stat": [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns], "sha256": s["sha256"]}
+    assert HashCache(cache).sha256(out) == s["sha256"]
+    # its quantization is checked against the same reference, without running the float GGUF again
+    from loraforge.quantization import quantize_artifact
+
+    q8 = tmp_path / "m-Q8_0.gguf"
+    q = quantize_artifact(out, q8, tmp_path / "m-Q8_0.gguf.json", "Q8_0", reference=ref, hash_cache=cache)
+    assert q["check"]["finite_logits"] and q["check"]["reference_file"] == str(ref), q["check"]
+    # a tiny random model's next-token distributions are flat: near-ties flip top-1; KLD is the measure
+    assert check["mean_kld"] < q["check"]["mean_kld"] < 0.05 and q["check"]["top1_agreement"] > 0.75, q["check"]
+    assert HashCache(cache).sha256(q8) == q["sha256"] == json.loads(cache.read_text())[str(q8.resolve())]["sha256"]
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    with pytest.raises(PipelineError, match="llama.cpp logits disagree with the HF model .* max abs log-prob diff"):
+        convert_artifact(models["base"], bad / "m.gguf", bad / "m.gguf.json", reference=ref, max_abs_logit_diff=1e-9)
+    assert list(bad.iterdir()) == []
+    other = tmp_path / "other-model"
+    shutil.copytree(models["base"], other)
+    with pytest.raises(PipelineError, match=f"{ref}: not the float32 reference of {other}"):
+        convert_artifact(other, bad / "a.gguf", bad / "a.gguf.json", reference=ref)
+    assert list(bad.iterdir()) == []

@@ -72,6 +72,17 @@ def test_full_run_outputs_and_sidecars(built):
         assert merge["check"]["mean_kld"] <= merge["check"]["max_mean_kld"] and merge["check"]["top1_agreement"] >= 0.98
         conv = json.loads((res / "gguf" / a / f"{a}-F16.gguf.json").read_text())
         assert conv["check"]["top1_agreement"] >= 0.98
+        # against the evaluation's float32 reference: the HF model ran once for both
+        assert conv["check"]["reference_file"] == f"results/eval/{a}/reference.safetensors"
+        # the GGUFs' hashes are seeded where evaluation and registration look them up, as the files are now
+        hashes = json.loads((wf.root / ".snakemake" / "loraforge" / "hashes.json").read_text())
+        for t in ("F16", "Q8_0"):
+            gguf = res / "gguf" / a / f"{a}-{t}.gguf"
+            st, side = gguf.stat(), json.loads(Path(f"{gguf}.json").read_text())
+            assert hashes[str(gguf.resolve())] == {
+                "stat": [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns],
+                "sha256": side["sha256"],
+            }
         assert 15.9 < conv["bits_per_weight"] < 16.1
         q = json.loads((res / "gguf" / a / f"{a}-Q8_0.gguf.json").read_text())
         assert q["check"]["finite_logits"] and 8.0 < q["bits_per_weight"] < 9.0
