@@ -9,6 +9,7 @@ import json
 import pytest
 
 from bench.llama8b import BARE, CONFIG, run_benchmark, summary
+from loraforge.evaluation import load_reference
 
 # 136M parameters, 131M of them Llama 3.1's embedding and output layer (128256 x 512 each)
 SMALL = dict(
@@ -40,7 +41,10 @@ def test_benchmark_runs_the_default_workflow_streamed_and_records_every_job(tmp_
     merge = json.loads((r / "checks" / "merge" / "support.json").read_text())["check"]
     assert merge["memory_plan"]["reference"]["streamed"] and merge["memory_plan"]["merged"]["streamed"]
     conv = json.loads((r / "gguf" / "support" / "support-BF16.gguf.json").read_text())
-    assert conv["check"]["memory_plan"]["streamed"] and conv["tokenizer"]["special_ids"]["eos"] == 128009
+    assert conv["tokenizer"]["special_ids"]["eos"] == 128009
+    # the conversion's logit check reads the float32 reference, which streamed the merged model once for both
+    assert conv["check"]["reference_file"] == "results/eval/support/reference.safetensors"
+    assert load_reference(r / "eval" / "support" / "reference.safetensors")[0]["memory_plan"]["streamed"]
     for art in ("adapter", "merged"):
         assert json.loads((r / "eval" / "support" / f"{art}.json").read_text())["memory_plan"]["streamed"]
     torch_jobs = [j for j in res["jobs"] if j["rule"] in ("merge_adapter", "compute_reference", "evaluate_base")]
