@@ -8,7 +8,7 @@ TORCH_CPU_PIP_ARGS ?=
 SIZE_GB ?= 1
 BENCH_8B_PARTS ?= chain lora-only  # make bench-8b BENCH_8B_PARTS=lora-only: only the LoRA-only revision
 
-.PHONY: setup demo demo-vllm test check lint dry-run report dashboard bench-merge bench-8b clean
+.PHONY: setup setup-hfquant demo demo-compress demo-vllm demo-full test check lint dry-run report dashboard bench-merge bench-8b clean
 
 setup: $(VENV)/.installed
 
@@ -26,7 +26,13 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -e '.[test,slurm]'
 	# llama.cpp's libllama, tools and converters at the library's revision, compiled once into ~/.cache/loraforge
 	$(BIN)/python -m loraforge.llamacpp.toolchain build
-	# llm-compressor (GPTQ / AWQ for vLLM) caps transformers at 5.17: its own environment, in the same cache
+	touch $@
+
+# llm-compressor (GPTQ / AWQ for vLLM) caps transformers at 5.17: its own environment, in the same cache; only
+# make demo-vllm and the tests need it (a config with hf_quant and no environment is refused in one line)
+setup-hfquant: $(VENV)/.hfquant
+
+$(VENV)/.hfquant: $(VENV)/.installed
 	$(BIN)/python -m loraforge.hfquant setup  # torch: the version of .venv's
 	touch $@
 
@@ -34,9 +40,16 @@ demo: setup
 	$(BIN)/snakemake --profile profiles/local
 	@echo "demo artifacts:"; ls -l results/gguf/*/
 
-demo-vllm: setup  # the demo plus its GPU-serving forms: GPTQ / AWQ checkpoints, vLLM's multi-LoRA form
+demo-compress: setup  # the demo plus code-drop20: the code model pruned by a fifth of its layers and distilled
+	$(BIN)/snakemake --profile profiles/local --configfile config/demo.yaml config/demo-compress.yaml
+	@echo "compressed model's GGUFs:"; ls -l results/gguf/code-drop20/
+
+demo-vllm: setup-hfquant  # the demo plus its GPU-serving forms: GPTQ / AWQ checkpoints, vLLM's multi-LoRA form
 	$(BIN)/snakemake --profile profiles/local --configfile config/demo.yaml config/demo-vllm.yaml
 	@echo "GPU-serving checkpoints:"; ls -d results/hfq/*/*/
+
+demo-full: setup-hfquant  # every part of the demo at once
+	$(BIN)/snakemake --profile profiles/local --configfile config/demo.yaml config/demo-compress.yaml config/demo-vllm.yaml
 
 dry-run: setup
 	$(BIN)/snakemake --profile profiles/local -n
@@ -51,10 +64,10 @@ lint: setup
 	$(BIN)/ruff format --check src scripts tests bench
 	$(BIN)/lint-imports
 
-test: setup lint
+test: setup setup-hfquant lint
 	$(BIN)/pytest -ra --durations=25 -n auto --dist loadgroup  # on every core; shared builds stay on one worker (tests/conftest.py)
 
-check: setup lint  # the quick tier: every test that builds no whole workflow (minutes)
+check: setup setup-hfquant lint  # the quick tier: every test that builds no whole workflow (minutes)
 	$(BIN)/pytest -ra -m "not slow" --durations=10 -n auto --dist loadgroup
 
 dashboard: setup

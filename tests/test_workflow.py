@@ -417,3 +417,40 @@ def test_gpu_serving_checkpoints_are_built_checked_evaluated_registered_and_depl
     card = (res / "deploy" / "alpha" / "README.md").read_text()
     assert "vllm serve results/hfq/alpha/alpha-GPTQ-W4A16" in card
     assert f"--enable-lora --max-lora-rank 64 --lora-modules alpha={models['alpha']}" in card
+
+
+def test_a_compressed_model_is_pruned_distilled_and_shipped_like_a_merged_one(workflow, models, tmp_path):
+    """compress through the workflow: alpha's merged model without one of its two layers, distilled from it, both
+    scored against alpha's float32 reference; its GGUF converted, quantized, evaluated and registered under its own
+    name. (Whether distillation recovers is tests/test_compression.py's subject; the demo's compressed SmolLM2
+    builds with `make demo-compress`.)"""
+    from gguf import GGUFReader
+
+    from loraforge.registry import Registry
+
+    calib = tmp_path / "calibration.txt"  # other text than the evaluation's (an overlap is refused)
+    calib.write_text(Path(json.__file__).read_text(encoding="utf-8"), encoding="utf-8")
+    spec = {"drop_layers": 1, "distill": {"steps": 3, "batch": 2}}
+    compress = {"text": str(calib), "adapters": ["alpha"], "n_ctx": 64, "specs": {"d1": spec}}
+    cfg = user_config(models, adapters={"alpha": str(models["alpha"])}, compress=compress, lora={"enabled": False})
+    cfg["evaluation"]["skip"] = ["adapter", "merged", "base"]  # the other tests' subject
+    wf = workflow(cfg)
+    wf.run()
+    res = wf.root / "results"
+    scores = json.loads((res / "pruned" / "alpha-d1.json").read_text())
+    assert scores["layers"] == [2, 1] and len(scores["dropped"]) == 1
+    curve = json.loads((res / "distilled" / "alpha-d1.json").read_text())
+    assert len(curve["loss"]) == 3
+    pruned, distilled = (load_file(res / f / "alpha-d1" / "model.safetensors") for f in ("pruned", "distilled"))
+    assert pruned.keys() == distilled.keys() and not all(torch.equal(pruned[k], distilled[k]) for k in pruned)
+    forms = ("pruned", "distilled", "F16", "Q8_0")
+    scored = {form: json.loads((res / "eval" / "alpha-d1" / f"{form}.json").read_text()) for form in forms}
+    assert all(m["mean_kld"] > 0 for m in scored.values())  # against alpha's reference, on its tokens
+    assert {m["scored_tokens"] for m in scored.values()} == {scored["Q8_0"]["scored_tokens"]} != {0}
+    q8 = res / "gguf" / "alpha-d1" / "alpha-d1-Q8_0.gguf"
+    assert GGUFReader(q8).fields["llama.block_count"].contents() == 1
+    receipt = json.loads((res / "registry" / "alpha-d1" / "Q8_0.json").read_text())
+    assert receipt["name"] == "alpha-d1" and receipt["sha256"] == sha256_file(q8)
+    reg = Registry(wf.root / "registry.sqlite")
+    assert [v.version for v in reg.versions("alpha-d1")] == [1]
+    reg.close()

@@ -284,13 +284,15 @@ def test_the_shipped_configs_plan(tmp_path, llmcompressor_env):
     demo = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
     validate(demo, SCHEMA)
     p = Plan(demo, produced=lambda path: path.startswith("results/"))
-    assert p.evaluated == ["code", "prose", "code-drop20"] and "Q4_K_M-imat" in p.gguf_types
-    assert len(p.evaluations()) == 10 + 10 + 6  # as the demo test counts the report's rows
+    assert p.evaluated == ["code", "prose"] and "Q4_K_M-imat" in p.gguf_types
+    assert len(p.evaluations()) == 10 + 10  # as the demo test counts the report's rows
+    extras = {n: yaml.safe_load((REPO / "config" / f"demo-{n}.yaml").read_text()) for n in ("compress", "vllm")}
+    # make demo-compress: code-drop20, pruned, distilled and its four GGUF types
     # make demo-vllm: code's GPTQ, AWQ and both multi-LoRA forms; prose's multi-LoRA forms
-    vllm = yaml.safe_load((REPO / "config" / "demo-vllm.yaml").read_text())
-    full = {**demo, **vllm}
-    validate(full, SCHEMA)
-    assert len(Plan(full, produced=lambda path: path.startswith("results/")).evaluations()) == 14 + 12 + 6
+    for layers, count in (("compress", 10 + 10 + 6), ("vllm", 14 + 12), ("compress vllm", 14 + 12 + 6)):
+        full = {**demo, **{k: v for n in layers.split() for k, v in extras[n].items()}}
+        validate(full, SCHEMA)
+        assert len(Plan(full, produced=lambda path: path.startswith("results/")).evaluations()) == count, layers
     example = yaml.safe_load((REPO / "config" / "example.yaml").read_text())
     validate(example, SCHEMA)
     assert Plan(example).adapters
