@@ -52,6 +52,9 @@ def pytest_collection_modifyitems(config, items):
         assert len(groups) <= 1, f"{item.nodeid} shares builds of two groups: {groups}"
         if groups:
             item.add_marker(pytest.mark.xdist_group(groups.pop()))
+    # the workflow tests first: pytest-xdist hands out a shared build's group by its size, then single tests in this
+    # order, so the quick tests fill the workers' ends instead of a minutes-long one running alone at the end
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 def pytest_configure(config):
