@@ -381,6 +381,10 @@ def test_hf_quant_without_llm_compressors_environment_is_one_line(monkeypatch, t
     monkeypatch.setenv("LORAFORGE_LLMCOMPRESSOR_PYTHON", str(tmp_path / "python"))
     with pytest.raises(ConfigError, match=r"^config hf_quant: \$LORAFORGE_LLMCOMPRESSOR_PYTHON=.*: no such Python$"):
         plan(hf_quant=HFQ)
+    monkeypatch.delenv("LORAFORGE_LLMCOMPRESSOR_PYTHON")
+    monkeypatch.setenv("LORAFORGE_CACHE", str(tmp_path / "cache"))  # no environment built there
+    with pytest.raises(ConfigError, match=r"^config hf_quant: .*not built at .*\(make setup-hfquant does\)$"):
+        plan(hf_quant=HFQ)
 
 
 # --- checks that read the inputs (headers and JSON): real tiny models ---------------------------------------

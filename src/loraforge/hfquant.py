@@ -3,7 +3,7 @@ serve, made by llm-compressor (vLLM's own quantization library) from an HF model
 calibration text.
 
 llm-compressor 0.14 caps transformers at 5.17, older than the rest of loraforge runs on, so it lives in an
-environment of its own (``python -m loraforge.hfquant setup``, run by ``make setup``, in the cache beside the
+environment of its own (``python -m loraforge.hfquant setup``, run by ``make setup-hfquant``, in the cache beside the
 llama.cpp build; ``$LORAFORGE_LLMCOMPRESSOR_PYTHON`` names another). The calibration runs there
 (:mod:`loraforge.hfquant_worker`); everything else, the reload check and the evaluation included, runs in
 loraforge's own stack, which loads the checkpoints through transformers and compressed-tensors as a serving stack
@@ -273,7 +273,7 @@ def tool_python() -> Path:
     if not (d / ".complete").is_file():
         raise PipelineError(
             f"hf_quant needs llm-compressor's environment, not built at {d}: run `python -m loraforge.hfquant setup` "
-            "(make setup does)"
+            "(make setup-hfquant does)"
         )
     return d / "bin" / "python"
 
