@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml
 	CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" $(BIN)/python -m pip install "llama-cpp-python==0.3.36"
 	$(BIN)/python -m pip install -e '.[test,slurm]'
 	# llama.cpp's libllama, tools and converters at the library's revision, compiled once into ~/.cache/loraforge
-	$(BIN)/python -m loraforge.llamacpp.toolchain build
+	$(BIN)/python -m loraforge.llamacpp build  # also links the tools into $(BIN): .venv/bin/llama-server
 	touch $@
 
 # llm-compressor (GPTQ / AWQ for vLLM) caps transformers at 5.17: its own environment, in the same cache; only

@@ -4,6 +4,8 @@ import functools
 import os
 import re
 
+import yaml
+
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 from snakemake.utils import validate
@@ -14,7 +16,17 @@ from loraforge.errors import PipelineError
 from loraforge.io.hashing import WORKFLOW_HASH_CACHE, HashCache, tree_fingerprint
 from loraforge.registry.core import STORE_ENV
 from loraforge.workflow import Plan, paths, size_mb
+from loraforge.workflow.cli_values import coerce_strings
 
+def load_schema():
+    with open(os.path.join(workflow.basedir, "schemas", "config.schema.yaml")) as f:
+        return yaml.safe_load(f)
+
+
+try:  # nested --config values arrive as strings ('merge={enabled: false}'): read as the schema types them
+    config.update(coerce_strings(dict(config), load_schema()))
+except PipelineError as e:
+    raise WorkflowError(str(e)) from None
 try:
     validate(config, schema="../schemas/config.schema.yaml")
 except WorkflowError as e:  # one line naming the key, not a schema dump

@@ -28,6 +28,8 @@ rule register_model:
         registry=config["registry"]["path"],
         store_mode=config["registry"]["store"],
         settings=lambda w: plan.lineage_settings(w.model),
+        artifact_settings=lambda w: plan.artifact_settings(w.model, w.variant),
+        merged_settings=plan.artifact_settings("", "merged"),
         weights=lambda w: plan.adapter_weights(w.model),
     script:
         "../scripts/register_model.py"

@@ -15,6 +15,8 @@ if __name__ == "__main__":
         merged_dir=i.get("merged"),
         receipt=sm.output.receipt,
         settings=dict(p.settings),
+        artifact_settings=dict(p.artifact_settings),
+        merged_settings=dict(p.merged_settings),
         metrics_json=i.get("metrics"),
         store_mode=p.store_mode,
     )
@@ -31,4 +33,5 @@ if __name__ == "__main__":
             **common,
         )
     else:
-        run(sm.log[0], register_artifact, gguf=i.gguf, gguf_type=w.variant, **common)
+        lora_metrics = list(i.lora_metrics) if "lora_metrics" in i.keys() else None
+        run(sm.log[0], register_artifact, gguf=i.gguf, gguf_type=w.variant, lora_metrics_json=lora_metrics, **common)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import shutil
 import sqlite3
 import subprocess
@@ -315,3 +317,50 @@ def postgres():
     pg = LocalPostgres().start()
     yield pg
     pg.stop()
+
+
+PROMOTION_REVISIONS = [("code.txt", 8), ("code.txt", 40), ("noise.txt", 40)]  # first, better, worse
+
+
+@pytest.fixture(scope="session")
+def history(tmp_path_factory, models):
+    """Continuous fine-tuning through the workflow: the `code` adapter trained, retrained longer and retrained on
+    noise, the workflow run after each (with a promotion policy): versions 1..3 of `code`, and each run's promotion
+    decision. Read by tests/test_promotion.py and the README's registry commands (tests/test_readme_commands.py)."""
+    from loraforge.demo import corpora, train_lora
+
+    root = tmp_path_factory.mktemp("promotion")
+    c = corpora()
+    (root / "code.txt").write_text(c["code"]["train"])
+    (root / "heldout.txt").write_text(c["code"]["heldout"])
+    rng = random.Random(0)
+    (root / "noise.txt").write_text(
+        " ".join("".join(rng.choice("qxzjkvw") for _ in range(rng.randint(2, 9))) for _ in range(40_000))
+    )
+    adapter = root / "adapter"
+    wf = Workflow(
+        root / "wf",
+        {
+            "base_model": str(models["base"]),
+            "adapters": {"code": str(adapter)},
+            "quantize": {"types": ["Q8_0"], "threads": 1},
+            "threads": 1,
+            # promotion compares the candidate GGUF's numbers: the torch forms' evaluations are not its subject
+            "evaluation": {
+                "texts": {"code": str(root / "heldout.txt")},
+                "n_ctx": 64,
+                "max_tokens": 1024,
+                "skip": ["adapter", "merged", "base"],
+            },
+            "promote": {"alias": "production", "candidate_quant": "Q8_0", "require": {"code": "better"}},
+            "lora": {"enabled": False},  # the forms are the demo's and test_workflow's subject, not this one's
+            "deploy": {"enabled": False},
+        },
+    )
+    decisions = []
+    for text, steps in PROMOTION_REVISIONS:
+        shutil.rmtree(adapter, ignore_errors=True)
+        train_lora(models["base"], root / text, adapter, steps=steps, r=8, lr=3e-3, seq=64, batch=4, seed=0)
+        wf.run()
+        decisions.append(json.loads((wf.root / "results" / "registry" / "code" / "promotion.json").read_text()))
+    return wf, decisions

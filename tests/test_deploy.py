@@ -49,8 +49,15 @@ def test_bundle_of_a_tiny_model(models, f16_gguf, tmp_path):
     )
     mf = (out / "Modelfile").read_text()
     assert f"FROM {__import__('os').path.relpath(f16_gguf, out)}" in mf and 'PARAMETER stop "</s>"' in mf
-    assert "ADAPTER" in (out / "Modelfile.lora").read_text()
+    lora_mf = (out / "Modelfile.lora").read_text()
+    assert "ADAPTER" in lora_mf
+    # which Ollama accepts ADAPTER, and the route for one that refuses it, in the file and in the card
+    assert "0.34.0 and earlier accept ADAPTER" in lora_mf and "ollama/ollama#14969" in lora_mf
+    assert "create from `Modelfile`" in lora_mf and "--lora" in lora_mf
+    assert "ADAPTER" not in mf  # the merged form needs no note
     card = (out / "README.md").read_text()
+    assert "0.34.0\nor earlier" in card or "0.34.0 or earlier" in card.replace("\n", " ")
+    assert "ollama/ollama#14969" in card
     front = yaml.safe_load(card.split("---")[1])
     assert front["license"] == "mit" and "gguf" in front["tags"] and "base_model" not in front  # a local path
     assert "No quality numbers" in card and s["forms"] == ["merged", "lora"]

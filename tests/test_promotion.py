@@ -6,57 +6,12 @@ it all."""
 from __future__ import annotations
 
 import json
-import random
-import shutil
 
 import pytest
 
-from loraforge.demo import corpora, train_lora
 from loraforge.registry import Registry
 
 pytestmark = pytest.mark.slow
-REVISIONS = [("code.txt", 8), ("code.txt", 40), ("noise.txt", 40)]  # first, better, worse
-
-
-@pytest.fixture(scope="module")
-def history(tmp_path_factory, models):
-    from conftest import Workflow
-
-    root = tmp_path_factory.mktemp("promotion")
-    c = corpora()
-    (root / "code.txt").write_text(c["code"]["train"])
-    (root / "heldout.txt").write_text(c["code"]["heldout"])
-    rng = random.Random(0)
-    (root / "noise.txt").write_text(
-        " ".join("".join(rng.choice("qxzjkvw") for _ in range(rng.randint(2, 9))) for _ in range(40_000))
-    )
-    adapter = root / "adapter"
-    wf = Workflow(
-        root / "wf",
-        {
-            "base_model": str(models["base"]),
-            "adapters": {"code": str(adapter)},
-            "quantize": {"types": ["Q8_0"], "threads": 1},
-            "threads": 1,
-            # promotion compares the candidate GGUF's numbers: the torch forms' evaluations are not its subject
-            "evaluation": {
-                "texts": {"code": str(root / "heldout.txt")},
-                "n_ctx": 64,
-                "max_tokens": 1024,
-                "skip": ["adapter", "merged", "base"],
-            },
-            "promote": {"alias": "production", "candidate_quant": "Q8_0", "require": {"code": "better"}},
-            "lora": {"enabled": False},  # the forms are the demo's and test_workflow's subject, not this one's
-            "deploy": {"enabled": False},
-        },
-    )
-    decisions = []
-    for text, steps in REVISIONS:
-        shutil.rmtree(adapter, ignore_errors=True)
-        train_lora(models["base"], root / text, adapter, steps=steps, r=8, lr=3e-3, seq=64, batch=4, seed=0)
-        wf.run()
-        decisions.append(json.loads((wf.root / "results" / "registry" / "code" / "promotion.json").read_text()))
-    return wf, decisions
 
 
 def test_each_retraining_is_a_version_with_all_its_artifacts(history):

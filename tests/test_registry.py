@@ -3,6 +3,7 @@ aliases, rollback, tags, concurrency, crash safety, bad files, migration from sc
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from loraforge.errors import PipelineError
+from loraforge.io.hashing import tree_fingerprint
 from loraforge.registry import Registry, get_latest, register_model, rollback_model
 from loraforge.registry.schema import MIGRATIONS, SCHEMA_VERSION
 
@@ -63,13 +65,121 @@ def test_a_version_is_a_revision_with_its_artifacts(reg, tmp_path):
     art = mv.artifact("Q8_0")
     assert art.size == q8.stat().st_size and art.metrics == {"evaluation": {"mean_kld": 0.01}}
     assert Path(art.store_path).read_bytes() == q8.read_bytes() and art.source_path == str(q8.resolve())
-    assert reg.schema_version() == SCHEMA_VERSION == 3
+    assert reg.schema_version() == SCHEMA_VERSION == 4
 
 
 def test_a_revision_s_artifact_is_immutable(reg, tmp_path):
     reg.register("code", lineage("r1"), "gguf", "Q8_0", artifact(tmp_path, "x.gguf", b"one"))
-    with pytest.raises(PipelineError, match="already has a gguf Q8_0 with other content"):
+    with pytest.raises(PipelineError, match="already has a gguf Q8_0 with other content .* same settings"):
         reg.register("code", lineage("r1"), "gguf", "Q8_0", artifact(tmp_path, "y.gguf", b"two"))
+
+
+def with_settings(rev: str, **settings) -> dict:
+    return {**lineage(rev), "settings": settings}
+
+
+def test_a_version_is_the_model_not_the_forms_built_from_it(reg, tmp_path):
+    """Settings that only choose or tune derived artifacts (quant types, imatrix, hf_quant calibration, GGUF
+    naming) add artifacts to the version; the adapter's bytes and the merge's semantics make a new one."""
+    merge = {"method": "streaming"}
+    v1 = reg.register("code", with_settings("r1", merge=merge), "gguf", "Q8_0", artifact(tmp_path, "a.gguf"))[0]
+    calib = {"hf_quant": {"text": "c.txt", "samples": 8, "seq_len": 256, "group_size": None}}
+    # the same adapter with a GPTQ checkpoint added to the config: an artifact of v1, not a v2
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    (ck / "model.safetensors").write_bytes(b"gptq" * 50)
+    mv, new_version, new_artifact = reg.register(
+        "code",
+        with_settings("r1", merge=merge),
+        "hf-quant",
+        "GPTQ-W4A16",
+        ck,
+        sha256=tree_fingerprint(ck),
+        settings=calib,
+    )
+    assert (mv.version, new_version, new_artifact) == (1, False, True)
+    assert v1.revision == mv.revision
+    # settings of the old kind (a registry written before schema 4 kept them in the version's lineage) name the
+    # same model
+    old_style = with_settings("r1", merge={**merge, "shard_size_mb": 2000}, convert={"outtype": "bf16"}, **calib)
+    assert reg.register("code", old_style, "gguf", "Q4_K_M", artifact(tmp_path, "b.gguf"))[0].version == 1
+    # other merge semantics, other adapter bytes: other models
+    assert (
+        reg.register(
+            "code", with_settings("r1", merge={"method": "peft"}), "gguf", "Q8_0", artifact(tmp_path, "c.gguf")
+        )[0].version
+        == 2
+    )
+    assert (
+        reg.register("code", with_settings("r2", merge=merge), "gguf", "Q8_0", artifact(tmp_path, "d.gguf"))[0].version
+        == 3
+    )
+
+
+def test_a_rebuild_with_other_settings_replaces_the_artifact_and_keeps_the_old_one(reg, tmp_path):
+    first = {"hf_quant": {"text": "c.txt", "samples": 8}}
+    reg.register("code", lineage("r1"), "gguf", "Q8_0", artifact(tmp_path, "a.gguf", b"one"), {"e": 1}, settings=first)
+    again = {"hf_quant": {"text": "c.txt", "samples": 16}}  # re-calibrated
+    mv, new_version, replaced = reg.register(
+        "code", lineage("r1"), "gguf", "Q8_0", artifact(tmp_path, "b.gguf", b"two"), {"e": 2}, settings=again
+    )
+    assert (mv.version, new_version, replaced) == (1, False, True)
+    (now,) = mv.artifacts
+    assert now.settings == again and now.metrics == {"e": 2} and Path(now.store_path).read_bytes() == b"two"
+    (old,) = mv.history  # never silently dropped: its bytes stay in the store
+    assert old.settings == first and old.metrics == {"e": 1} and old.superseded_at
+    assert Path(old.store_path).read_bytes() == b"one"
+    assert reg.get("code", 1).to_dict()["history"][0]["sha256"] == old.sha256
+    # the latest hand-out is the replacement
+    assert reg.artifact_file("code", "Q8_0")[1].read_bytes() == b"two"
+
+
+def test_a_lora_gguf_lists_a_row_per_base_type_it_was_measured_on(reg, tmp_path):
+    ev = {"mean_kld": 0.01, "top1_agreement": 0.9, "texts": {"code": {"ppl": 7.0}}}
+    metrics = {"check": {}, "evaluations": {"F16": ev, "Q8_0": {**ev, "mean_kld": 0.02}}}
+    reg.register("code", lineage("r1"), "gguf", "lora-F16", artifact(tmp_path, "l.gguf"), metrics)
+    art = reg.get("code", 1).artifact("lora-F16")
+    assert [(label, e["mean_kld"]) for label, e in art.measured()] == [
+        ("lora-F16 on F16", 0.01),
+        ("lora-F16 on Q8_0", 0.02),
+    ]
+
+
+def test_migration_to_schema_4_keys_versions_by_the_model(tmp_path):
+    """A registry of schema 3 with v2 registered only because hf_quant was added: v2 is tagged a duplicate of v1,
+    v1 takes the model's new artifacts, v3 (retrained) stays itself; nothing is lost, no alias moves."""
+    db = tmp_path / "reg.sqlite"
+    settings = {"merge": {"method": "streaming", "shard_size_mb": 2000}}
+    lin = {**lineage("r1"), "settings": settings}
+    dup = {**lin, "settings": {**settings, "hf_quant": {"samples": 8}}}
+    reg = Registry(db)
+    reg.register("code", lin, "gguf", "Q8_0", artifact(tmp_path, "a.gguf"))
+    reg.register("code", lineage("placeholder-r1"), "gguf", "Q8_0", artifact(tmp_path, "a.gguf"))  # becomes dup
+    reg.register("code", {**lineage("r2"), "settings": settings}, "gguf", "Q8_0", artifact(tmp_path, "b.gguf"))
+    reg.promote("code", 2, "production")
+    reg.close()
+
+    def schema_3_key(lin: dict) -> str:  # schema 3 keyed a version by all of its settings
+        key = {"base": "base-sha", "adapters": [["r1", 1.0]], "settings": lin["settings"]}
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+    c = sqlite3.connect(db)
+    c.execute("UPDATE versions SET revision = ? WHERE version = 1", (schema_3_key(lin),))
+    c.execute("UPDATE versions SET revision = ?, lineage = ? WHERE version = 2", (schema_3_key(dup), json.dumps(dup)))
+    c.execute("ALTER TABLE artifacts DROP COLUMN settings")  # what schema 4 added
+    c.execute("DROP TABLE artifact_history")
+    c.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    c.commit()
+    c.close()
+    reg = Registry(db)
+    assert reg.schema_version() == 4
+    assert [v.version for v in reg.versions("code")] == [1, 2, 3]
+    assert reg.get("code", 2).tags == {"duplicate_of": "1"} and reg.get("code", 1).tags == {}
+    assert {a["alias"]: a["version"] for a in reg.aliases("code")} == {"production": 2}
+    assert reg.get("code", 2).artifact("Q8_0").settings == {"hf_quant": {"samples": 8}}
+    mv = reg.register("code", dup, "gguf", "Q4_K_M", artifact(tmp_path, "c.gguf"))[0]
+    assert mv.version == 1 and {a.variant for a in mv.artifacts} == {"Q8_0", "Q4_K_M"}
+    reg.close()
 
 
 def test_hand_out_is_the_registered_bytes_after_the_build_path_is_overwritten(reg, tmp_path):
@@ -233,7 +343,7 @@ def test_migration_from_schema_1(tmp_path):
     files[("r2", "Q4_K_M")].write_bytes(b"rebuilt since")  # schema 1 would hand this out as the old version
 
     reg = Registry(db)
-    assert reg.schema_version() == 3
+    assert reg.schema_version() == SCHEMA_VERSION == 4
     vs = reg.versions("code")
     assert [(v.version, sorted(a.variant for a in v.artifacts)) for v in vs] == [
         (1, ["F16", "Q4_K_M", "Q8_0"]),
@@ -427,11 +537,13 @@ def test_schema_2_absolute_store_paths_migrate_to_relative(tmp_path):
     reg.close()
     c = sqlite3.connect(db)  # as schema 2 wrote it: the absolute path of the store where it was then
     c.execute("UPDATE artifacts SET store_path = '/old/place/reg.sqlite.store/' || store_path")
+    c.execute("ALTER TABLE artifacts DROP COLUMN settings")  # what schema 4 added
+    c.execute("DROP TABLE artifact_history")
     c.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
     c.commit()
     c.close()
     reg = Registry(db)
-    assert reg.schema_version() == SCHEMA_VERSION == 3
+    assert reg.schema_version() == SCHEMA_VERSION == 4
     _mv, path = reg.artifact_file("code", "Q8_0")
     assert path == (tmp_path / "reg.sqlite.store").joinpath(*path.parts[-3:]) and path.is_file()
 

@@ -118,7 +118,13 @@ def test_every_gguf_is_registered_under_its_revision_with_lineage_and_metrics(bu
         {"path": str(m["alpha"].resolve()), "weight": 1.0, "sha256": tree_fingerprint(m["alpha"])}
     ]
     assert {"torch", "transformers", "peft", "llama-cpp-python"} <= set(v.lineage["tools"])
-    assert v.lineage["settings"]["convert"] == {"outtype": "f16", "name": None, "quantized_by": None}
+    assert v.lineage["settings"] == {"merge": {"method": "streaming"}}  # what defines the model
+    assert q8.settings["convert"] == {"outtype": "f16", "name": None, "quantized_by": None}  # the artifact's own
+    # the LoRA GGUF carries its numbers: one evaluation per base type it was measured on
+    lora = v.artifact("lora-F16")
+    assert [label for label, _ in lora.measured()] == ["lora-F16 on F16", "lora-F16 on Q8_0"]
+    for _label, lev in lora.measured():
+        assert 0 < lev["mean_kld"] < 0.1 and lev["lora_sha256"] == lora.sha256
     ev = q8.metrics["evaluation"]
     assert 0 < ev["mean_kld"] < 0.05 and q8.metrics["check"]["finite_logits"] is True
     assert set(ev["texts"]) == {"general"} and ev["artifact_sha256"] == q8.sha256
@@ -172,6 +178,28 @@ def test_adding_a_quant_type_builds_only_the_new_files(built_copy):
         ("render_dashboard", None, None),
         ("report_quality", None, None),
     ]
+
+
+def test_adding_a_form_adds_artifacts_to_the_version_not_a_version(built_copy):
+    """A new quant type in the config of registered adapters: their versions take the new artifacts (a version is
+    the model, not the list of forms built from it); the dashboard shows the LoRA GGUF's numbers per base type."""
+    from loraforge.registry import Registry
+
+    wf, _m = built_copy
+    cfg = wf.config()
+    cfg["quantize"]["types"] = ["Q8_0", "Q4_0"]
+    wf.write_config(cfg)
+    wf.run()
+    reg = Registry(wf.root / "registry.sqlite")
+    (v,) = reg.versions("alpha")
+    assert sorted(a.variant for a in v.artifacts) == ["F16", "Q4_0", "Q8_0", "hf", "lora-F16"]
+    assert v.artifact("Q4_0").metrics["evaluation"]["artifact_sha256"] == v.artifact("Q4_0").sha256
+    # the LoRA GGUF (unchanged bytes) is registered once; its numbers are those it had
+    assert [label for label, _ in v.artifact("lora-F16").measured()] == ["lora-F16 on F16", "lora-F16 on Q8_0"]
+    page = (wf.root / "results" / "dashboard" / "index.html").read_text()
+    row = page[page.index("lora-F16 on Q8_0") :][:600]
+    kld = v.artifact("lora-F16").measured()[1][1]["mean_kld"]
+    assert f"{kld:.2e}" in row, row  # the dashboard's format for KLD
 
 
 def test_changing_one_adapter_rebuilds_only_its_chain(built_copy):

@@ -71,7 +71,7 @@ def test_skipped_forms_are_not_evaluated_reported_or_registered_with_numbers():
     ]
     # registration waits for the numbers it records, and records none of a skipped form
     assert p.register_inputs("alpha", "Q8_0")["metrics"] == "results/eval/alpha/Q8_0.json"
-    assert "evaluated" not in p.register_inputs("alpha", "lora-F16")
+    assert p.register_inputs("alpha", "lora-F16")["lora_metrics"] == ["results/eval/alpha/lora-Q8_0.json"]
     # the targets are the same files: skipping evaluations removes no artifact
     assert sorted(p.targets()) == sorted(plan().targets())
     assert plan().report_inputs()["base"] == "results/base/eval.json"
@@ -106,7 +106,8 @@ def test_a_lora_only_revision_builds_no_merged_form():
     assert reg == {
         "gguf": "results/lora/alpha/alpha-lora-F16.gguf",
         "check": "results/lora/alpha/alpha-lora-F16.gguf.json",
-        "evaluated": "results/eval/alpha/lora-F16.json",
+        # its numbers: one evaluation per base type it was measured on
+        "lora_metrics": ["results/eval/alpha/lora-F16.json", "results/eval/alpha/lora-Q8_0.json"],
     }
     dep = p.deploy_inputs("alpha")
     assert "merged_gguf" not in dep and "merged" not in dep
@@ -137,8 +138,13 @@ def test_imatrix_types_compressed_models_split_sets_and_promotion():
     assert "results/registry/alpha/promotion.json" in targets and "results/registry/beta/promotion.json" in targets
     assert "results/registry/alpha-drop20/Q4_K_M-imat.json" in targets
     assert "results/registry/alpha-drop20/lora-F16.json" not in targets  # a compressed model has no LoRA form
+    # a version is the model: the merge's semantics and a compressed model's spec; the rest is each artifact's
     assert p.lineage_settings("alpha-drop20")["compress"] == {"drop_layers": 0.2, "distill": {"steps": 4}}
-    assert p.lineage_settings("alpha")["imatrix"] == {"text": "/texts/cal.txt", "n_ctx": 512, "chunks": 100}
+    assert p.lineage_settings("alpha") == {"merge": {"method": "streaming"}}
+    imat = {"text": "/texts/cal.txt", "n_ctx": 512, "chunks": 100}
+    assert p.artifact_settings("alpha", "Q4_K_M-imat")["imatrix"] == imat
+    assert "imatrix" not in p.artifact_settings("alpha", "Q4_K_M")
+    assert p.artifact_settings("alpha", "merged") == {"merge": {"shard_size_mb": p.config["merge"]["shard_size_mb"]}}
 
 
 def test_build_time_of_each_artifact_sums_the_jobs_behind_it():
@@ -335,7 +341,8 @@ def test_gpu_serving_checkpoints_and_the_multi_lora_form(llmcompressor_env):
         "benchmarks/merge_adapter/alpha.tsv",
         "benchmarks/quantize_hf/alpha-GPTQ-W4A16.tsv",
     ]
-    assert p.lineage_settings("alpha")["hf_quant"] == {
+    assert "hf_quant" not in p.lineage_settings("alpha")  # calibration tunes the checkpoints, not the model
+    assert p.artifact_settings("alpha", "GPTQ-W4A16")["hf_quant"] == {
         "text": "/texts/calibration.txt",
         "samples": 16,
         "seq_len": 512,

@@ -74,6 +74,15 @@ def chat_template(model_dir) -> str | None:
     return t if isinstance(t, str) else None
 
 
+# Reported, not checked here (no Ollama binary): ollama/ollama#14969, per generative-computing/mellea#1651.
+OLLAMA_ADAPTER_LAST = "0.34.0"
+OLLAMA_ADAPTER_NOTE = (
+    f"Ollama {OLLAMA_ADAPTER_LAST} and earlier accept ADAPTER; later releases refuse it in `ollama create` (reported:",
+    "ollama/ollama#14969; models created before still serve). With a later Ollama, create from `Modelfile` (the",
+    "merged GGUF) where this bundle has one, or serve the pair with llama-server: -m <base GGUF> --lora <LoRA GGUF>.",
+)
+
+
 def modelfile(bundle: Path, from_gguf, stops: list[str], template: str | None, adapter_gguf=None, title="") -> str:
     def rel(p):
         return os.path.relpath(Path(p).resolve(), bundle.resolve())
@@ -82,6 +91,7 @@ def modelfile(bundle: Path, from_gguf, stops: list[str], template: str | None, a
     lines.append(f"FROM {rel(from_gguf)}")
     if adapter_gguf:
         lines.append(f"ADAPTER {rel(adapter_gguf)}")
+        lines[2:2] = [f"# {line}" for line in OLLAMA_ADAPTER_NOTE]
     family = template_family(template)
     if template is None:
         lines.insert(2, "# no chat template: a completion model (ollama run with a raw prompt)")
@@ -202,6 +212,7 @@ def model_card(
         base_ppl=base_ppl,
         merged=merged,
         vllm=vllm or [],
+        ollama_adapter_last=OLLAMA_ADAPTER_LAST,
     )
 
 

@@ -12,8 +12,10 @@ compiling it again (``CMAKE_ARGS=-DLLAMA_BUILD=OFF``).
 A llama.cpp directory is a source tree with its tools in ``build/bin/`` or ``bin/``: the one ``build()`` makes,
 or your own (e.g. a CUDA build) named by ``$LLAMA_CPP_DIR`` or the config key ``llama_cpp_dir``.
 
-    python -m loraforge.llamacpp.toolchain build     # what `make setup` runs (minutes, once)
-    python -m loraforge.llamacpp.toolchain where     # the directory in use, its revision and tools
+    loraforge-llamacpp build     # what `make setup` runs (minutes, once); links the tools into .venv/bin
+    loraforge-llamacpp where     # the directory in use, its revision and tools
+
+(``python -m loraforge.llamacpp`` is the same command.)
 """
 
 from __future__ import annotations
@@ -292,8 +294,35 @@ def build(dest: Path | None = None, jobs: int | None = None, force: bool = False
     return LlamaCpp(dest, dest / "build" / "bin", manifest)
 
 
+def venv_bin() -> Path | None:
+    """The bin directory of the virtual environment this Python runs in (``.venv/bin``), or None outside one."""
+    if sys.prefix == sys.base_prefix:
+        return None
+    return Path(sys.prefix) / "bin"
+
+
+def link_tools(lc: LlamaCpp, bin_dir: Path) -> list[Path]:
+    """Symbolic links to the build's tools in ``bin_dir``, beside the project's own commands (``.venv/bin/
+    llama-server``): the tools resolve their libllama from their real directory. A file there that is not such a
+    link is left alone."""
+    made = []
+    for name in TOOLS:
+        target, link = lc.tool(name), bin_dir / name
+        if link.is_symlink():
+            if Path(os.readlink(link)) == target:
+                made.append(link)
+                continue
+            link.unlink()
+        elif link.exists():
+            log.warning("%s exists and is not a link to llama.cpp's build: left as it is", link)
+            continue
+        link.symlink_to(target)
+        made.append(link)
+    return made
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m loraforge.llamacpp.toolchain", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="loraforge-llamacpp", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="fetch the pinned llama.cpp tree and compile its tools (once)")
     b.add_argument("--dest", help=f"where (default {default_dir()})")
@@ -307,7 +336,13 @@ def main(argv: list[str] | None = None) -> int:
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(json.dumps(lc.describe(), indent=2))
+    described = lc.describe()
+    if a.cmd == "build" and (where := venv_bin()):
+        links = link_tools(lc, where)
+        log.info("llama.cpp's tools linked into %s: %s", where, ", ".join(p.name for p in links))
+    if where := venv_bin():
+        described["linked_into"] = str(where)
+    print(json.dumps(described, indent=2))
     return 0
 
 

@@ -25,22 +25,24 @@ def _table(rows: list[dict], cols: list[str]) -> str:
 
 
 def _artifact_rows(v) -> list[dict]:
+    """One row per measured artifact and evaluation (a LoRA GGUF: one per base type it was measured on)."""
     rows = []
     for a in v.artifacts:
-        m = Metrics.from_json(a.metrics["evaluation"]) if "evaluation" in a.metrics else None
-        rows.append(
-            {
-                "name": v.name,
-                "version": v.version,
-                "aliases": ",".join(v.aliases),
-                "kind": a.kind,
-                "variant": a.variant,
-                "size_mb": number(a.size / 1e6, ".1f"),
-                "mean_kld": number(m.mean_kld if m else None, ".3g"),
-                "top1": number(m.top1_agreement if m else None, ".4f"),
-                "created": v.created_at,
-            }
-        )
+        for label, ev in a.measured() or [(a.variant, None)]:
+            m = Metrics.from_json(ev) if ev else None
+            rows.append(
+                {
+                    "name": v.name,
+                    "version": v.version,
+                    "aliases": ",".join(v.aliases),
+                    "kind": a.kind,
+                    "variant": label,
+                    "size_mb": number(a.size / 1e6, ".1f"),
+                    "mean_kld": number(m.mean_kld if m else None, ".3g"),
+                    "top1": number(m.top1_agreement if m else None, ".4f"),
+                    "created": v.created_at,
+                }
+            )
     return rows
 
 

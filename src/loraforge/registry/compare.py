@@ -116,6 +116,11 @@ def compare_versions(
 ) -> dict:
     """Score version ``b`` against ``a`` (their ``variant`` GGUFs, verified) and store the result with them."""
     reg = reg or Registry(registry, create=False)
+    registered = {f"v{v}": measured_rows(reg.get(name, v), variant) for v in (a, b)}
+    if variant.startswith("lora-"):  # a LoRA GGUF is no model alone: the numbers measured with each base type
+        mva = reg.get(name, a)
+        mva.artifact(variant)  # one line if there is no such artifact
+        return {"name": name, "a": a, "b": b, "variant": variant, "texts": {}, "registered": registered}
     _mva, fa = reg.artifact_file(name, variant, version=a)
     _mvb, fb = reg.artifact_file(name, variant, version=b)
     result = {
@@ -129,11 +134,47 @@ def compare_versions(
         "texts": score_pair(fa, fb, texts, n_ctx, max_tokens, threads, n_boot, seed),
     }
     result["id"] = reg.add_comparison(name, a, b, variant, result)
+    result["registered"] = registered
     return result
 
 
+def measured_rows(mv, variant: str) -> list[dict]:
+    """What the pipeline measured for one version's ``variant`` when it registered it (against that version's own
+    float32 reference): a row per evaluation, a LoRA GGUF's per base type."""
+    rows = []
+    for a in mv.artifacts:
+        if a.variant != variant:
+            continue
+        for label, ev in a.measured():
+            rows.append(
+                {
+                    "artifact": label,
+                    "mean_kld": ev.get("mean_kld"),
+                    "top1": ev.get("top1_agreement"),
+                    "ppl": {t: r["ppl"] for t, r in ev.get("texts", {}).items()},
+                }
+            )
+    return rows
+
+
 def table(result: dict) -> str:
-    rows = [f"{result['name']} v{result['b']} vs v{result['a']} ({result['variant']}), per text: B - A in nats/token"]
+    rows = []
+    if result.get("registered"):
+        rows.append(
+            f"{result['name']} {result['variant']}: as measured at registration, against each version's reference"
+        )
+        for version, measured in result["registered"].items():
+            for r in measured or [{"artifact": result["variant"], "mean_kld": None, "top1": None, "ppl": {}}]:
+                ppl = ", ".join(f"{t} {p:.3f}" for t, p in sorted(r["ppl"].items())) or "not measured"
+                kld = "not measured" if r["mean_kld"] is None else f"{r['mean_kld']:.4g}"
+                top1 = "not measured" if r["top1"] is None else f"{r['top1']:.3f}"
+                rows.append(f"  {version:<4} {r['artifact']:<22} mean KLD {kld:<12} top-1 {top1:<12} PPL {ppl}")
+    if not result["texts"]:
+        rows.append("(a LoRA GGUF is no model alone: the paired A/B test runs on merged GGUFs, e.g. --quant Q8_0)")
+        return "\n".join(rows)
+    rows.append(
+        f"{result['name']} v{result['b']} vs v{result['a']} ({result['variant']}), per text: B - A in nats/token"
+    )
     rows.append(
         f"{'text':<12} {'delta_nll':>10} {'95% CI':>22} {'p':>8} {'PPL A':>9} {'PPL B':>9} {'KLD B|A':>9} {'top-1':>6}"
     )

@@ -96,21 +96,21 @@ def _size_kld_plot(reg: Registry) -> str | None:
 def _model(reg: Registry, name: str) -> dict:
     """One name's versions, a row per registered GGUF type, and its alias history, as the page shows them."""
     versions = reg.versions(name)
-    texts = sorted({t for v in versions for a in v.artifacts if _evaluation(a) for t in _evaluation(a)["texts"]})
+    texts = sorted({t for v in versions for a in v.artifacts for _, ev in a.measured() for t in ev["texts"]})
     rows = []
     for v in versions:
         artifacts = []
         for a in sorted((a for a in v.artifacts if a.kind != "merged"), key=lambda a: a.variant):
-            ev = _evaluation(a) or {}
-            artifacts.append(
-                {
-                    "variant": a.variant,
-                    "size_mb": a.size / 1e6,
-                    "mean_kld": ev.get("mean_kld"),
-                    "top1": ev.get("top1_agreement"),
-                    "ppl": {t: r["ppl"] for t, r in ev.get("texts", {}).items()},
-                }
-            )
+            for label, ev in a.measured() or [(a.variant, {})]:  # a LoRA GGUF: a row per base type
+                artifacts.append(
+                    {
+                        "variant": label,
+                        "size_mb": a.size / 1e6,
+                        "mean_kld": ev.get("mean_kld"),
+                        "top1": ev.get("top1_agreement"),
+                        "ppl": {t: r["ppl"] for t, r in ev.get("texts", {}).items()},
+                    }
+                )
         rows.append(
             {
                 "version": v.version,

@@ -7,9 +7,9 @@ with ``?`` parameters, which this connection hands psycopg as ``%s``. Every writ
 lock first, as SQLite's ``BEGIN IMMEDIATE`` takes its write lock: versions are numbered and aliases moved one
 writer at a time, whichever host the writer runs on.
 
-Schema: a new PostgreSQL registry is created at the current schema version directly (``schema.PG_SCHEMA``); the
-steps after it (``schema.MIGRATIONS`` from ``SCHEMA_VERSION`` on) are shared SQL, so both backends follow one path
-from there. ``loraforge-registry migrate`` copies a SQLite registry into PostgreSQL (:func:`copy_registry`).
+Schema: a new PostgreSQL registry is created at schema 3 (``schema.PG_SCHEMA``), then takes the steps after it
+(``schema.MIGRATIONS`` from ``PG_SCHEMA_VERSION`` on), which are shared SQL: both backends follow one path from
+there. ``loraforge-registry migrate`` copies a SQLite registry into PostgreSQL (:func:`copy_registry`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterator
 
 from .errors import NoRegistry, NotARegistry, NotFound, RegistryError
-from .schema import MIGRATIONS, PG_SCHEMA, SCHEMA_VERSION, set_meta
+from .schema import MIGRATIONS, PG_SCHEMA, PG_SCHEMA_VERSION, SCHEMA_VERSION, set_meta
 
 log = logging.getLogger(__name__)
 
@@ -137,12 +137,12 @@ class PostgresDatabase:
                 for stmt in PG_SCHEMA.split(";"):
                     if stmt.strip():
                         c.execute(stmt)
-                set_meta(c, "schema_version", str(SCHEMA_VERSION))
                 set_meta(c, "store_root", self.store_root)
                 log.info("%s: no registry there; created a new one", self.path)
-                return 0
-            row = c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            current = int(row[0]) if row else 0
+                current, created = PG_SCHEMA_VERSION, True
+            else:
+                row = c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+                current, created = (int(row[0]) if row else 0), False
             if current > SCHEMA_VERSION:
                 raise RegistryError(
                     f"{self.path}: registry schema {current} is newer than this loraforge supports ({SCHEMA_VERSION})"
@@ -150,8 +150,9 @@ class PostgresDatabase:
             for i in range(current, SCHEMA_VERSION):  # the shared steps after PG_SCHEMA's version
                 MIGRATIONS[i](c)
                 set_meta(c, "schema_version", str(i + 1))
-                log.info("%s: registry schema migrated to version %d", self.path, i + 1)
-        return current
+                if not created:
+                    log.info("%s: registry schema migrated to version %d", self.path, i + 1)
+        return 0 if created else current
 
     def meta(self, key: str) -> str | None:
         row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -169,7 +170,7 @@ class PostgresDatabase:
 
 
 # the registry's tables in the order their rows can be inserted (foreign keys), and their id sequences
-TABLES = ("versions", "artifacts", "tags", "aliases", "alias_history", "comparisons")
+TABLES = ("versions", "artifacts", "artifact_history", "tags", "aliases", "alias_history", "comparisons")
 SERIAL = ("versions", "artifacts", "alias_history", "comparisons")
 
 

@@ -51,10 +51,16 @@ def register_artifact(
     settings: dict,
     metrics_json=None,
     store_mode: str = "copy",
+    artifact_settings: dict | None = None,
+    merged_settings: dict | None = None,
+    lora_metrics_json: list | None = None,
 ) -> dict:
     """Register one GGUF of an adapter revision (and, once, the merged model it came from) with lineage and
     measured metrics; write a receipt. Idempotent. A LoRA-only revision has no merged model (``merge_json`` and
-    ``merged_dir`` None): its lineage is the one its LoRA GGUF's sidecar recorded."""
+    ``merged_dir`` None): its lineage is the one its LoRA GGUF's sidecar recorded. ``settings``: what defines the
+    version's model; ``artifact_settings``: this GGUF's own build settings (``merged_settings`` the merged
+    model's). A LoRA GGUF carries the evaluations of the base GGUF types it was measured on
+    (``lora_metrics_json``): one per type, each checked to have scored these LoRA bytes."""
     built = _read(check_json)
     hashes = HashCache(WORKFLOW_HASH_CACHE)
     sha = hashes.sha256(gguf)
@@ -66,6 +72,14 @@ def register_artifact(
         if evaluation.artifact_sha256 != sha:
             raise PipelineError(f"{gguf}: {metrics_json} scored other bytes than these; re-run its evaluation")
         metrics["evaluation"] = evaluation.to_json()
+    if lora_metrics_json:
+        per_base = {}
+        for path in lora_metrics_json:
+            data = _read(path)
+            if data.get("lora_sha256") != sha:
+                raise PipelineError(f"{gguf}: {path} scored another LoRA GGUF than this one; re-run its evaluation")
+            per_base[data["artifact"].removeprefix("lora-")] = Metrics.from_json(data).to_json()
+        metrics["evaluations"] = per_base
     merged = _read(merge_json) if merge_json else None
     inputs = (merged or built).get("inputs")
     if not inputs:
@@ -85,6 +99,8 @@ def register_artifact(
         merged_dir,
         hashes,
         receipt,
+        artifact_settings,
+        merged_settings,
     )
 
 
@@ -103,6 +119,8 @@ def register_checkpoint(
     weights=None,
     metrics_json=None,
     store_mode: str = "copy",
+    artifact_settings: dict | None = None,
+    merged_settings: dict | None = None,
 ) -> dict:
     """Register a GPU-serving form of an adapter revision: a GPTQ / AWQ checkpoint directory (kind ``hf-quant``,
     variant the scheme), or for ``vllm-lora-<scheme>`` the adapter's PEFT directory that vLLM serves on the base's
@@ -158,11 +176,28 @@ def register_checkpoint(
         merged_dir,
         hashes,
         receipt,
+        artifact_settings,
+        merged_settings,
     )
 
 
 def _register(
-    registry, store_mode, name, inputs, settings, kind, variant, path, metrics, sha, merged, merged_dir, hashes, receipt
+    registry,
+    store_mode,
+    name,
+    inputs,
+    settings,
+    kind,
+    variant,
+    path,
+    metrics,
+    sha,
+    merged,
+    merged_dir,
+    hashes,
+    receipt,
+    artifact_settings=None,
+    merged_settings=None,
 ) -> dict:
     """Register one artifact (and, once, the merged model of its revision) and write its receipt."""
     lineage = {**inputs, "settings": settings, "tools": tool_versions()}
@@ -170,7 +205,9 @@ def _register(
     hashes.save()
     reg = Registry(registry, store_mode=store_mode)
     try:
-        mv, new_version, new_artifact = reg.register(name, lineage, kind, variant, path, metrics, sha256=sha)
+        mv, new_version, new_artifact = reg.register(
+            name, lineage, kind, variant, path, metrics, sha256=sha, settings=artifact_settings
+        )
         if merged:
             reg.register(
                 name,
@@ -181,6 +218,7 @@ def _register(
                 {"check": merged.get("check", {})},
                 sha256=merged_sha,
                 store=False,
+                settings=merged_settings,
             )
     finally:
         reg.close()

@@ -113,7 +113,8 @@ CREATE TABLE comparisons (
 
 
 # A new PostgreSQL registry: the tables of schema 3 (what SQLite's migrations 1-3 build), with PostgreSQL's
-# identity columns for SQLite's INTEGER PRIMARY KEY. A later schema adds one step to MIGRATIONS, in SQL both speak.
+# identity columns for SQLite's INTEGER PRIMARY KEY. Later schemas are steps of MIGRATIONS, in SQL both speak, run
+# on a new PostgreSQL registry too.
 PG_SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE versions (
@@ -184,17 +185,29 @@ def set_meta(c, key: str, value: str) -> None:
     )
 
 
+def identity_settings(settings: dict | None) -> dict:
+    """The settings that define the model a version is: the merge's semantics (``merge.method``) and, for a
+    compressed model, its compression spec. What only chooses or tunes derived artifacts (quant types, float type,
+    GGUF naming, imatrix, hf_quant calibration, shard and split sizes) is an artifact's setting, not the version's."""
+    settings = settings or {}
+    out: dict = {}
+    if isinstance(settings.get("merge"), dict) and "method" in settings["merge"]:
+        out["merge"] = {"method": settings["merge"]["method"]}
+    if settings.get("compress"):
+        out["compress"] = settings["compress"]
+    return out
+
+
 def revision_key(lineage: dict) -> str:
-    """What makes a version: the base's and each adapter's content, the adapters' weights in order, and the build
-    settings that change the artifacts' bytes (float type, GGUF naming, imatrix, compression): a revision's
-    artifacts are immutable, so other settings make another version. (v1 kept the quant type in its settings: it
-    belongs to one artifact, not the version.)"""
-    settings = {k: v for k, v in (lineage.get("settings") or {}).items() if k != "quant_type"}
+    """What makes a version: the base's and each adapter's content, the adapters' weights in order, and the
+    settings that define the model (:func:`identity_settings`). Adding a quant type or a GPU-serving checkpoint,
+    or re-calibrating one, adds or replaces artifacts within the version instead."""
     key = {
         "base": lineage.get("base_model", {}).get("sha256"),
         "adapters": [[a.get("sha256"), float(a.get("weight", 1.0))] for a in lineage.get("adapters", [])],
     }
-    if settings:  # (no settings: the key of registries written before settings were part of it)
+    settings = identity_settings(lineage.get("settings"))
+    if settings:  # (none: the key of registries written before settings were recorded)
         key["settings"] = settings
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
@@ -273,9 +286,62 @@ def _v2_to_v3(c: sqlite3.Connection) -> None:
     log.info("registry migrated to schema 3: %d store paths made relative to the store", len(rows))
 
 
+V4_TABLES = """
+ALTER TABLE artifacts ADD COLUMN settings TEXT NOT NULL DEFAULT '{}';
+CREATE TABLE artifact_history (
+    version_id BIGINT NOT NULL REFERENCES versions(id),
+    kind TEXT NOT NULL,
+    variant TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size BIGINT NOT NULL,
+    store_path TEXT,
+    source_path TEXT NOT NULL,
+    metrics TEXT NOT NULL,
+    settings TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    superseded_at TEXT NOT NULL
+)
+"""
+DUPLICATE_TAG = "duplicate_of"
+
+
+def _v3_to_v4(c) -> None:
+    """A version is the model, not the list of forms built from it (see :func:`revision_key`). Artifacts record
+    their own settings, and an artifact rebuilt with other settings replaces its predecessor, which is kept in
+    ``artifact_history``. Existing versions get the new key; where several versions of a name now have the same
+    one (an unchanged adapter registered again because a form was added), the first keeps it and takes the new
+    artifacts from now on, and each later one stays as it is, tagged ``duplicate_of`` the first: nothing is lost
+    and no alias moves."""
+    _script(c, V4_TABLES)
+    firsts: dict[tuple[str, str], int] = {}
+    duplicates = 0
+    for row in c.execute("SELECT id, name, version, revision, lineage FROM versions ORDER BY name, version").fetchall():
+        lineage = json.loads(row["lineage"])
+        extra = {k: v for k, v in (lineage.get("settings") or {}).items() if k not in identity_settings({k: v})}
+        if extra:  # what the version's settings said of its artifacts, now recorded with each of them
+            c.execute(
+                "UPDATE artifacts SET settings = ? WHERE version_id = ?", (json.dumps(extra, sort_keys=True), row["id"])
+            )
+        key = revision_key(lineage)
+        first = firsts.setdefault((row["name"], key), row["version"])
+        if first == row["version"]:
+            if key != row["revision"]:
+                c.execute("UPDATE versions SET revision = ? WHERE id = ?", (key, row["id"]))
+        else:
+            duplicates += 1
+            c.execute(
+                "INSERT INTO tags (version_id, key, value) VALUES (?, ?, ?)"
+                " ON CONFLICT (version_id, key) DO UPDATE SET value = excluded.value",
+                (row["id"], DUPLICATE_TAG, str(first)),
+            )
+    log.info("registry migrated to schema 4: versions keyed by the model; %d duplicate versions tagged", duplicates)
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     lambda c: _script(c, V1),
     _v1_to_v2,
     _v2_to_v3,
+    _v3_to_v4,
 ]
+PG_SCHEMA_VERSION = 3  # what PG_SCHEMA creates; MIGRATIONS from it on are shared by both backends
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,11 +1,14 @@
-"""Versions and their artifacts: a version is one adapter revision (the base's and each adapter's content and
-weight: its lineage); its artifacts (each GGUF, the merged model, LoRA GGUFs) hang under it with their own hash,
-size and measured metrics. Registering an artifact of a revision seen before adds it to that version;
-registering the same bytes again changes nothing; other bytes for the same artifact are refused."""
+"""Versions and their artifacts: a version is one model (the base's and each adapter's content and weight, and the
+settings that define the merged model: its lineage); its artifacts (each GGUF, the merged model, LoRA GGUFs,
+GPU-serving checkpoints) hang under it with their own hash, size, build settings and measured metrics.
+Registering an artifact of a model seen before adds it to that version, whichever forms the config builds;
+registering the same bytes again changes nothing; other bytes for the same artifact replace it when its settings
+changed (a re-calibration: the old one stays in the version's history) and are refused when they did not."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,17 +19,43 @@ from .errors import ImmutableArtifact, NotFound, RegistryError
 from .filestore import ArtifactStore
 from .schema import revision_key
 
+log = logging.getLogger(__name__)
+# the columns an artifact keeps in its version's history when a rebuild with other settings replaces it
+HISTORY_COLUMNS = (
+    "version_id",
+    "kind",
+    "variant",
+    "sha256",
+    "size",
+    "store_path",
+    "source_path",
+    "metrics",
+    "settings",
+    "created_at",
+)
+
 
 @dataclass(frozen=True)
 class Artifact:
-    kind: str  # gguf, merged, lora_gguf, imatrix
-    variant: str  # Q4_K_M, BF16, ...
+    kind: str  # gguf, merged, hf-quant, vllm-lora
+    variant: str  # Q4_K_M, BF16, lora-F16, GPTQ-W4A16, ...
     sha256: str
     size: int
     store_path: str | None  # the registry's own copy, where the store is now (None: recorded, not stored)
     source_path: str  # where the pipeline built it
     metrics: dict
     created_at: str
+    settings: dict = field(default_factory=dict)  # the build settings of this artifact (quantization, calibration)
+    superseded_at: str | None = None  # set on an entry of a version's history: replaced then
+
+    def measured(self) -> list[tuple[str, dict]]:
+        """(label, evaluation) for each evaluation of this artifact: one, or for a LoRA GGUF one per base GGUF type
+        it was measured on (``lora-F16 on Q8_0``)."""
+        per_base = self.metrics.get("evaluations")
+        if per_base:
+            return [(f"{self.variant} on {base}", ev) for base, ev in per_base.items()]
+        ev = self.metrics.get("evaluation")
+        return [(self.variant, ev)] if ev else []
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -42,6 +71,7 @@ class ModelVersion:
     artifacts: tuple[Artifact, ...] = ()
     aliases: tuple[str, ...] = ()
     tags: dict = field(default_factory=dict)
+    history: tuple[Artifact, ...] = ()  # artifacts replaced by a rebuild with other settings, oldest first
 
     def artifact(self, variant: str, kind: str | None = None) -> Artifact:
         for a in self.artifacts:
@@ -60,6 +90,7 @@ class ModelVersion:
             "aliases": list(self.aliases),
             "tags": self.tags,
             "artifacts": [a.to_dict() for a in self.artifacts],
+            "history": [a.to_dict() for a in self.history],
         }
 
 
@@ -79,9 +110,13 @@ class Versions:
         metrics: dict | None = None,
         sha256: str | None = None,
         store: bool = True,
+        settings: dict | None = None,
     ) -> tuple[ModelVersion, bool, bool]:
         """Register one artifact of the revision ``lineage`` describes; returns (version, version created,
-        artifact created). ``store=False`` records a (large) directory by its fingerprint without copying it."""
+        artifact created or replaced). ``store=False`` records a (large) directory by its fingerprint without
+        copying it. ``settings``: the artifact's own build settings. Other bytes for an artifact the version has
+        replace it when they were built with other settings (the old one goes to the version's history) and are
+        refused when built with the same ones (a rebuild must give the same bytes)."""
         p = Path(path)
         if not p.exists():
             raise RegistryError(f"{p}: artifact to register does not exist")
@@ -105,18 +140,35 @@ class Versions:
             else:
                 vid, number = row["id"], row["version"]
             old = c.execute(
-                "SELECT sha256 FROM artifacts WHERE version_id = ? AND kind = ? AND variant = ?", (vid, kind, variant)
+                "SELECT * FROM artifacts WHERE version_id = ? AND kind = ? AND variant = ?", (vid, kind, variant)
             ).fetchone()
+            settings_json = json.dumps(settings or {}, sort_keys=True)
             if old is not None and old["sha256"] != sha256:
-                raise ImmutableArtifact(
-                    f"{p}: {name} v{number} already has a {kind} {variant} with other content ({old['sha256'][:12]}); "
-                    "a revision's artifacts are immutable (rebuilding it must give the same bytes)"
+                if json.loads(old["settings"]) == (settings or {}):
+                    raise ImmutableArtifact(
+                        f"{p}: {name} v{number} already has a {kind} {variant} with other content "
+                        f"({old['sha256'][:12]}) built with the same settings; a version's artifacts are immutable "
+                        "(rebuilding one must give the same bytes)"
+                    )
+                c.execute(
+                    "INSERT INTO artifact_history (version_id, kind, variant, sha256, size, store_path, source_path,"
+                    " metrics, settings, created_at, superseded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    tuple(old[k] for k in HISTORY_COLUMNS) + (now(),),
                 )
-            created_artifact = old is None
+                c.execute("DELETE FROM artifacts WHERE id = ?", (old["id"],))
+                log.info(
+                    "%s v%d: %s %s rebuilt with other settings replaces %s",
+                    name,
+                    number,
+                    kind,
+                    variant,
+                    old["sha256"][:12],
+                )
+            created_artifact = old is None or old["sha256"] != sha256
             if created_artifact:
                 c.execute(
                     "INSERT INTO artifacts (version_id, kind, variant, sha256, size, store_path, source_path,"
-                    " metrics, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " metrics, settings, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         vid,
                         kind,
@@ -126,26 +178,39 @@ class Versions:
                         stored,
                         str(p.resolve()),
                         json.dumps(metrics or {}, sort_keys=True),
+                        settings_json,
                         now(),
                     ),
                 )
         return self.get(name, number), created_version, created_artifact
 
+    def _artifact(self, a, superseded_at=None) -> Artifact:
+        return Artifact(
+            a["kind"],
+            a["variant"],
+            a["sha256"],
+            a["size"],
+            self.store.absolute(a["store_path"]),
+            a["source_path"],
+            json.loads(a["metrics"]),
+            a["created_at"],
+            json.loads(a["settings"]),
+            superseded_at,
+        )
+
     def _version(self, row) -> ModelVersion:
         arts = tuple(
-            Artifact(
-                a["kind"],
-                a["variant"],
-                a["sha256"],
-                a["size"],
-                self.store.absolute(a["store_path"]),
-                a["source_path"],
-                json.loads(a["metrics"]),
-                a["created_at"],
-            )
+            self._artifact(a)
             for a in self.db.conn.execute(
                 "SELECT * FROM artifacts WHERE version_id = ? ORDER BY kind, variant", (row["id"],)
-            )
+            ).fetchall()
+        )
+        history = tuple(
+            self._artifact(a, a["superseded_at"])
+            for a in self.db.conn.execute(
+                "SELECT * FROM artifact_history WHERE version_id = ? ORDER BY superseded_at, kind, variant",
+                (row["id"],),
+            ).fetchall()
         )
         aliases = tuple(
             a[0]
@@ -166,6 +231,7 @@ class Versions:
             arts,
             aliases,
             tags,
+            history,
         )
 
     def names(self) -> list[str]:

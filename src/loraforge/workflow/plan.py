@@ -364,27 +364,34 @@ class Plan:
         return meta
 
     def lineage_settings(self, name: str) -> dict:
-        """The config values that shape a version's artifacts: with the inputs' contents, what makes a version.
-        GGUF naming metadata is part of the bytes; the imatrix text of the -imat types too."""
+        """The settings that define the model of a version, with the inputs' contents (registry.schema.
+        identity_settings): the merge's semantics, and a compressed model's spec. What only chooses or tunes its
+        artifacts is each artifact's (:meth:`artifact_settings`): adding a form to the config adds artifacts to
+        the version, it does not make another."""
+        settings: dict = {"merge": {"method": self.config["merge"]["method"]}}
+        if name in self.compressed:
+            settings["compress"] = self.compress_spec(name)
+        return settings
+
+    def artifact_settings(self, name: str, variant: str) -> dict:
+        """The build settings of one registered artifact of ``name`` (a GGUF type, the LoRA GGUF, a checkpoint
+        scheme, vLLM's multi-LoRA form, or ``merged``): rebuilt with others, it replaces its predecessor in the
+        version, which keeps the old one in its history. GGUF naming metadata is part of a GGUF's bytes."""
         cfg = self.config
-        settings = {
-            "merge": {k: cfg["merge"][k] for k in ("method", "shard_size_mb")},
-            "convert": {
-                "outtype": cfg["convert"]["outtype"],
-                "name": cfg["name"],
-                "quantized_by": cfg["deploy"]["quantized_by"],
-            },
-        }
-        if self.imatrix:
+        naming = {"name": cfg["name"], "quantized_by": cfg["deploy"]["quantized_by"]}
+        if variant == "merged":
+            return {"merge": {"shard_size_mb": cfg["merge"]["shard_size_mb"]}}
+        if variant == self.lora_variant:
+            return {"lora": {"outtype": cfg["lora"]["outtype"]}, "convert": naming}
+        if variant in self.hfq_schemes or variant.startswith(VLLM_LORA):
+            return {"hf_quant": {k: self.hfq[k] for k in ("text", "samples", "seq_len", "group_size")}}
+        settings: dict = {"convert": {"outtype": cfg["convert"]["outtype"], **naming}}
+        if variant.endswith("-imat"):
             settings["imatrix"] = {
                 "text": self.imatrix["text"],
                 "n_ctx": self.imatrix.get("n_ctx", 512),
                 "chunks": self.imatrix.get("chunks", 100),
             }
-        if name in self.compressed:
-            settings["compress"] = self.compress_spec(name)
-        if self.hfq:  # the checkpoints' calibration (a scheme is a variant of the version, not a setting)
-            settings["hf_quant"] = {k: self.hfq[k] for k in ("text", "samples", "seq_len", "group_size")}
         return settings
 
     # --- paths ---------------------------------------------------------------------------------------------
@@ -577,8 +584,10 @@ class Plan:
         if variant == self.lora_variant:  # the adapter's LoRA GGUF, an artifact of the same revision
             lora = self.lora_gguf_of(model)
             inputs = {"gguf": lora, "check": f"{lora}.json", **common}
-            if self.evaluated_form(f"lora-{self.float_type}"):  # base + LoRA's: its numbers are the pair's
-                inputs["evaluated"] = self.metrics(model, f"lora-{self.float_type}")
+            # its numbers are the pairs': one evaluation per base GGUF type it was measured on
+            measured = [f"lora-{t}" for t in self.gguf_types if self.evaluated_form(f"lora-{t}")]
+            if measured:
+                inputs["lora_metrics"] = [self.metrics(model, art) for art in measured]
             return inputs
         if variant.startswith(VLLM_LORA):  # the adapter's PEFT directory, served on the base's checkpoint
             scheme = variant.removeprefix(VLLM_LORA)
