@@ -18,6 +18,7 @@ from loraforge.registry.core import STORE_ENV
 from loraforge.workflow import Plan, paths, size_mb
 from loraforge.workflow.cli_values import coerce_strings
 
+
 def load_schema():
     with open(os.path.join(workflow.basedir, "schemas", "config.schema.yaml")) as f:
         return yaml.safe_load(f)

@@ -1,4 +1,4 @@
-"""Every shell line of the README's ``sh`` blocks (and docs/registry.md's), run as written, as a newcomer copies it.
+"""Every shell line of the README's ``sh`` blocks (and of docs/), run as written, as a newcomer copies it.
 
 The commands are read from the files, never retyped here: each one either runs in one of three places built as
 the README describes them, or is named in ELSEWHERE with the reason it cannot run on this machine. A README line
@@ -33,12 +33,15 @@ from conftest import REPO, Workflow
 
 pytestmark = pytest.mark.slow
 VENV = Path(sys.executable).parent.parent
-DOCS = ("README.md", "docs/registry.md")
+DOCS = ("README.md", "docs/registry.md", "docs/pipeline.md", "docs/cluster.md")
 
 # what cannot run on this machine, by the start of the command, and why
 ELSEWHERE = {
     "make demo": "the demo itself: tests/test_demo.py builds it with the command it runs (the local profile)",
     "make test": "this suite: CI's .ci/run runs it",
+    "make setup": "the environment this suite runs in (make test runs it first)",
+    "pip install -e '.[slurm]'": "part of make setup, the environment this suite runs in",
+    'CMAKE_ARGS="-DGGML_CUDA=on"': "needs CUDA, which this machine does not have",
     "ollama ": "needs Ollama, which this machine does not have",
     "lms ": "needs LM Studio, which this machine does not have",
     "vllm ": "needs vLLM's server, which this machine's setup does not install",
@@ -125,9 +128,25 @@ def readme_config(root: Path, models: dict) -> str:
     return block
 
 
-def test_readme_own_model_commands(models, tmp_path):
+@pytest.fixture
+def bf16_models(tmp_path, real_tokenizer):
+    """A tiny bfloat16 base (as the README's Llama 3.1 8B is) and two adapters: its float GGUF is the README's
+    BF16, which converts a bfloat16 model exactly (a float32 one's check would measure bfloat16's rounding)."""
+    import torch
+    from conftest import make_adapter, make_llama
+
+    base = make_llama(tmp_path / "bf16" / "base", dtype=torch.bfloat16)
+    return {
+        "base": base,
+        "alpha": make_adapter(base, tmp_path / "bf16" / "alpha", seed=1, r=8),
+        "beta": make_adapter(base, tmp_path / "bf16" / "beta", seed=2, r=8),
+    }
+
+
+def test_readme_own_model_commands(bf16_models, tmp_path):
     from loraforge.demo import corpora
 
+    models = bf16_models
     wf = Workflow(tmp_path / "checkout", None)
     with_venv(wf.root)
     (wf.root / "my.yaml").write_text(readme_config(tmp_path, models))
@@ -163,15 +182,15 @@ def test_readme_llama_cpp_commands(demo_local):
     a chat through the GGUF's template; the LoRA line serves both adapters."""
     from openai import OpenAI
 
-    commands = [cmd for doc, cmd in COMMANDS if place(cmd) == "demo"]
-    assert len(commands) == 2
+    commands = list(dict.fromkeys(cmd for doc, cmd in COMMANDS if place(cmd) == "demo"))  # docs repeat some
+    assert len(commands) >= 2
     root = with_venv(demo_local.root)
     for cmd in commands:
         port = free_port()
         log = root / f"readme-server-{port}.log"
         with open(log, "w") as f:
             proc = subprocess.Popen(
-                ["bash", "-c", f"exec {cmd} --port {port} --host 127.0.0.1"],
+                ["bash", "-c", f"exec {cmd.split(' #')[0]} --port {port} --host 127.0.0.1"],  # before its comment
                 cwd=root,
                 stdout=f,
                 stderr=subprocess.STDOUT,

@@ -78,7 +78,8 @@ def register_artifact(
             data = _read(path)
             if data.get("lora_sha256") != sha:
                 raise PipelineError(f"{gguf}: {path} scored another LoRA GGUF than this one; re-run its evaluation")
-            per_base[data["artifact"].removeprefix("lora-")] = Metrics.from_json(data).to_json()
+            measured = Metrics.from_json(data)  # its label is <adapter>/lora-<base type>
+            per_base[measured.label.rsplit("/", 1)[-1].removeprefix("lora-")] = measured.to_json()
         metrics["evaluations"] = per_base
     merged = _read(merge_json) if merge_json else None
     inputs = (merged or built).get("inputs")

@@ -165,6 +165,13 @@ class Versions:
                     old["sha256"][:12],
                 )
             created_artifact = old is None or old["sha256"] != sha256
+            if not created_artifact and json.loads(old["metrics"]) != (metrics or {}):
+                # the same bytes measured again or further (a LoRA GGUF on a base type added to the config)
+                c.execute(
+                    "UPDATE artifacts SET metrics = ?, settings = ? WHERE id = ?",
+                    (json.dumps(metrics or {}, sort_keys=True), settings_json, old["id"]),
+                )
+                log.info("%s v%d: %s %s: its measured numbers updated", name, number, kind, variant)
             if created_artifact:
                 c.execute(
                     "INSERT INTO artifacts (version_id, kind, variant, sha256, size, store_path, source_path,"
