@@ -61,3 +61,19 @@ def screenshot(page: Path, out: Path, width: int = 1400, height: int = 1000) -> 
     if os.environ.get("LORAFORGE_KEEP_SCREENSHOTS"):
         shutil.copy(out, os.environ["LORAFORGE_KEEP_SCREENSHOTS"])
     return out
+
+
+def assert_painted(png: Path, width: int, height: int) -> None:
+    """The screenshot is the window's size and shows a page: text and figures in many shades on a light ground,
+    not a blank, black or one-colour error page."""
+    from PIL import Image
+
+    with Image.open(png) as im:
+        assert im.size == (width, height), im.size
+        rgb = im.convert("RGB")
+        colours = rgb.getcolors(maxcolors=1 << 16) or []
+        assert len(colours) > 50, f"{png}: {len(colours)} colours: a blank page"
+        light = sum(n for n, c in colours if min(c) > 200)
+        assert light > 0.5 * width * height, f"{png}: not a page on a light ground"
+        dark = sum(n for n, c in colours if max(c) < 100)
+        assert dark > 0.001 * width * height, f"{png}: no text drawn"

@@ -52,5 +52,6 @@ def test_benchmark_runs_the_default_workflow_streamed_and_records_every_job(tmp_
     assert max(j["peak_anon_mb"] for j in torch_jobs) < BUDGET + 1000  # the budget, plus the Python runtime
     # the bare tools beside their jobs
     assert set(res["bare"]) == set(BARE)
-    assert all(b["wall_s"] > 0 and b["ratio"] == round(b["job_s"] / b["wall_s"], 2) for b in res["bare"].values())
+    for name, b in res["bare"].items():  # a job runs its tool and checks: never much faster than the bare tool
+        assert b["wall_s"] > 0 and 0.8 < b["ratio"] < 20, (name, b)
     assert "lora_only" not in res and "| the whole chain (every job) |" in summary(res)

@@ -206,10 +206,10 @@ def test_report_renders_table_and_plots(demo, tmp_path):
         text = (demo.root / "results" / "report" / svg).read_text()
         assert text.lstrip().startswith("<?xml") and "<svg" in text and "Q4_K_M" in text
     # as a person sees them at 1400 px: the table fits the window, and its rows are there, rendered
-    from browser import rendered, screenshot
+    from browser import assert_painted, rendered, screenshot
 
     seen = rendered(demo.root / "results" / "report" / "metrics.html", tmp_path)
     assert seen["scroll_width"] <= seen["window_width"], seen["scroll_width"]
     assert seen["dom"].count("<tr>") == rows and "prose" in seen["dom"] and "lora-Q4_K_M" in seen["dom"]
     for page_file in (demo.root / "report.html", demo.root / "results" / "report" / "metrics.html"):
-        assert screenshot(page_file, tmp_path / f"{page_file.stem}.png").stat().st_size > 10_000
+        assert_painted(screenshot(page_file, tmp_path / f"{page_file.stem}.png"), 1400, 1000)

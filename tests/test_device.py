@@ -7,7 +7,8 @@ import torch
 
 from loraforge import device
 from loraforge.errors import PipelineError
-from loraforge.llamacpp.library import llama_cpp, llama_gpu_layers
+from loraforge.llamacpp.library import llama_gpu_layers
+from loraforge.llamacpp.toolchain import locate
 
 
 @pytest.fixture(autouse=True)
@@ -26,8 +27,12 @@ def test_cpu_never_offloads(fresh):
 
 def test_auto_takes_what_this_machine_has(fresh):
     fresh.setenv(device.ENV, "auto")
-    assert device.torch_device() == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert llama_gpu_layers() == (-1 if llama_cpp().llama_supports_gpu_offload() else 0)
+    # what this machine has, read from how its torch and its llama.cpp were built, not from the code under test
+    cuda_build = torch.version.cuda is not None and torch.cuda.device_count() > 0
+    args = [a.upper() for a in locate().describe()["cmake_args"]]
+    llama_gpu = any(f"GGML_{b}=ON" in a for a in args for b in ("CUDA", "METAL", "VULKAN", "HIP", "SYCL"))
+    assert device.torch_device() == ("cuda" if cuda_build else "cpu")
+    assert llama_gpu_layers() == (-1 if llama_gpu else 0)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU for torch")

@@ -156,9 +156,34 @@ def test_a_checkpoint_is_registered_whole_and_refused_once_changed(checkpoints, 
     try:
         _, stored = reg.artifact_file("alpha", "AWQ-W4A16", kind="hf-quant")
         assert tree_fingerprint(stored) == rec["sha256"]
-        assert load_checkpoint(stored) is not None
+        model = load_checkpoint(stored)  # the stored copy loads as the 4-bit checkpoint it was registered as
+        assert model.config.quantization_config["config_groups"]["group_0"]["weights"]["num_bits"] == 4
     finally:
         reg.close()
     (copy / "config.json").write_text((copy / "config.json").read_text() + " ")
     with pytest.raises(PipelineError, match="content changed since it was built"):
         register_checkpoint(variant="AWQ-W4A16", receipt=tmp_path / "r3.json", **args)
+
+
+def test_the_schema_offers_exactly_the_schemes_the_table_builds():
+    """A new compressed-tensors scheme is one row of SCHEMES: the config schema lists the same names, and every
+    row's method is one the worker runs (it refuses any other instead of falling through to AWQ)."""
+    import ast
+
+    import yaml
+    from conftest import REPO
+
+    from loraforge import hfquant_worker
+    from loraforge.hfquant import SCHEMES
+
+    schema = yaml.safe_load((REPO / "schemas" / "config.schema.yaml").read_text())
+    offered = schema["properties"]["hf_quant"]["properties"]["schemes"]["items"]["enum"]
+    assert sorted(offered) == sorted(SCHEMES)
+    assert {s.method for s in SCHEMES.values()} <= set(hfquant_worker.METHODS)
+    # the worker imports nothing of loraforge (it runs in llm-compressor's own environment)
+    tree = ast.parse((REPO / "src" / "loraforge" / "hfquant_worker.py").read_text())
+    imported = {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not any(m.startswith(("loraforge", ".")) for m in imported), imported
+    with pytest.raises(ValueError, match="calibration method 'rtn' is not one of gptq, awq"):
+        hfquant_worker._recipe({"method": "rtn", "bits": 4, "symmetric": True, "group_size": 64, "ignore": []})

@@ -7,6 +7,8 @@ import shutil
 import pytest
 from conftest import user_config
 
+from loraforge.io.hashing import WORKFLOW_HASH_CACHE
+
 
 @pytest.fixture
 def copy(models, tmp_path):
@@ -35,7 +37,10 @@ def _fails_cleanly(wf, needle):
     text = proc.stdout + proc.stderr
     assert needle in text, text[-3000:]
     assert "Traceback" not in text
-    assert not (wf.root / "results").exists() and not (wf.root / "logs").exists()
+    # what a dry run could write: the hash cache of the external inputs, filled while the DAG is built (before any
+    # job); refused before that, it is not there; nor are outputs, logs or benchmarks
+    assert not (wf.root / WORKFLOW_HASH_CACHE).exists()
+    assert not [p for p in ("results", "logs", "benchmarks") if (wf.root / p).exists()]
 
 
 def test_workflow_rejects_bad_adapter_before_any_job(workflow, models, copy):

@@ -15,8 +15,12 @@ import json
 import sys
 import time
 
+METHODS = ("gptq", "awq")  # loraforge.hfquant.SCHEMES names one of these per scheme
+
 
 def _recipe(req: dict):
+    if req["method"] not in METHODS:  # never a silent fall-through to another method
+        raise ValueError(f"calibration method {req['method']!r} is not one of {', '.join(METHODS)}")
     from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
 
     weights = QuantizationArgs(
