@@ -6,9 +6,10 @@ BIN := $(VENV)/bin
 TORCH_CPU_SPEC ?= torch==2.13.0
 TORCH_CPU_PIP_ARGS ?=
 SIZE_GB ?= 1
+BENCH_PLAN_ADAPTERS ?= 100 300 1000
 BENCH_8B_PARTS ?= chain lora-only  # make bench-8b BENCH_8B_PARTS=lora-only: only the LoRA-only revision
 
-.PHONY: setup setup-hfquant demo demo-compress demo-vllm demo-full test check lint dry-run report dashboard bench-merge bench-8b clean
+.PHONY: setup setup-hfquant demo demo-compress demo-vllm demo-full test check lint dry-run report dashboard bench-merge bench-8b bench-plan clean
 
 setup: $(VENV)/.installed
 
@@ -78,6 +79,9 @@ bench-merge: setup
 
 bench-8b: setup  # a Llama-3.1-8B-shaped model: the default chain beside its bare tools, a LoRA-only revision (about 1 h on a 2-core EPYC)
 	$(BIN)/python -m bench.llama8b --out results/bench/8b.json --parts $(BENCH_8B_PARTS)
+
+bench-plan: setup  # snakemake -n for 100, 300 and 1,000 adapters x 4 quant types: seconds and peak memory each
+	$(BIN)/python -m bench.plan --adapters $(BENCH_PLAN_ADAPTERS) --out results/bench/plan.json
 
 clean:
 	rm -rf results logs benchmarks .snakemake report.html
