@@ -616,3 +616,31 @@ def test_postgresql_that_is_not_a_registry_or_has_none_is_left_alone(postgres, t
         assert [r[0] for r in c.execute(tables)] == ["notes"] and list(d.execute(tables)) == []
     with pytest.raises(PipelineError, match="cannot connect to the registry's PostgreSQL server"):
         Registry("postgresql://nobody:secret@127.0.0.1:1/none", create=False)
+
+
+def _columns(conn, tables) -> dict[str, list[str]]:
+    return {t: sorted(r[0] for r in conn.execute(f"SELECT * FROM {t} LIMIT 0").description) for t in tables}
+
+
+def test_one_schema_a_new_registry_of_either_backend_and_a_migrated_one_agree(tmp_path, postgres):
+    """The schema is written once (schema.CURRENT_SCHEMA): a new SQLite registry, a new PostgreSQL one and a schema-1
+    file brought forward by the migrations have the same tables with the same columns."""
+    tables = ("meta", "versions", "artifacts", "artifact_history", "tags", "aliases", "alias_history", "comparisons")
+    new = Registry(tmp_path / "new.sqlite")
+    old_path = tmp_path / "old.sqlite"
+    c = sqlite3.connect(old_path)
+    c.row_factory = sqlite3.Row
+    MIGRATIONS[0](c)
+    c.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    c.commit()
+    c.close()
+    migrated = Registry(old_path)
+    pg = Registry(postgres.new_database(), store_dir=tmp_path / "store")
+    try:
+        want = _columns(new.conn, tables)
+        assert _columns(migrated.conn, tables) == want
+        assert _columns(pg.conn, tables) == want
+        assert new.schema_version() == migrated.schema_version() == pg.schema_version() == SCHEMA_VERSION
+    finally:
+        for r in (new, migrated, pg):
+            r.close()

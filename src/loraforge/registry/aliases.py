@@ -8,7 +8,8 @@ import json
 import re
 from pathlib import Path
 
-from .database import Database, now
+from .backend import Backend
+from .database import now
 from .errors import NotFound, RegistryError
 from .filestore import ArtifactStore
 from .versions import ModelVersion
@@ -19,7 +20,7 @@ ALIAS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 class Aliases:
     """Aliases, their history and A/B comparisons (a part of :class:`Registry`, which gives ``get``)."""
 
-    db: Database
+    db: Backend
     store: ArtifactStore
 
     def promote(
@@ -75,7 +76,7 @@ class Aliases:
         return self.get(name, target)
 
     def history(self, name: str, alias: str | None = None) -> list[dict]:
-        self.db._require_name(name)
+        self.db.require_name(name)
         q = "SELECT * FROM alias_history WHERE name = ?" + (" AND alias = ?" if alias else "") + " ORDER BY id"
         rows = self.db.conn.execute(q, (name, alias) if alias else (name,)).fetchall()
         out = []

@@ -106,7 +106,8 @@ def _parser() -> argparse.ArgumentParser:
 def _run(a) -> tuple[object, str, int]:
     """(data for --json, text, exit code)."""
     if a.cmd == "migrate":
-        from .postgres import copy_registry, redacted
+        from .copying import copy_registry
+        from .postgres import redacted
 
         counts = copy_registry(getattr(a, "registry", None), a.destination)
         summary = ", ".join(f"{n} {t}" for t, n in counts.items())

@@ -10,10 +10,9 @@ from pathlib import Path
 
 from ..io.hashing import sha256_file
 from .aliases import Aliases
-from .database import DEFAULT_PATH, ENV_VAR, Database
-from .errors import RegistryError
+from .backend import open_backend
+from .database import DEFAULT_PATH, ENV_VAR
 from .filestore import ArtifactStore
-from .postgres import PostgresDatabase, is_url
 from .schema import SCHEMA_VERSION, set_meta
 from .verification import Verification
 from .versions import Versions
@@ -41,10 +40,7 @@ class Registry(Versions, Aliases, Verification):
     ):
         location = path or os.environ.get(ENV_VAR) or DEFAULT_PATH
         given = store_dir or os.environ.get(STORE_ENV)
-        if is_url(str(location)):
-            self.db = PostgresDatabase(str(location), create, str(Path(given).resolve()) if given else None)
-        else:
-            self.db = Database(location, create)
+        self.db = open_backend(location, create, str(Path(given).resolve()) if given else None)
         self.path = self.db.path
         self.conn = self.db.conn
         try:
@@ -53,7 +49,7 @@ class Registry(Versions, Aliases, Verification):
             self.db.close()
             raise
         self.store = ArtifactStore(root, store_mode)
-        if 0 < self.db.migrated_from < SCHEMA_VERSION and isinstance(self.db, Database):
+        if 0 < self.db.migrated_from < SCHEMA_VERSION:
             self._store_unstored()  # registered by path only before (schema 1): store them now
 
     def _store_root(self, given) -> Path:
@@ -68,12 +64,7 @@ class Registry(Versions, Aliases, Verification):
             return root
         if recorded:
             return Path(recorded)
-        if isinstance(self.db, PostgresDatabase):
-            raise RegistryError(
-                f"{self.path}: a PostgreSQL registry needs a store directory that every host sees: set "
-                f"registry.store_dir (or ${STORE_ENV})"
-            )
-        return Path(self.db.path).resolve().with_name(Path(self.db.path).name + ".store")
+        return self.db.default_store()
 
     def _store_unstored(self) -> None:
         """Artifacts registered by path only (schema 1): into the store where the file still has the registered

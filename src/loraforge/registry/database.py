@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import DiskFull, NoRegistry, NotARegistry, NotFound, RegistryError
-from .schema import MIGRATIONS, SCHEMA_VERSION, set_meta
+from .schema import create_schema, migrate
 
 log = logging.getLogger(__name__)
 
@@ -191,23 +191,18 @@ class Database:
             raise
 
     def _migrate(self) -> int:
-        """Bring the schema to SCHEMA_VERSION; returns the version it had (0: a new registry)."""
+        """Create the schema in a new registry, or bring an older one to the current version; returns the version it
+        had (0: a new registry)."""
         with self.write() as c:
             tables = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             if tables and "meta" not in tables:
                 raise NotARegistry(f"{self.path}: a SQLite database that is not a loraforge registry; left untouched")
-            current = 0
-            if "meta" in tables:
-                row = c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-                current = int(row[0]) if row else 0
-            if current > SCHEMA_VERSION:
-                raise RegistryError(
-                    f"{self.path}: registry schema {current} is newer than this loraforge supports ({SCHEMA_VERSION})"
-                )
-            for i in range(current, SCHEMA_VERSION):
-                MIGRATIONS[i](c)
-                set_meta(c, "schema_version", str(i + 1))
-                log.info("%s: registry schema migrated to version %d", self.path, i + 1)
+            if not tables:
+                create_schema(c, "sqlite")
+                return 0
+            row = c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            current = int(row[0]) if row else 0
+            migrate(c, current, self.path)
         return current
 
     def meta(self, key: str) -> str | None:
@@ -220,6 +215,13 @@ class Database:
     def close(self) -> None:
         self.conn.close()
 
-    def _require_name(self, name: str) -> None:
+    def require_name(self, name: str) -> None:
         if not self.conn.execute("SELECT 1 FROM versions WHERE name = ?", (name,)).fetchone():
             raise NotFound(f"{self.path}: no versions of {name!r}")
+
+    def default_store(self) -> Path:
+        """``<file>.store/`` beside the registry file."""
+        return Path(self.path).resolve().with_name(Path(self.path).name + ".store")
+
+    def after_copy(self, c, tables) -> None:
+        """Nothing: SQLite numbers new rows after the largest id."""

@@ -7,9 +7,9 @@ with ``?`` parameters, which this connection hands psycopg as ``%s``. Every writ
 lock first, as SQLite's ``BEGIN IMMEDIATE`` takes its write lock: versions are numbered and aliases moved one
 writer at a time, whichever host the writer runs on.
 
-Schema: a new PostgreSQL registry is created at schema 3 (``schema.PG_SCHEMA``), then takes the steps after it
-(``schema.MIGRATIONS`` from ``PG_SCHEMA_VERSION`` on), which are shared SQL: both backends follow one path from
-there. ``loraforge-registry migrate`` copies a SQLite registry into PostgreSQL (:func:`copy_registry`).
+Schema: one definition for both backends (``schema.CURRENT_SCHEMA``, a new registry is created from it) and one
+path for older registries (``schema.migrate``: the steps of ``schema.MIGRATIONS``, in SQL both speak).
+``loraforge-registry migrate`` copies a SQLite registry into PostgreSQL (``copying.copy_registry``).
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ import contextlib
 import logging
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 from .errors import NoRegistry, NotARegistry, NotFound, RegistryError
-from .schema import MIGRATIONS, PG_SCHEMA, PG_SCHEMA_VERSION, SCHEMA_VERSION, set_meta
+from .schema import create_schema, migrate, set_meta
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,8 @@ class PostgresDatabase:
             raise RegistryError(f"{self.path}: {first}") from None
 
     def _migrate(self, create: bool) -> int:
-        """Bring the schema to SCHEMA_VERSION; returns the version it had (0: a new registry)."""
+        """Create the schema in a new registry, or bring an older one to the current version; returns the version it
+        had (0: a new registry)."""
         with self.write() as c:
             tables = self._tables()
             if tables and "meta" not in tables:
@@ -134,25 +136,14 @@ class PostgresDatabase:
                         f"{self.path}: a PostgreSQL registry needs a store directory that every host sees: set "
                         "registry.store_dir (or $LORAFORGE_REGISTRY_STORE)"
                     )
-                for stmt in PG_SCHEMA.split(";"):
-                    if stmt.strip():
-                        c.execute(stmt)
+                create_schema(c, "postgresql")
                 set_meta(c, "store_root", self.store_root)
                 log.info("%s: no registry there; created a new one", self.path)
-                current, created = PG_SCHEMA_VERSION, True
-            else:
-                row = c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-                current, created = (int(row[0]) if row else 0), False
-            if current > SCHEMA_VERSION:
-                raise RegistryError(
-                    f"{self.path}: registry schema {current} is newer than this loraforge supports ({SCHEMA_VERSION})"
-                )
-            for i in range(current, SCHEMA_VERSION):  # the shared steps after PG_SCHEMA's version
-                MIGRATIONS[i](c)
-                set_meta(c, "schema_version", str(i + 1))
-                if not created:
-                    log.info("%s: registry schema migrated to version %d", self.path, i + 1)
-        return 0 if created else current
+                return 0
+            row = c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            current = int(row[0]) if row else 0
+            migrate(c, current, self.path)
+        return current
 
     def meta(self, key: str) -> str | None:
         row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -164,46 +155,18 @@ class PostgresDatabase:
     def close(self) -> None:
         self.conn.close()
 
-    def _require_name(self, name: str) -> None:
+    def require_name(self, name: str) -> None:
         if not self.conn.execute("SELECT 1 FROM versions WHERE name = ?", (name,)).fetchone():
             raise NotFound(f"{self.path}: no versions of {name!r}")
 
+    def default_store(self) -> Path:
+        """None: the store must be a directory every host sees, given when the registry is created."""
+        raise RegistryError(
+            f"{self.path}: a PostgreSQL registry needs a store directory that every host sees: set "
+            "registry.store_dir (or $LORAFORGE_REGISTRY_STORE)"
+        )
 
-# the registry's tables in the order their rows can be inserted (foreign keys), and their id sequences
-TABLES = ("versions", "artifacts", "artifact_history", "tags", "aliases", "alias_history", "comparisons")
-SERIAL = ("versions", "artifacts", "alias_history", "comparisons")
-
-
-def copy_registry(src, dst) -> dict[str, int]:
-    """Every row of the registry ``src`` (a SQLite file or a URL) into the empty registry ``dst`` (created there),
-    ids kept, so stored paths, aliases, history and comparisons mean what they meant. The store is not copied: its
-    paths are relative, so the destination names the same store directory (or a copy of it). Returns rows per
-    table."""
-    from .core import Registry
-
-    a = Registry(src, create=False)
-    b = Registry(dst, create=True, store_dir=a.store.root)
-    try:
-        if any(b.conn.execute(f"SELECT 1 FROM {t} LIMIT 1").fetchone() for t in TABLES):
-            raise RegistryError(f"{b.path}: not empty; copy a registry only into a new one")
-        counts = {}
-        with b.db.write() as c:
-            for t in TABLES:
-                rows = a.conn.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall()
-                for r in rows:
-                    cols = list(r.keys())
-                    c.execute(
-                        f"INSERT INTO {t} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
-                        tuple(r[k] for k in cols),
-                    )
-                counts[t] = len(rows)
-            if isinstance(b.db, PostgresDatabase):  # ids were given: the sequences continue after them
-                for t in SERIAL:
-                    c.execute(
-                        f"SELECT setval(pg_get_serial_sequence('{t}', 'id'), COALESCE(MAX(id), 0) + 1, false) FROM {t}"
-                    )
-        log.info("copied %s into %s: %s", a.path, b.path, counts)
-        return counts
-    finally:
-        a.close()
-        b.close()
+    def after_copy(self, c, tables) -> None:
+        """Rows came with their ids: each id sequence continues after the largest."""
+        for t in tables:
+            c.execute(f"SELECT setval(pg_get_serial_sequence('{t}', 'id'), COALESCE(MAX(id), 0) + 1, false) FROM {t}")

@@ -3,6 +3,10 @@
 Version 1 (loraforge <= 0.1 as first released) numbered a version per GGUF file. Version 2 numbers a version per
 adapter revision (base and adapter contents and weights) with its artifacts beneath it, keeps registered files
 in a content-addressed store, and adds tags, A/B comparisons and the reason and evidence of every alias move.
+Version 3 records stored paths relative to the store. Version 4 keys a version by the model alone and gives
+artifacts their own settings and a history.
+
+A new registry is created at the current version from CURRENT_SCHEMA, on either backend; older ones migrate.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import logging
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
+
+from .errors import RegistryError
 
 log = logging.getLogger(__name__)
 
@@ -112,13 +118,13 @@ CREATE TABLE comparisons (
 """
 
 
-# A new PostgreSQL registry: the tables of schema 3 (what SQLite's migrations 1-3 build), with PostgreSQL's
-# identity columns for SQLite's INTEGER PRIMARY KEY. Later schemas are steps of MIGRATIONS, in SQL both speak, run
-# on a new PostgreSQL registry too.
-PG_SCHEMA = """
+# The current schema, written once: a new registry on either backend is created from it directly, at
+# SCHEMA_VERSION; a registry of an older schema takes the steps of MIGRATIONS from its version on. {id} is each
+# backend's auto-numbered key, {bigint} its 64-bit integer.
+CURRENT_SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE versions (
-    id BIGSERIAL PRIMARY KEY,
+    id {id},
     name TEXT NOT NULL,
     version INTEGER NOT NULL,
     revision TEXT NOT NULL,
@@ -128,20 +134,34 @@ CREATE TABLE versions (
     UNIQUE (name, revision)
 );
 CREATE TABLE artifacts (
-    id BIGSERIAL PRIMARY KEY,
-    version_id BIGINT NOT NULL REFERENCES versions(id),
+    id {id},
+    version_id {bigint} NOT NULL REFERENCES versions(id),
     kind TEXT NOT NULL,
     variant TEXT NOT NULL,
     sha256 TEXT NOT NULL,
-    size BIGINT NOT NULL,
+    size {bigint} NOT NULL,
     store_path TEXT,
     source_path TEXT NOT NULL,
     metrics TEXT NOT NULL,
     created_at TEXT NOT NULL,
+    settings TEXT NOT NULL DEFAULT '{{}}',
     UNIQUE (version_id, kind, variant)
 );
+CREATE TABLE artifact_history (
+    version_id {bigint} NOT NULL REFERENCES versions(id),
+    kind TEXT NOT NULL,
+    variant TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size {bigint} NOT NULL,
+    store_path TEXT,
+    source_path TEXT NOT NULL,
+    metrics TEXT NOT NULL,
+    settings TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    superseded_at TEXT NOT NULL
+);
 CREATE TABLE tags (
-    version_id BIGINT NOT NULL REFERENCES versions(id),
+    version_id {bigint} NOT NULL REFERENCES versions(id),
     key TEXT NOT NULL,
     value TEXT NOT NULL,
     PRIMARY KEY (version_id, key)
@@ -155,7 +175,7 @@ CREATE TABLE aliases (
     FOREIGN KEY (name, version) REFERENCES versions(name, version)
 );
 CREATE TABLE alias_history (
-    id BIGSERIAL PRIMARY KEY,
+    id {id},
     name TEXT NOT NULL,
     alias TEXT NOT NULL,
     action TEXT NOT NULL,
@@ -166,7 +186,7 @@ CREATE TABLE alias_history (
     evidence TEXT
 );
 CREATE TABLE comparisons (
-    id BIGSERIAL PRIMARY KEY,
+    id {id},
     name TEXT NOT NULL,
     version_a INTEGER NOT NULL,
     version_b INTEGER NOT NULL,
@@ -175,6 +195,10 @@ CREATE TABLE comparisons (
     created_at TEXT NOT NULL
 )
 """
+DIALECTS = {
+    "sqlite": {"id": "INTEGER PRIMARY KEY", "bigint": "INTEGER"},
+    "postgresql": {"id": "BIGSERIAL PRIMARY KEY", "bigint": "BIGINT"},
+}
 
 
 def set_meta(c, key: str, value: str) -> None:
@@ -337,11 +361,30 @@ def _v3_to_v4(c) -> None:
     log.info("registry migrated to schema 4: versions keyed by the model; %d duplicate versions tagged", duplicates)
 
 
+# entry i takes a registry of schema i to i + 1 (schema 0: an empty database, before schema 1 existed)
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     lambda c: _script(c, V1),
     _v1_to_v2,
     _v2_to_v3,
     _v3_to_v4,
 ]
-PG_SCHEMA_VERSION = 3  # what PG_SCHEMA creates; MIGRATIONS from it on are shared by both backends
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def create_schema(c, dialect: str) -> None:
+    """A new, empty registry at SCHEMA_VERSION: the current schema in ``dialect`` (sqlite or postgresql)."""
+    _script(c, CURRENT_SCHEMA.format(**DIALECTS[dialect]))
+    set_meta(c, "schema_version", str(SCHEMA_VERSION))
+
+
+def migrate(c, current: int, where) -> None:
+    """Bring a registry of schema ``current`` to SCHEMA_VERSION, one step of MIGRATIONS after another, on either
+    backend, in the caller's write transaction."""
+    if current > SCHEMA_VERSION:
+        raise RegistryError(
+            f"{where}: registry schema {current} is newer than this loraforge supports ({SCHEMA_VERSION})"
+        )
+    for i in range(current, SCHEMA_VERSION):
+        MIGRATIONS[i](c)
+        set_meta(c, "schema_version", str(i + 1))
+        log.info("%s: registry schema migrated to version %d", where, i + 1)

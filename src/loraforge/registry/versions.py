@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..io.hashing import sha256_file
-from .database import Database, now
+from .backend import Backend
+from .database import now
 from .errors import ImmutableArtifact, NotFound, RegistryError
 from .filestore import ArtifactStore
 from .schema import revision_key
@@ -97,7 +98,7 @@ class ModelVersion:
 class Versions:
     """Reading and writing versions and artifacts (a part of :class:`Registry`)."""
 
-    db: Database
+    db: Backend
     store: ArtifactStore
 
     def register(
@@ -165,7 +166,7 @@ class Versions:
                     old["sha256"][:12],
                 )
             created_artifact = old is None or old["sha256"] != sha256
-            if not created_artifact and json.loads(old["metrics"]) != (metrics or {}):
+            if not created_artifact and metrics and json.loads(old["metrics"]) != metrics:
                 # the same bytes measured again or further (a LoRA GGUF on a base type added to the config)
                 c.execute(
                     "UPDATE artifacts SET metrics = ?, settings = ? WHERE id = ?",
@@ -249,13 +250,13 @@ class Versions:
             "SELECT * FROM versions WHERE name = ? AND version = ?", (name, int(version))
         ).fetchone()
         if not row:
-            self.db._require_name(name)
+            self.db.require_name(name)
             raise NotFound(f"{self.db.path}: no version {version} of {name!r}")
         return self._version(row)
 
     def versions(self, name: str | None = None) -> list[ModelVersion]:
         if name:
-            self.db._require_name(name)
+            self.db.require_name(name)
             rows = self.db.conn.execute("SELECT * FROM versions WHERE name = ? ORDER BY version", (name,))
         else:
             rows = self.db.conn.execute("SELECT * FROM versions ORDER BY name, version")
@@ -272,10 +273,10 @@ class Versions:
                 "SELECT version FROM aliases WHERE name = ? AND alias = ?", (name, alias)
             ).fetchone()
             if not row:
-                self.db._require_name(name)
+                self.db.require_name(name)
                 raise NotFound(f"{self.db.path}: {name!r} has no alias {alias!r}")
             return self.get(name, row[0])
-        self.db._require_name(name)
+        self.db.require_name(name)
         q = (
             "SELECT v.* FROM versions v WHERE v.name = ?"
             + (" AND EXISTS (SELECT 1 FROM artifacts a WHERE a.version_id = v.id AND a.variant = ?)" if variant else "")
