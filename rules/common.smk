@@ -16,7 +16,7 @@ from loraforge.errors import PipelineError
 from loraforge.io.hashing import WORKFLOW_HASH_CACHE, HashCache, tree_fingerprint
 from loraforge.registry.core import STORE_ENV
 from loraforge.workflow import Plan, paths, size_mb
-from loraforge.workflow.cli_values import coerce_strings
+from loraforge.workflow.schema_values import coerce_strings, fill_defaults
 
 
 def load_schema():
@@ -36,6 +36,8 @@ except WorkflowError as e:  # one line naming the key, not a schema dump
         raise
     where = ".".join(str(p) for p in err.absolute_path) or "(top level)"
     raise WorkflowError(f"config {where}: {err.message}") from None
+# defaults inside sections that may be null (x-default in the schema)
+config.update(fill_defaults(dict(config), load_schema()))
 
 
 def produced_here(path):

@@ -22,8 +22,8 @@ rule compute_imatrix:
         runtime=120,
     params:
         fingerprint=fingerprint(IMATRIX.get("text")),
-        n_ctx=IMATRIX.get("n_ctx", 512),
-        chunks=IMATRIX.get("chunks", 100),
+        n_ctx=IMATRIX.get("n_ctx"),
+        chunks=IMATRIX.get("chunks"),
         llama_cpp_dir=config["llama_cpp_dir"],
         version=loraforge.__version__,
     script:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -12,6 +13,7 @@ from conftest import REPO, make_adapter
 from snakemake.utils import validate
 
 from loraforge.workflow import ConfigError, Plan, paths
+from loraforge.workflow.schema_values import fill_defaults
 
 SCHEMA = str(REPO / "schemas" / "config.schema.yaml")
 
@@ -24,8 +26,13 @@ def config(**extra) -> dict:
         "evaluation": {"texts": {"general": "/texts/general.txt"}},
         **extra,
     }
-    validate(cfg, SCHEMA)  # fills in the schema's defaults, as the workflow does
-    return cfg
+    return validated(cfg)
+
+
+def validated(cfg: dict) -> dict:
+    """The config with the schema's defaults filled in, as rules/common.smk fills them."""
+    validate(cfg, SCHEMA)
+    return fill_defaults(cfg, yaml.safe_load(Path(SCHEMA).read_text()))
 
 
 def plan(**extra) -> Plan:
@@ -288,7 +295,7 @@ def test_cross_field_config_errors_are_one_line_naming_the_key(extra, message):
 
 def test_the_shipped_configs_plan(tmp_path, llmcompressor_env):
     demo = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
-    validate(demo, SCHEMA)
+    demo = validated(demo)
     p = Plan(demo, produced=lambda path: path.startswith("results/"))
     assert p.evaluated == ["code", "prose"] and "Q4_K_M-imat" in p.gguf_types
     assert len(p.evaluations()) == 10 + 10  # as the demo test counts the report's rows
@@ -297,11 +304,10 @@ def test_the_shipped_configs_plan(tmp_path, llmcompressor_env):
     # make demo-vllm: code's GPTQ, AWQ and both multi-LoRA forms; prose's multi-LoRA forms
     for layers, count in (("compress", 10 + 10 + 6), ("vllm", 14 + 12), ("compress vllm", 14 + 12 + 6)):
         full = {**demo, **{k: v for n in layers.split() for k, v in extras[n].items()}}
-        validate(full, SCHEMA)
+        full = validated(full)
         assert len(Plan(full, produced=lambda path: path.startswith("results/")).evaluations()) == count, layers
     example = yaml.safe_load((REPO / "config" / "example.yaml").read_text())
-    validate(example, SCHEMA)
-    assert Plan(example).adapters
+    assert Plan(validated(example)).adapters
 
 
 HFQ = {"text": "/texts/calibration.txt", "schemes": ["GPTQ-W4A16", "AWQ-W4A16"]}

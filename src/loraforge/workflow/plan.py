@@ -188,9 +188,7 @@ class Plan:
     def _init_hf_quant(self, config: dict) -> None:
         """GPU-serving checkpoints (``hf_quant``): which merged models get them, and whether the base does (for
         vLLM's multi-LoRA form)."""
-        hfq = config.get("hf_quant")
-        if hfq:
-            hfq = {"group_size": None, "samples": 16, "seq_len": 512, "multi_lora": True, **hfq}
+        hfq = config.get("hf_quant")  # its defaults filled from the schema (schema_values.fill_defaults)
         self.hfq = hfq
         self.hfq_schemes: list[str] = list(hfq["schemes"]) if hfq else []
         self.hfq_adapters: list[str] = []  # adapters whose merged models get checkpoints
@@ -389,8 +387,8 @@ class Plan:
         if variant.endswith("-imat"):
             settings["imatrix"] = {
                 "text": self.imatrix["text"],
-                "n_ctx": self.imatrix.get("n_ctx", 512),
-                "chunks": self.imatrix.get("chunks", 100),
+                "n_ctx": self.imatrix["n_ctx"],
+                "chunks": self.imatrix["chunks"],
             }
         return settings
 

@@ -1,4 +1,9 @@
-"""Values given on Snakemake's command line, read as the schema types them.
+"""A config's values as the schema (schemas/config.schema.yaml) types them and fills them in.
+
+Defaults live in the schema. Snakemake's validation fills a property's ``default``, but inside a section that may be
+null (``quantize.imatrix``, ``hf_quant``) it would fill them into null; so there the schema gives ``x-default``, and
+:func:`fill_defaults` fills those into a section the config has.
+
 
 ``snakemake --config 'merge={enabled: false}'`` hands nested values over as strings (Snakemake parses them with
 YAML's BaseLoader): ``{"merge": {"enabled": "false"}}``, which the schema refuses as "not of type 'boolean'".
@@ -91,3 +96,21 @@ def coerce_strings(value, schema: dict, root: dict | None = None, key: str = "")
     if isinstance(value, list) and isinstance(schema.get("items"), dict):
         return [coerce_strings(v, schema["items"], root, f"{key}.{i}") for i, v in enumerate(value)]
     return value
+
+
+def fill_defaults(value, schema: dict, root: dict | None = None):
+    """``value`` with the ``x-default`` of every property missing from an object it has (a section that may be
+    null, when present); everything else as it was."""
+    root = root if root is not None else schema
+    schema = _resolve(schema, root)
+    if not isinstance(value, dict):
+        return value
+    props = schema.get("properties") or {}
+    out = dict(value)
+    for k, sub in props.items():
+        sub = _resolve(sub, root)
+        if k not in out and "x-default" in sub:
+            out[k] = sub["x-default"]
+        elif isinstance(out.get(k), dict):
+            out[k] = fill_defaults(out[k], sub, root)
+    return out

@@ -1,4 +1,4 @@
-"""loraforge.workflow.cli_values: values Snakemake's --config hands over as strings, read as the schema types them."""
+"""loraforge.workflow.schema_values: --config values read as the schema types them, defaults filled from it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import yaml
 from conftest import REPO
 
 from loraforge.workflow import ConfigError
-from loraforge.workflow.cli_values import coerce_strings
+from loraforge.workflow.schema_values import coerce_strings, fill_defaults
 
 SCHEMA = yaml.safe_load((REPO / "schemas" / "config.schema.yaml").read_text())
 
@@ -45,3 +45,36 @@ def test_an_unreadable_value_names_the_key_and_the_spellings():
     assert str(e.value) == "config merge.enabled: 'maybe' is not true or false (also yes/no, on/off, 1/0)"
     with pytest.raises(ConfigError, match=r"config threads: 'four' is not an integer"):
         coerce_strings({"threads": "four"}, SCHEMA)
+
+
+def test_a_section_that_may_be_null_takes_its_defaults_from_the_schema():
+    cfg = fill_defaults({"quantize": {"imatrix": {"text": "c.txt", "types": ["Q4_K_M"]}}, "hf_quant": None}, SCHEMA)
+    assert cfg["quantize"]["imatrix"] == {"text": "c.txt", "types": ["Q4_K_M"], "n_ctx": 512, "chunks": 100}
+    assert cfg["hf_quant"] is None  # absent stays absent
+    hfq = fill_defaults({"hf_quant": {"text": "c.txt", "schemes": ["AWQ-W4A16"], "samples": 8}}, SCHEMA)["hf_quant"]
+    assert hfq == {
+        "text": "c.txt",
+        "schemes": ["AWQ-W4A16"],
+        "samples": 8,  # given: kept
+        "group_size": None,
+        "seq_len": 512,
+        "multi_lora": True,
+    }
+
+
+def test_no_default_is_written_in_code_that_the_schema_does_not_give():
+    """Every x-default the workflow relies on is in the schema, once."""
+
+    def defaults(node, where=""):
+        if isinstance(node, dict):
+            found = [where] if "x-default" in node else []
+            return found + [d for k, v in node.items() for d in defaults(v, f"{where}.{k}")]
+        return []
+
+    assert sorted(defaults(SCHEMA)) == sorted(
+        [".properties.quantize.properties.imatrix.properties." + k for k in ("n_ctx", "chunks")]
+        + [".properties.hf_quant.properties." + k for k in ("group_size", "samples", "seq_len", "multi_lora")]
+    )
+    for path in ("src/loraforge/workflow/plan.py", "rules/quantize.smk"):
+        code = (REPO / path).read_text()
+        assert '"samples": 16' not in code and 'get("n_ctx", 512)' not in code, path
