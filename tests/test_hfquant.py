@@ -129,6 +129,10 @@ def test_a_checkpoint_and_the_multi_lora_form_are_evaluated(checkpoints, models)
     assert pair.texts["general"].ppl != alone.texts["general"].ppl  # the adapter changes the model
 
 
+def saved_vocab(checkpoint) -> int:
+    return json.loads((checkpoint / "config.json").read_text())["vocab_size"]
+
+
 def test_a_checkpoint_is_registered_whole_and_refused_once_changed(checkpoints, models, tmp_path):
     from loraforge.registry import Registry
     from loraforge.registry.register import register_checkpoint
@@ -156,8 +160,12 @@ def test_a_checkpoint_is_registered_whole_and_refused_once_changed(checkpoints, 
     try:
         _, stored = reg.artifact_file("alpha", "AWQ-W4A16", kind="hf-quant")
         assert tree_fingerprint(stored) == rec["sha256"]
-        model = load_checkpoint(stored)  # the stored copy loads as the 4-bit checkpoint it was registered as
-        assert model.config.quantization_config["config_groups"]["group_0"]["weights"]["num_bits"] == 4
+        # the stored copy is the 4-bit checkpoint it was registered as, and it loads and computes
+        saved = json.loads((stored / "config.json").read_text())["quantization_config"]
+        assert saved["config_groups"]["group_0"]["weights"]["num_bits"] == 4
+        with torch.no_grad():
+            logits = load_checkpoint(stored)(torch.tensor([[1, 2, 3, 4]])).logits
+        assert logits.shape[-1] == saved_vocab(stored) and torch.isfinite(logits).all()
     finally:
         reg.close()
     (copy / "config.json").write_text((copy / "config.json").read_text() + " ")
