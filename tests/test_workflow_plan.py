@@ -100,6 +100,9 @@ def test_a_lora_only_revision_builds_no_merged_form():
         + ["results/report/metrics.html", "results/dashboard/index.html"]
         + [f"results/registry/{a}/lora-F16.json" for a in ("alpha", "beta")]
     )
+    # the skip list of a merged build serves its LoRA-only revision (--config 'merge={enabled: false}')
+    lora_only = plan(merge={"enabled": False}, evaluation={"texts": {"general": "/t"}, "skip": ["adapter", "merged"]})
+    assert lora_only.artifacts_of("alpha") == ["lora-F16", "lora-Q8_0"]
     # the adapter through PEFT is its reference (float32): by default not evaluated again; skip: [] evaluates it
     assert p.artifacts_of("alpha") == ["lora-F16", "lora-Q8_0"]
     both = plan(merge={"enabled": False}, evaluation={"texts": {"general": "/t"}, "skip": []})
@@ -217,7 +220,7 @@ def test_memory_of_a_torch_job_is_bounded_by_the_budget():
         ({"evaluation": {"texts": {}}}, "config evaluation.texts: no text named"),
         (
             {"evaluation": {"texts": {"g": "/t"}, "skip": ["Q4_K_M"]}},
-            "config evaluation.skip.Q4_K_M: no such artifact (one of base, adapter, merged, F16, Q8_0, lora-F16,",
+            "config evaluation.skip.Q4_K_M: no such artifact (one of base, adapter, merged, pruned, distilled, F16,",
         ),
         (
             {

@@ -127,11 +127,13 @@ class Plan:
         if skip is None:  # a LoRA-only revision's reference is the adapter through PEFT (float32): not again
             skip = [] if self.merged else ["adapter"]
         self.skipped = set(skip) if self.evaluate else set()
+        # a form this config does not build may be named (the same skip list serves a merged build and a LoRA-only
+        # revision of it: --config 'merge={enabled: false}'); a name that is no form at all is a typo
+        forms = ["base", "adapter", "merged", "pruned", "distilled", *self.gguf_types]
+        forms += [f"lora-{t}" for t in self.gguf_types] + list(SCHEMES) + [f"{VLLM_LORA}{s}" for s in SCHEMES]
         for name in evaluation["skip"] or []:
-            if name != "base" and name not in self.artifacts:
-                raise ConfigError(
-                    f"evaluation.skip.{name}", f"no such artifact (one of base, {', '.join(self.artifacts)})"
-                )
+            if name not in forms:
+                raise ConfigError(f"evaluation.skip.{name}", f"no such artifact (one of {', '.join(forms)})")
         if self.evaluate and not set(self.artifacts) - self.skipped:
             raise ConfigError("evaluation.skip", "skips every artifact: set evaluation.enabled: false instead")
         self.evaluate_base = self.evaluate and "base" not in self.skipped
