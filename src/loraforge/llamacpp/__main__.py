@@ -3,6 +3,6 @@ that running it does not import :mod:`.toolchain` twice, which Python warns abou
 
 import sys
 
-from .toolchain import main
+from .build import main
 
 sys.exit(main())
