@@ -23,14 +23,32 @@ def unavailable_reason() -> str | None:
         return f"SLURM/munge not installed (missing {', '.join(missing)}; apt-get install slurm-wlm munge)"
     if os.geteuid() != 0:
         return "the test cluster runs its daemons as root"
-    if DEFAULT_CONF.is_symlink() and not DEFAULT_CONF.exists():
-        DEFAULT_CONF.unlink()  # left by a test cluster whose run was killed: it points into a removed temp dir
+    if DEFAULT_CONF.is_symlink() and _left_by_a_dead_test_cluster(DEFAULT_CONF):
+        DEFAULT_CONF.unlink()  # a test cluster's run was killed before it could remove its link
     if DEFAULT_CONF.exists() or DEFAULT_CONF.is_symlink():
         return f"{DEFAULT_CONF} exists (a SLURM cluster is configured here); the test cluster will not replace it"
     return None
 
 
 DEFAULT_CONF = Path("/etc/slurm/slurm.conf")
+
+
+def _left_by_a_dead_test_cluster(link: Path) -> bool:
+    """A link into a test cluster's temp dir (``LocalSlurm``: .../pytest-of-<user>/.../slurm<N>/slurm.conf) whose
+    target is gone, or whose slurmctld no longer runs. A real cluster's config, or a live test cluster's, is not."""
+    target = Path(os.readlink(link))
+    if not target.exists():
+        return True
+    if not (target.name == "slurm.conf" and target.parent.name.startswith("slurm") and "pytest-of-" in str(target)):
+        return False
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if args and Path(args[0].decode(errors="replace")).name == "slurmctld" and str(target).encode() in args:
+            return False
+    return True
 
 
 def _free_port() -> int:
