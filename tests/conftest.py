@@ -59,8 +59,25 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
+# What the suite writes at its peak under pytest's temp dir (the demo's build, the tiny build and the copies of it
+# that tests change, two workers at once), measured through .ci/run with `df` sampled every 2 seconds: see the
+# README's Tests section. A machine with less free stops here in one line, not in hundreds of "No space left" errors.
+DISK_NEEDED_GB = 12
+
+
 def pytest_configure(config):
     from packaging.version import Version
+
+    if not hasattr(config, "workerinput"):  # once, on the controller
+        import tempfile
+
+        tmp = Path(tempfile.gettempdir())
+        free = shutil.disk_usage(tmp).free / 2**30
+        if free < DISK_NEEDED_GB:
+            raise pytest.UsageError(
+                f"{tmp}: {free:.1f} GB free, and the suite writes up to {DISK_NEEDED_GB} GB there (its builds); "
+                "free some space or point TMPDIR at a larger disk"
+            )
 
     if config.getoption("dist", "no") == "loadgroup" and Version(pytest.__version__) >= Version("9.2"):
         raise pytest.UsageError(
