@@ -1,13 +1,14 @@
 """Rule evaluate_artifact: PPL / KLD / top-1 of one artifact, quality gates (loraforge.evaluation)."""
 
 from loraforge.evaluation import evaluate_artifact
+from loraforge.forms import form
 from loraforge.rule import run
 
 if __name__ == "__main__":
     sm = snakemake  # noqa: F821 - injected by Snakemake
     p, w, i = sm.params, sm.wildcards, sm.input
     adapters = None
-    if p.kind in ("peft", "hfq-lora"):
+    if form(p.kind).takes_adapters:
         adapters = [{"path": a, "weight": wt} for a, wt in zip(i.adapters, p.weights, strict=True)]
     run(
         sm.log[0],

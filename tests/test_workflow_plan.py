@@ -12,6 +12,7 @@ import yaml
 from conftest import REPO, make_adapter
 from snakemake.utils import validate
 
+from loraforge.errors import PipelineError
 from loraforge.workflow import ConfigError, Plan, paths
 from loraforge.workflow.schema_values import fill_defaults
 
@@ -497,3 +498,30 @@ def test_a_lora_only_revision_refuses_what_has_no_lora_form(models, tmp_path):
         "config adapters.dora: no LoRA GGUF form (DoRA: llama.cpp's LoRA GGUFs have no magnitude vectors): it needs "
         "the merged form (merge.enabled: true)"
     )
+
+
+def test_every_evaluated_artifact_is_of_exactly_one_form(llmcompressor_env):
+    """loraforge.forms: each artifact name a plan evaluates is owned by one form, every form occurs in a config that
+    builds everything, and each form's evaluation reads only paths the workflow builds or the config names."""
+    from loraforge.forms import FORMS, Kind, form
+    from loraforge.hfquant import SCHEMES
+
+    p = plan(
+        quantize={"types": ["Q8_0", "Q4_K_M"], "imatrix": {"text": "/texts/cal.txt", "types": ["Q4_K_M"]}},
+        compress={"text": "/texts/cal.txt", "specs": {"d": {"drop_layers": 1, "distill": {"steps": 4}}}},
+        hf_quant={**HFQ, "models": ["alpha"]},
+    )
+    kinds = set()
+    for model in p.evaluated:
+        for art in p.artifacts_of(model):
+            owners = [f for f in FORMS if f.owns(art, SCHEMES)]
+            assert len(owners) == 1, f"{art}: owned by {owners}"
+            kinds.add(owners[0].kind)
+            assert form(p.artifact_kind(art)) is owners[0]
+            for key, value in p.evaluation_inputs(model, art).items():
+                for path in [value] if isinstance(value, str) else value:
+                    assert path.startswith(("results/", "/models/", "/adapters/")), f"{model}/{art} {key}: {path}"
+    assert kinds == set(Kind)
+    assert len({f.label for f in FORMS}) == len(FORMS)
+    with pytest.raises(PipelineError, match=r"unknown artifact kind 'vllm' \(one of gguf, lora, hf, peft, hfq"):
+        form("vllm")

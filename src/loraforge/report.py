@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from .evaluation.metrics import Metrics
+from .forms import HFModel, form
 from .io.publish import atomic_file, write_text_atomic
 from .render import NOT_MEASURED, number, render
 
@@ -63,14 +64,12 @@ def _rows(base_json, metric_jsons, benchmarks: dict | None = None) -> tuple[list
         adapter, artifact = m.label.split("/", 1)
         entries.append((adapter, artifact, m))
     for adapter, artifact, m in entries:
-        row = {"adapter": adapter, "artifact": artifact, "form": _form(m.kind)}
-        if artifact in ("pruned", "distilled"):
-            row["form"] = f"{artifact} HF"
+        row = {"adapter": adapter, "artifact": artifact, "form": _form(m.kind, artifact)}
         if m.size_bytes is not None:
             row["size_mb"] = m.size_bytes / 1e6
             # what each further adapter costs: its LoRA GGUF beside the shared base, or a whole merged model
             if artifact != "base":
-                row["per_adapter_mb"] = (m.lora_bytes if m.kind in ("lora", "hfq-lora") else m.size_bytes) / 1e6
+                row["per_adapter_mb"] = form(m.kind).per_adapter_bytes(m.size_bytes, m.lora_bytes) / 1e6
         if artifact == "base":
             row["form"] = "base model"
         for key, _ in COLUMNS[5:-1]:
@@ -87,15 +86,10 @@ def _rows(base_json, metric_jsons, benchmarks: dict | None = None) -> tuple[list
     return rows, texts
 
 
-def _form(kind: str) -> str:
-    return {
-        "lora": "base GGUF + LoRA GGUF",
-        "gguf": "merged GGUF",
-        "hf": "merged HF",
-        "peft": "PEFT",
-        "hfq": "merged, compressed-tensors (vLLM)",
-        "hfq-lora": "base compressed-tensors + PEFT LoRA (vLLM)",
-    }.get(kind, kind)
+def _form(kind: str, artifact: str) -> str:
+    """The report's "form" column (loraforge.forms): a compressed model's HF stage is named by its stage."""
+    f = form(kind)
+    return f.label_of(artifact) if isinstance(f, HFModel) else f.label
 
 
 def _table_html(rows, cols) -> str:

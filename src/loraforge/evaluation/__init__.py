@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import PipelineError
+from ..forms import Kind, form
 from ..io.hashing import WORKFLOW_HASH_CACHE, HashCache, sha256_file, tree_fingerprint
 from ..io.publish import write_text_atomic
 from ..progress import Progress
@@ -26,7 +27,7 @@ from .windows import token_windows
 
 log = logging.getLogger(__name__)
 
-KINDS = ("gguf", "lora", "hf", "peft", "hfq", "hfq-lora")
+KINDS = tuple(k.value for k in Kind)
 
 
 def _artifact_size(path: Path) -> int:
@@ -76,22 +77,20 @@ def _same_tokens(scorer, text_file, windows: np.ndarray, gguf) -> bool:
     return True
 
 
-def _scorer(kind: str, path, n_ctx: int, threads: int, base_dir, adapters, batch: int, lora=None, budget_mb=None):
+def _scorer(kind: Kind, path, n_ctx: int, threads: int, base_dir, adapters, batch: int, lora=None, budget_mb=None):
     from .scorers import GGUFScorer, hf_scorer, peft_scorer
 
-    if kind in ("gguf", "lora"):
-        if (kind == "lora") != (lora is not None):
-            raise PipelineError("kind lora takes the base GGUF as path and the LoRA GGUF as lora, and only it does")
+    if (kind is Kind.LORA) != (lora is not None):
+        raise PipelineError("kind lora takes the base GGUF as path and the LoRA GGUF as lora, and only it does")
+    if kind in (Kind.GGUF, Kind.LORA):
         return GGUFScorer(path, n_ctx, threads, lora)
-    if kind == "hf":
+    if kind is Kind.HF:
         return hf_scorer(path, batch=batch, budget_mb=budget_mb, n_ctx=n_ctx)
-    if kind == "peft":
+    if kind is Kind.PEFT:
         return peft_scorer(base_dir, adapters, batch=batch, budget_mb=budget_mb, n_ctx=n_ctx)
-    if kind in ("hfq", "hfq-lora"):
-        from .scorers import checkpoint_scorer
+    from .scorers import checkpoint_scorer  # Kind.CHECKPOINT, Kind.CHECKPOINT_LORA
 
-        return checkpoint_scorer(path, adapters if kind == "hfq-lora" else None, batch=batch, budget_mb=budget_mb)
-    raise PipelineError(f"unknown artifact kind {kind!r} (one of {', '.join(KINDS)})")
+    return checkpoint_scorer(path, adapters if form(kind).takes_adapters else None, batch=batch, budget_mb=budget_mb)
 
 
 def evaluate(
@@ -119,6 +118,7 @@ def evaluate(
     verified against their build sidecars (a GGUF is hashed once per evaluation, not twice).
     """
     hashes = _hashes or {}
+    kind = form(kind).kind  # an unknown kind fails here, before anything loads
     t_load = time.time()
     if reference is not None:
         info, tokens, lps = load_reference(reference)
@@ -126,7 +126,7 @@ def evaluate(
     else:
         if not texts:
             raise PipelineError("evaluation without a reference needs texts")
-        tok_dir = path if kind == "hf" else base_dir
+        tok_dir = path if kind is Kind.HF else base_dir
         tokens = {n: token_windows(tok_dir, p, n_ctx, max_tokens) for n, p in texts.items()}
         lps = {n: None for n in tokens}
     scorer = _scorer(kind, path, n_ctx, threads, base_dir, adapters, batch, lora, budget_mb)
@@ -137,7 +137,7 @@ def evaluate(
     try:
         for name, windows in tokens.items():
             extra = {}
-            if kind in ("gguf", "lora") and reference is not None:
+            if form(kind).llama_cpp and reference is not None:
                 extra["llama_cpp_tokens_agree"] = _same_tokens(scorer, info["texts"][name]["file"], windows, path)
             acc = TextScorer(windows, lps[name])
             for logits in scorer.logits(windows):
@@ -159,7 +159,7 @@ def evaluate(
             "top1_agreement": sum(t.top1_agreement * t.scored_tokens for t in per_text.values()) / n,
             "max_delta_ppl": max(t.delta_ppl for t in per_text.values()),
         }
-    if path and kind != "peft":
+    if path and kind is not Kind.PEFT:
         summary["size_bytes"] = _artifact_size(Path(path))
         if Path(path).is_file():
             summary["artifact_sha256"] = hashes.get("path") or sha256_file(path)
@@ -171,7 +171,7 @@ def evaluate(
         summary["memory_plan"] = loaded["memory_plan"]
     if loaded.get("compute_dtype"):
         summary["compute_dtype"] = loaded["compute_dtype"]
-    if kind == "hfq-lora":  # the adapter vLLM loads beside the base's checkpoint
+    if kind is Kind.CHECKPOINT_LORA:  # the adapter vLLM loads beside the base's checkpoint
         adapter_bytes = sum(_artifact_size(Path(a["path"])) for a in adapters)
         summary.update(lora=str(adapters[0]["path"]), lora_bytes=adapter_bytes)
         summary["size_bytes"] += adapter_bytes
@@ -182,7 +182,7 @@ def evaluate(
     return Metrics(
         label=label,
         artifact=str(path) if path else "peft:" + ",".join(str(a["path"]) for a in adapters),
-        kind=kind,
+        kind=kind.value,
         n_ctx=n_ctx,
         texts=per_text,
         scored_tokens=n,

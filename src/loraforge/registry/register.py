@@ -14,6 +14,7 @@ from pathlib import Path
 from ..errors import PipelineError
 from ..evaluation import changed_since_built
 from ..evaluation.metrics import Metrics
+from ..forms import VLLM_LORA, Kind, form
 from ..io.hashing import WORKFLOW_HASH_CACHE, HashCache, tree_fingerprint
 from ..io.publish import write_text_atomic
 from .core import Registry
@@ -91,7 +92,7 @@ def register_artifact(
         name=name,
         inputs=inputs,
         settings=settings,
-        kind="gguf",
+        kind=form(Kind.GGUF).registry_kind,  # the LoRA GGUF's too: a GGUF file, variant lora-<type>
         variant=gguf_type,
         path=gguf,
         metrics=metrics,
@@ -136,15 +137,15 @@ def register_checkpoint(
         "check": {k: built["check"][k] for k in ("max_logit_diff", "top1_agreement")},
         "tools": built.get("tools", {}),
     }
-    vllm = variant.startswith("vllm-lora-")
+    vllm = variant.startswith(VLLM_LORA)
     if vllm:
         if not adapter_dirs or len(adapter_dirs) != 1:
             raise PipelineError(f"{name}: vLLM's multi-LoRA form takes exactly one adapter directory")
-        path, kind = Path(adapter_dirs[0]), "vllm-lora"
+        path, kind = Path(adapter_dirs[0]), form(Kind.CHECKPOINT_LORA).registry_kind
         sha = tree_fingerprint(path, hashes)
         metrics["base_checkpoint"] = {"path": str(Path(checkpoint).resolve()), "sha256": ck_sha, **quantization}
     else:
-        path, kind, sha = Path(checkpoint), "hf-quant", ck_sha
+        path, kind, sha = Path(checkpoint), form(Kind.CHECKPOINT).registry_kind, ck_sha
         metrics["quantization"] = quantization
     if metrics_json:
         evaluation = Metrics.from_json(_read(metrics_json))
@@ -214,7 +215,7 @@ def _register(
             reg.register(
                 name,
                 lineage,
-                "merged",
+                form(Kind.HF).registry_kind,
                 "hf",
                 merged_dir,
                 {"check": merged.get("check", {})},

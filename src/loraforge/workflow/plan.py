@@ -11,14 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import PipelineError
+from ..forms import LORA, VLLM_LORA, Form, form_of
 from ..hfquant import SCHEMES
 from . import paths
 
 log = logging.getLogger(__name__)
-
-# the evaluated forms that are HF model directories, and the PEFT-applied adapter
-HF_ARTIFACTS = ("merged", "pruned", "distilled")
-VLLM_LORA = "vllm-lora-"  # vllm-lora-<scheme>: the base's checkpoint of a scheme with the adapter through PEFT
 
 
 class ConfigError(PipelineError):
@@ -77,7 +74,7 @@ class Plan:
         self.row_multiple = max(row_multiple(t) for t in self.gguf_types)
         self.lora = config["lora"]["enabled"]
         self.lora_type = config["lora"]["outtype"].upper()
-        self.lora_variant = f"lora-{self.lora_type}"
+        self.lora_variant = f"{LORA}{self.lora_type}"
         # False: a LoRA-only revision (no merged model, GGUFs or evaluations of it; the base's GGUFs are shared)
         self.merged = config["merge"]["enabled"]
         if not self.merged and not self.lora:
@@ -113,7 +110,7 @@ class Plan:
         self.artifacts = (
             ["adapter"]
             + (["merged", *self.gguf_types] if self.merged else [])
-            + ([f"lora-{t}" for t in self.gguf_types] if self.lora else [])
+            + ([f"{LORA}{t}" for t in self.gguf_types] if self.lora else [])
             + (["pruned", "distilled"] if self.compress else [])
             + (list(self.hfq_schemes) if self.hfq_adapters or self.hfq_compressed else [])
             + ([f"{VLLM_LORA}{s}" for s in self.hfq_schemes] if self.hfq_multi_lora else [])
@@ -130,7 +127,7 @@ class Plan:
         # a form this config does not build may be named (the same skip list serves a merged build and a LoRA-only
         # revision of it: --config 'merge={enabled: false}'); a name that is no form at all is a typo
         forms = ["base", "adapter", "merged", "pruned", "distilled", *self.gguf_types]
-        forms += [f"lora-{t}" for t in self.gguf_types] + list(SCHEMES) + [f"{VLLM_LORA}{s}" for s in SCHEMES]
+        forms += [f"{LORA}{t}" for t in self.gguf_types] + list(SCHEMES) + [f"{VLLM_LORA}{s}" for s in SCHEMES]
         for name in evaluation["skip"] or []:
             if name not in forms:
                 raise ConfigError(f"evaluation.skip.{name}", f"no such artifact (one of {', '.join(forms)})")
@@ -260,18 +257,19 @@ class Plan:
         return paths.fill(paths.MERGED, adapter=name)
 
     @staticmethod
-    def artifact_kind(artifact: str) -> str:
-        """How an evaluated artifact is scored: peft (base + adapter), hf (a model dir), gguf, lora (base GGUF +
-        LoRA GGUF), hfq (a compressed-tensors checkpoint) or hfq-lora (the base's checkpoint + adapter, PEFT)."""
-        if artifact.startswith(VLLM_LORA):
-            return "hfq-lora"
-        if artifact.startswith("lora-"):
-            return "lora"
-        if artifact in SCHEMES:
-            return "hfq"
-        if artifact == "adapter":
-            return "peft"
-        return "hf" if artifact in HF_ARTIFACTS else "gguf"
+    def form(artifact: str) -> Form:
+        """The form of an evaluated artifact (loraforge.forms): how it is scored, stored, labelled and read."""
+        return form_of(artifact, SCHEMES)
+
+    @classmethod
+    def artifact_kind(cls, artifact: str) -> str:
+        """How an evaluated artifact is scored (loraforge.forms.Kind): the evaluate rule's ``kind``."""
+        return cls.form(artifact).kind.value
+
+    def stage_dir(self, model: str, stage: str) -> str:
+        """The HF model directory of a model's merged, pruned or distilled stage."""
+        stage_path = {"merged": paths.MERGED, "pruned": paths.PRUNED, "distilled": paths.DISTILLED}[stage]
+        return paths.fill(stage_path, adapter=model, model=model)
 
     def lora_form(self, name: str) -> bool:
         """Whether adapter ``name`` gets the LoRA GGUF form; what llama.cpp cannot load exactly is skipped, logged
@@ -348,7 +346,7 @@ class Plan:
             if a not in ("pruned", "distilled")
             and a not in self.hfq_schemes
             and not a.startswith(VLLM_LORA)
-            and (not a.startswith("lora-") or self.lora_form(name))
+            and (not a.startswith(LORA) or self.lora_form(name))
         ]
         vllm = [f"{VLLM_LORA}{s}" for s in self.hfq_schemes] if self.vllm_lora_form(name) else []
         return own + list(schemes) + vllm
@@ -449,27 +447,21 @@ class Plan:
         return [self.metrics(m, art) for m in self.evaluated for art in self.artifacts_of(m)]
 
     def build_benchmarks(self, name: str, artifact: str) -> list[str]:
-        """The benchmark files of the jobs that build one artifact of ``name`` (for the report's build time). The
-        LoRA form counts only its own conversion: the base's GGUFs are built once for every adapter."""
-        if artifact == "adapter" or artifact.startswith(VLLM_LORA):
-            return []  # the adapter as trained (the base's checkpoint is built once for every adapter)
-        if artifact.startswith("lora-"):
-            return [paths.benchmark("convert_lora", name)]
-        if name in self.compressed:
-            steps = [paths.benchmark("prune_model", name)]
-            if self.distilled(name):
-                steps.append(paths.benchmark("distill_model", name))
-        else:
-            steps = [paths.benchmark("merge_adapter", name)]
-        if artifact in HF_ARTIFACTS:
-            return steps if artifact == "distilled" else steps[:1]
-        if artifact in self.hfq_schemes:
-            return [*steps, paths.benchmark("quantize_hf", f"{name}-{artifact}")]
-        steps.append(paths.benchmark("convert_to_gguf", f"{name}-{self.float_type}"))
-        if artifact != self.float_type:
-            steps.append(paths.benchmark("quantize_gguf", f"{name}-{artifact}"))
-        if artifact.endswith("-imat"):
-            steps.append(paths.benchmark("compute_imatrix", name))
+        """The benchmark files of the jobs that build one artifact of ``name`` (for the report's build time):
+        its form's build steps (loraforge.forms)."""
+        return self.form(artifact).build_steps(self, name, artifact)
+
+    def benchmark(self, rule: str, key: str) -> str:
+        return paths.benchmark(rule, key)
+
+    def model_steps(self, name: str) -> list[str]:
+        """The benchmark files of the jobs that make ``name``'s HF model: its merge, or its pruning (and
+        distillation) for a compressed model."""
+        if name not in self.compressed:
+            return [paths.benchmark("merge_adapter", name)]
+        steps = [paths.benchmark("prune_model", name)]
+        if self.distilled(name):
+            steps.append(paths.benchmark("distill_model", name))
         return steps
 
     def report_benchmarks(self) -> dict[str, list[str]]:
@@ -553,27 +545,7 @@ class Plan:
         """What evaluate_artifact scores: base + adapters (PEFT), an HF model dir, a GGUF, or base GGUF + LoRA GGUF;
         and the reference it is compared with (a compressed model's is its teacher's)."""
         inputs = {"reference": paths.REFERENCE.format(adapter=self.teacher(model))}
-        kind = self.artifact_kind(artifact)
-        if kind == "peft":
-            inputs.update(self.adapter_inputs(model))
-        elif kind == "lora":
-            t = artifact.removeprefix("lora-")
-            lora = self.lora_gguf_of(model)
-            inputs.update(
-                artifact=self.gguf("base", t), check=self.gguf_check("base", t), lora=lora, lora_check=f"{lora}.json"
-            )
-        elif kind == "hfq":
-            inputs.update(artifact=self.hfq_dir(model, artifact), check=self.hfq_check(model, artifact))
-        elif kind == "hfq-lora":
-            scheme = artifact.removeprefix(VLLM_LORA)
-            inputs.update(artifact=self.hfq_dir("base", scheme), check=self.hfq_check("base", scheme))
-            inputs.update(self.adapter_inputs(model))
-        elif kind == "hf":
-            stage = {"merged": paths.MERGED, "pruned": paths.PRUNED, "distilled": paths.DISTILLED}[artifact]
-            inputs["artifact"] = paths.fill(stage, adapter=model, model=model)
-        else:
-            inputs.update(artifact=self.gguf(model, artifact), check=self.gguf_check(model, artifact))
-        return inputs
+        return {**inputs, **self.form(artifact).evaluation_inputs(self, model, artifact)}
 
     def register_inputs(self, model: str, variant: str) -> dict:
         """The registered file, its build check, the merge check and model dir of its revision, and (with
@@ -585,7 +557,7 @@ class Plan:
             lora = self.lora_gguf_of(model)
             inputs = {"gguf": lora, "check": f"{lora}.json", **common}
             # its numbers are the pairs': one evaluation per base GGUF type it was measured on
-            measured = [f"lora-{t}" for t in self.gguf_types if self.evaluated_form(f"lora-{t}")]
+            measured = [f"{LORA}{t}" for t in self.gguf_types if self.evaluated_form(f"{LORA}{t}")]
             if measured:
                 inputs["lora_metrics"] = [self.metrics(model, art) for art in measured]
             return inputs
@@ -641,13 +613,8 @@ class Plan:
         return int(1500 + (3 if merge["method"] == "peft" else 0.2) * base_mb)
 
     def evaluation_mem_mb(self, artifact: str, inputs_mb: float) -> int:
-        """torch steps (HF, PEFT) stream within the budget; llama.cpp maps the GGUF whole."""
-        estimate = 2000 + 3 * inputs_mb
-        if self.artifact_kind(artifact) in ("hf", "peft"):
-            return self.bounded_mem_mb(estimate)
-        if self.artifact_kind(artifact) in ("hfq", "hfq-lora"):
-            return int(2000 + 8 * inputs_mb)  # decompressed to 16-bit weights, loaded whole
-        return int(estimate)
+        """torch steps (HF, PEFT) stream within the budget; llama.cpp maps the GGUF whole (loraforge.forms)."""
+        return self.form(artifact).evaluation_mem_mb(self, inputs_mb)
 
     # --- checks before any job -----------------------------------------------------------------------------
 
