@@ -1,6 +1,11 @@
-"""What a validated config means for the artifact graph: which models get which artifacts, under which paths,
-and the cross-field checks a JSON schema cannot express. No Snakemake here: ``rules/common.smk`` builds one
-``Plan`` and the rules ask it; unit tests build them from plain dicts (tests/test_workflow_plan.py).
+"""What a validated config means for the artifact graph: which models get which artifacts. No Snakemake here:
+``rules/common.smk`` builds one ``Plan`` and the rules ask it; unit tests build them from plain dicts
+(tests/test_workflow_plan.py).
+
+``Plan`` is the rules' one front, made of parts by job: the names (here), their paths and the targets
+(:mod:`.targets`), each job's inputs and memory (:mod:`.jobs`), recorded settings (:mod:`.settings`), the config's
+cross-field checks (:mod:`.config_checks`) and the checks of inputs before any job (:mod:`.preflight`). What each
+artifact form is lives in :mod:`loraforge.forms`.
 """
 
 from __future__ import annotations
@@ -8,29 +13,26 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from pathlib import Path
 
 from ..errors import PipelineError
 from ..forms import LORA, VLLM_LORA, Form, form_of
 from ..hfquant import SCHEMES
 from . import paths
+from .config_checks import ConfigError, check_evaluation, check_promote
+from .jobs import JobInputs, size_mb
+from .settings import Settings
+from .targets import Targets
+
+__all__ = ["ConfigError", "Plan", "size_mb"]
 
 log = logging.getLogger(__name__)
-
-
-class ConfigError(PipelineError):
-    """A config that cannot build: ``str(err)`` is ``config <key>: <problem>``."""
-
-    def __init__(self, key: str, problem: str):
-        super().__init__(f"config {key}: {problem}")
-        self.key = key
 
 
 def _never(_path: str) -> bool:
     return False
 
 
-class Plan:
+class Plan(Targets, JobInputs, Settings):
     """The artifact graph of one config (already validated against schemas/config.schema.yaml, defaults filled).
 
     ``produced`` says whether a path is an output of the workflow itself (the demo builds its base, adapters and
@@ -124,47 +126,13 @@ class Plan:
         if skip is None:  # a LoRA-only revision's reference is the adapter through PEFT (float32): not again
             skip = [] if self.merged else ["adapter"]
         self.skipped = set(skip) if self.evaluate else set()
-        # a form this config does not build may be named (the same skip list serves a merged build and a LoRA-only
-        # revision of it: --config 'merge={enabled: false}'); a name that is no form at all is a typo
-        forms = ["base", "adapter", "merged", "pruned", "distilled", *self.gguf_types]
-        forms += [f"{LORA}{t}" for t in self.gguf_types] + list(SCHEMES) + [f"{VLLM_LORA}{s}" for s in SCHEMES]
-        for name in evaluation["skip"] or []:
-            if name not in forms:
-                raise ConfigError(f"evaluation.skip.{name}", f"no such artifact (one of {', '.join(forms)})")
-        if self.evaluate and not set(self.artifacts) - self.skipped:
-            raise ConfigError("evaluation.skip", "skips every artifact: set evaluation.enabled: false instead")
+        check_evaluation(self, evaluation)
         self.evaluate_base = self.evaluate and "base" not in self.skipped
-        for gate in evaluation["gates"]:
-            if gate not in self.artifacts:
-                raise ConfigError(f"evaluation.gates.{gate}", f"no such artifact (one of {', '.join(self.artifacts)})")
-            if gate in self.skipped:
-                raise ConfigError(f"evaluation.gates.{gate}", "is in evaluation.skip: the gate would never run")
         self.texts: dict[str, str] = dict(evaluation["texts"]) if self.evaluate else {}
         self.promote = config.get("promote")
         self.promote_quant = (self.promote or {}).get("candidate_quant")
         if self.promote:
-            if not self.register or not self.evaluate:
-                raise ConfigError("promote", "needs registry.enabled and evaluation.enabled")
-            if not self.merged:
-                raise ConfigError(
-                    "promote", "compares versions of the merged GGUFs: it needs merge.enabled: true for now"
-                )
-            if self.promote_quant not in self.gguf_types:
-                raise ConfigError(
-                    "promote.candidate_quant",
-                    f"{self.promote_quant} is not built (one of {', '.join(self.gguf_types)})",
-                )
-            if self.promote_quant in self.skipped:
-                raise ConfigError(
-                    "promote.candidate_quant",
-                    f"{self.promote_quant} is in evaluation.skip: promotion compares its numbers",
-                )
-            for text in self.promote["require"]:
-                if text not in evaluation["texts"]:
-                    raise ConfigError(
-                        f"promote.require.{text}",
-                        f"no such evaluation text (one of {', '.join(evaluation['texts'])})",
-                    )
+            check_promote(self, evaluation)
         deploy = config["deploy"]
         self.deploy = deploy["enabled"]
         self.split = deploy["split_max_size"]  # GGUFs over it also as llama.cpp split sets
@@ -351,367 +319,8 @@ class Plan:
         vllm = [f"{VLLM_LORA}{s}" for s in self.hfq_schemes] if self.vllm_lora_form(name) else []
         return own + list(schemes) + vllm
 
-    def gguf_metadata(self, name: str) -> dict:
-        """llama.cpp's naming keys for a GGUF of ``name`` (an adapter, a compressed model, or ``base``)."""
-        basename = self.config["name"] or Path(self.base).resolve().name
-        meta = {"general.basename": basename, "general.name": basename}
-        if name != "base":
-            meta.update({"general.finetune": name, "general.name": f"{basename} {name}"})
-        if self.config["deploy"]["quantized_by"]:
-            meta["general.quantized_by"] = self.config["deploy"]["quantized_by"]
-        return meta
-
-    def lineage_settings(self, name: str) -> dict:
-        """The settings that define the model of a version, with the inputs' contents (registry.schema.
-        identity_settings): the merge's semantics, and a compressed model's spec. What only chooses or tunes its
-        artifacts is each artifact's (:meth:`artifact_settings`): adding a form to the config adds artifacts to
-        the version, it does not make another."""
-        settings: dict = {"merge": {"method": self.config["merge"]["method"]}}
-        if name in self.compressed:
-            settings["compress"] = self.compress_spec(name)
-        return settings
-
-    def artifact_settings(self, name: str, variant: str) -> dict:
-        """The build settings of one registered artifact of ``name`` (a GGUF type, the LoRA GGUF, a checkpoint
-        scheme, vLLM's multi-LoRA form, or ``merged``): rebuilt with others, it replaces its predecessor in the
-        version, which keeps the old one in its history. GGUF naming metadata is part of a GGUF's bytes."""
-        cfg = self.config
-        naming = {"name": cfg["name"], "quantized_by": cfg["deploy"]["quantized_by"]}
-        if variant == "merged":
-            return {"merge": {"shard_size_mb": cfg["merge"]["shard_size_mb"]}}
-        if variant == self.lora_variant:
-            return {"lora": {"outtype": cfg["lora"]["outtype"]}, "convert": naming}
-        if variant in self.hfq_schemes or variant.startswith(VLLM_LORA):
-            return {"hf_quant": {k: self.hfq[k] for k in ("text", "samples", "seq_len", "group_size")}}
-        settings: dict = {"convert": {"outtype": cfg["convert"]["outtype"], **naming}}
-        if variant.endswith("-imat"):
-            settings["imatrix"] = {
-                "text": self.imatrix["text"],
-                "n_ctx": self.imatrix["n_ctx"],
-                "chunks": self.imatrix["chunks"],
-            }
-        return settings
-
-    # --- paths ---------------------------------------------------------------------------------------------
-
-    def gguf(self, model: str, gguf_type: str) -> str:
-        return paths.GGUF.format(model=model, gguf_type=gguf_type)
-
-    def gguf_check(self, model: str, gguf_type: str) -> str:
-        return paths.GGUF_CHECK.format(model=model, gguf_type=gguf_type)
-
-    def lora_gguf_of(self, adapter: str) -> str:
-        return self.lora_gguf.format(adapter=adapter)
-
-    def hfq_dir(self, model: str, scheme: str) -> str:
-        return paths.HFQ.format(model=model, scheme=scheme)
-
-    def hfq_check(self, model: str, scheme: str) -> str:
-        return paths.HFQ_CHECK.format(model=model, scheme=scheme)
-
-    def hfq_checkpoints(self) -> list[str]:
-        return [self.hfq_dir(m, s) for m in self.hfq_models() for s in self.hfq_schemes]
-
-    def evaluated_form(self, artifact: str) -> bool:
-        """Whether ``artifact`` (of any model) is evaluated: evaluation on and the artifact not skipped."""
-        return self.evaluate and artifact not in self.skipped
-
-    def report_inputs(self) -> dict:
-        """report_quality's inputs: every evaluation, and the base model's own unless skipped."""
-        return {"metrics": self.evaluations(), **({"base": paths.BASE_METRICS} if self.evaluate_base else {})}
-
-    def metrics(self, model: str, artifact: str) -> str:
-        return paths.METRICS.format(model=model, artifact=artifact)
-
-    def receipts(self) -> list[str]:
-        if not self.register:
-            return []
-        merged = self.evaluated if self.merged else []
-        out = [paths.RECEIPT.format(model=m, variant=t) for m in merged for t in self.gguf_types]
-        out += [paths.RECEIPT.format(model=a, variant=self.lora_variant) for a in self.lora_adapters()]
-        out += [
-            paths.RECEIPT.format(model=m, variant=s) for m in self.hfq_models() if m != "base" for s in self.hfq_schemes
-        ]
-        vllm = [f"{VLLM_LORA}{s}" for s in self.hfq_schemes]
-        return out + [paths.RECEIPT.format(model=a, variant=v) for a in self.vllm_lora_adapters() for v in vllm]
-
-    def registered_variants(self) -> list[str]:
-        """Every ``{variant}`` register_model takes."""
-        vllm = [f"{VLLM_LORA}{s}" for s in self.hfq_schemes]
-        return [*self.gguf_types, self.lora_variant, *self.hfq_schemes, *vllm]
-
-    def promotions(self) -> list[str]:
-        return [paths.PROMOTION.format(adapter=a) for a in self.adapters] if self.promote else []
-
-    def evaluations(self) -> list[str]:
-        return [self.metrics(m, art) for m in self.evaluated for art in self.artifacts_of(m)]
-
-    def build_benchmarks(self, name: str, artifact: str) -> list[str]:
-        """The benchmark files of the jobs that build one artifact of ``name`` (for the report's build time):
-        its form's build steps (loraforge.forms)."""
-        return self.form(artifact).build_steps(self, name, artifact)
-
-    def benchmark(self, rule: str, key: str) -> str:
-        return paths.benchmark(rule, key)
-
-    def model_steps(self, name: str) -> list[str]:
-        """The benchmark files of the jobs that make ``name``'s HF model: its merge, or its pruning (and
-        distillation) for a compressed model."""
-        if name not in self.compressed:
-            return [paths.benchmark("merge_adapter", name)]
-        steps = [paths.benchmark("prune_model", name)]
-        if self.distilled(name):
-            steps.append(paths.benchmark("distill_model", name))
-        return steps
-
-    def report_benchmarks(self) -> dict[str, list[str]]:
-        return {f"{m}/{art}": self.build_benchmarks(m, art) for m in self.evaluated for art in self.artifacts_of(m)}
-
-    def targets(self) -> list[str]:
-        """Every file ``rule all`` asks for."""
-        # the base's GGUFs where an adapter's LoRA GGUF goes beside them (built once, shared by every adapter)
-        models = [m for m in self.models if m != "base" or self.lora_adapters()]
-        out = [self.gguf(m, t) for m in models for t in self.gguf_types]
-        out += [self.lora_gguf_of(a) for a in self.lora_adapters()]
-        out += self.hfq_checkpoints()
-        if self.deploy:
-            out += [paths.DEPLOY.format(adapter=a) for a in self.adapters]
-        if self.split:
-            out += [paths.SPLIT.format(model=m, gguf_type=t) for m in self.evaluated for t in self.gguf_types]
-        if self.evaluate:
-            out.append(paths.REPORT_TABLE)
-        out += self.receipts()
-        out += self.promotions()
-        if self.register:
-            out.append(paths.DASHBOARD)
-        return out
-
-    # --- the inputs of each job (paths; the workflow marks the external ones) ---------------------------------
-
-    def external_paths(self) -> set[str]:
-        """Inputs this workflow reads but does not build: only their content (a fingerprint param) triggers reruns."""
-        out = {self.base, *(self.texts.values())}
-        out |= {s["path"] for a in self.adapters for s in self.adapter_specs(a)}
-        if self.imatrix:
-            out.add(self.imatrix["text"])
-        if self.compress:
-            out.add(self.compress["text"])
-        if self.hfq:
-            out.add(self.hfq["text"])
-        return {p for p in out if not self.produced(p)}
-
-    def adapter_inputs(self, adapter: str) -> dict:
-        """The base and the adapter stack of one adapter."""
-        return {"base": self.base, "adapters": [s["path"] for s in self.adapter_specs(adapter)]}
-
-    def reference_inputs(self, adapter: str) -> dict:
-        """What the float32 reference of an adapter is computed from: its merged model, or (LoRA-only) the base with
-        the adapter applied through PEFT, unmerged."""
-        if self.merged:
-            return {"model_dir": paths.MERGED.format(adapter=adapter)}
-        return self.adapter_inputs(adapter)
-
-    def lora_check_inputs(self, adapter: str) -> dict:
-        """What convert_lora checks the LoRA GGUF against besides running PEFT itself: nothing with a merged form; in
-        a LoRA-only revision the evaluation's reference, which is that PEFT float32 model's log-probs already."""
-        return {} if self.merged else {"reference": paths.REFERENCE.format(adapter=adapter)}
-
-    def convert_inputs(self, model: str) -> dict:
-        """The HF model a float GGUF is converted from; for an adapter's merged model with evaluation on, also its
-        float32 reference, which the conversion check compares the GGUF with instead of running the HF model again."""
-        inputs = {"model_dir": self.model_dir(model)}
-        if self.convert_check:
-            inputs.update(self.check_reference(model))
-        return inputs
-
-    def check_reference(self, model: str) -> dict:
-        """The stored float32 reference the checks of ``model``'s GGUFs compare with instead of running its HF model
-        (conversion) or its float GGUF (quantization) again: an adapter's merged model's, where evaluation computes
-        it; none for the base and compressed models, whose evaluation references are other models'."""
-        if self.evaluate and self.merged and model in self.adapters:
-            return {"reference": paths.REFERENCE.format(adapter=model)}
-        return {}
-
-    def hfq_inputs(self, model: str) -> dict:
-        return {"model_dir": self.model_dir(model), "text": self.hfq["text"]}
-
-    def quantize_inputs(self, model: str, gguf_type: str) -> dict:
-        inputs = {"gguf": self.gguf(model, self.float_type), **self.check_reference(model)}
-        if gguf_type.endswith("-imat"):
-            inputs["imatrix"] = paths.IMATRIX.format(model=model)
-        return inputs
-
-    def evaluation_inputs(self, model: str, artifact: str) -> dict:
-        """What evaluate_artifact scores: base + adapters (PEFT), an HF model dir, a GGUF, or base GGUF + LoRA GGUF;
-        and the reference it is compared with (a compressed model's is its teacher's)."""
-        inputs = {"reference": paths.REFERENCE.format(adapter=self.teacher(model))}
-        return {**inputs, **self.form(artifact).evaluation_inputs(self, model, artifact)}
-
-    def register_inputs(self, model: str, variant: str) -> dict:
-        """The registered file, its build check, the merge check and model dir of its revision, and (with
-        evaluation) its metrics: registration waits for them, so a failing quality gate blocks it."""
-        common = {}
-        if self.merged:  # the merged model is registered with the version, and its merge check holds the lineage
-            common = {"merge": paths.MERGE_CHECK.format(adapter=self.teacher(model)), "merged": self.model_dir(model)}
-        if variant == self.lora_variant:  # the adapter's LoRA GGUF, an artifact of the same revision
-            lora = self.lora_gguf_of(model)
-            inputs = {"gguf": lora, "check": f"{lora}.json", **common}
-            # its numbers are the pairs': one evaluation per base GGUF type it was measured on
-            measured = [f"{LORA}{t}" for t in self.gguf_types if self.evaluated_form(f"{LORA}{t}")]
-            if measured:
-                inputs["lora_metrics"] = [self.metrics(model, art) for art in measured]
-            return inputs
-        if variant.startswith(VLLM_LORA):  # the adapter's PEFT directory, served on the base's checkpoint
-            scheme = variant.removeprefix(VLLM_LORA)
-            inputs = {**common, **self.adapter_inputs(model)}
-            inputs.update(checkpoint=self.hfq_dir("base", scheme), check=self.hfq_check("base", scheme))
-            if self.evaluated_form(variant):
-                inputs["metrics"] = self.metrics(model, variant)
-            return inputs
-        if variant in self.hfq_schemes:
-            inputs = {"checkpoint": self.hfq_dir(model, variant), "check": self.hfq_check(model, variant), **common}
-        else:
-            inputs = {"gguf": self.gguf(model, variant), "check": self.gguf_check(model, variant), **common}
-        if self.evaluated_form(variant):
-            inputs["metrics"] = self.metrics(model, variant)
-        return inputs
-
-    def deploy_inputs(self, adapter: str) -> dict:
-        t = self.deploy_type
-        inputs = self.adapter_inputs(adapter)
-        if self.merged:
-            inputs.update(merged_gguf=self.gguf(adapter, t), merged=paths.MERGED.format(adapter=adapter))
-        if self.lora_form(adapter):
-            inputs["base_gguf"] = self.gguf("base", t)
-            inputs["lora_gguf"] = self.lora_gguf_of(adapter)
-        if adapter in self.hfq_adapters:
-            inputs["checkpoints"] = [self.hfq_dir(adapter, s) for s in self.hfq_schemes]
-        if self.vllm_lora_form(adapter):
-            inputs["base_checkpoints"] = [self.hfq_dir("base", s) for s in self.hfq_schemes]
-        if self.evaluate:
-            inputs["metrics"] = [self.metrics(adapter, art) for art in self.artifacts_of(adapter)]
-            if self.evaluate_base:
-                inputs["base_metrics"] = paths.BASE_METRICS
-        if self.split:
-            inputs["splits"] = [paths.SPLIT_CHECK.format(model=adapter, gguf_type=t) for t in self.gguf_types]
-        return inputs
-
-    # --- resources -----------------------------------------------------------------------------------------
-
-    def bounded_mem_mb(self, estimate_mb: float, runtime_mb: int = 1500) -> int:
-        """A torch job's mem_mb: its whole-model estimate, or the memory budget (plus the runtime's own) when a
-        model that large would stream layer by layer within it."""
-        if self.budget_mb is None:
-            return int(estimate_mb)
-        return int(min(estimate_mb, self.budget_mb + runtime_mb))
-
-    def merge_mem_mb(self, base_mb: float) -> int:
-        """Streaming: largest tensor + constant; the PEFT check (and method peft) holds the model twice."""
-        merge = self.config["merge"]
-        if merge["check"] and merge["method"] != "peft":
-            return self.bounded_mem_mb(1500 + 3 * base_mb)
-        return int(1500 + (3 if merge["method"] == "peft" else 0.2) * base_mb)
-
-    def evaluation_mem_mb(self, artifact: str, inputs_mb: float) -> int:
-        """torch steps (HF, PEFT) stream within the budget; llama.cpp maps the GGUF whole (loraforge.forms)."""
-        return self.form(artifact).evaluation_mem_mb(self, inputs_mb)
-
-    # --- checks before any job -----------------------------------------------------------------------------
-
     def check_inputs(self) -> None:
-        """Bad input fails here, in a second, before any job runs: headers, JSON and texts only, no weights."""
-        from ..compression import check_spec
-        from ..evaluation.windows import read_text
-        from ..preflight import inspect_base, validate_inputs
-        from ..quantization.imatrix import overlap
+        """Bad input fails here, in a second, before any job runs (loraforge.workflow.preflight)."""
+        from .preflight import check_inputs
 
-        base_built = self.produced(self.base)
-        base = None
-        if not base_built:
-            try:
-                base = inspect_base(self.base)
-            except PipelineError as e:
-                raise ConfigError("base_model", str(e)) from None
-        for name in self.adapters:
-            specs = self.adapter_specs(name)
-            if base_built or any(self.produced(s["path"]) for s in specs):
-                continue
-            try:
-                validate_inputs(self.base, specs)
-            except PipelineError as e:
-                # the base's own files (its tokenizer, which no adapter replaces) are the base's problem
-                own = str(e).startswith((f"{self.base}", f"{base.path}")) if base else False
-                raise ConfigError("base_model" if own else f"adapters.{name}", str(e)) from None
-        texts = {f"evaluation.texts.{n}": p for n, p in self.texts.items()}
-        if self.config["checks"]["text"]:
-            texts["checks.text"] = self.config["checks"]["text"]
-        if self.imatrix:
-            texts["quantize.imatrix.text"] = self.imatrix["text"]
-        if self.compress:
-            texts["compress.text"] = self.compress["text"]
-        if self.hfq:
-            texts["hf_quant.text"] = self.hfq["text"]
-        for key, path in texts.items():
-            if not self.produced(path):
-                try:
-                    read_text(path)
-                except PipelineError as e:
-                    raise ConfigError(key, str(e)) from None
-        named = {n: p for n, p in self.texts.items() if not self.produced(p)}
-        calibration = {
-            "quantize.imatrix.text": (self.imatrix or {}).get("text"),
-            "compress.text": (self.compress or {}).get("text"),
-            "hf_quant.text": (self.hfq or {}).get("text"),
-        }
-        for key, text in calibration.items():
-            if text and not self.produced(text):
-                same = overlap(text, named)
-                if same:
-                    raise ConfigError(
-                        key,
-                        f"{text} overlaps evaluation.texts.{same}: calibrating on evaluated text makes the scores "
-                        "optimistic; use other text",
-                    )
-        if base is not None and self.hfq and self.hfq_models():
-            self._check_hf_quant(base.path)
-        if base is not None:
-            n_ctx = self.config["evaluation"]["n_ctx"]
-            limit = base.config.get("max_position_embeddings")
-            if self.evaluate and limit and n_ctx > limit:
-                raise ConfigError(
-                    "evaluation.n_ctx", f"{n_ctx} is more than the base model's context length ({limit}, config.json)"
-                )
-            if self.compress:
-                for spec_name, spec in self.compress["specs"].items():
-                    try:
-                        check_spec(spec, base.config, self.row_multiple)
-                    except PipelineError as e:
-                        raise ConfigError(f"compress.specs.{spec_name}", str(e)) from None
-
-    def _check_hf_quant(self, base_dir) -> None:
-        """The group size against the base's rows (an adapter does not change them) and the calibration text's
-        length in the base's tokens."""
-        from transformers import AutoTokenizer
-
-        from ..hfquant import calibration_windows, group_size_for
-
-        try:
-            group_size_for(base_dir, self.hfq["group_size"])
-        except PipelineError as e:
-            raise ConfigError("hf_quant.group_size", str(e)) from None
-        if not self.produced(self.hfq["text"]):
-            tokenizer = AutoTokenizer.from_pretrained(str(base_dir), local_files_only=True)
-            try:
-                calibration_windows(tokenizer, self.hfq["text"], self.hfq["samples"], self.hfq["seq_len"])
-            except PipelineError as e:
-                raise ConfigError("hf_quant.text", str(e)) from None
-
-
-def size_mb(path) -> float:
-    """MB of a file or directory tree that exists; 0 for one not built yet (a job's resources at planning)."""
-    p = Path(path)
-    if p.is_file():
-        return p.stat().st_size / 2**20
-    if not p.exists():
-        return 0.0
-    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) / 2**20
+        check_inputs(self)

@@ -14,7 +14,7 @@ key and the spellings it accepts. Values from a config file are already typed an
 
 from __future__ import annotations
 
-from .plan import ConfigError
+from .config_checks import ConfigError
 
 TRUE = {"true", "yes", "on", "1"}
 FALSE = {"false", "no", "off", "0"}

@@ -1,0 +1,153 @@
+"""What each job reads and the memory it needs: a part of ``Plan`` (its mixin). Paths only; the workflow marks
+the external ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..forms import LORA, VLLM_LORA
+from . import paths
+
+
+class JobInputs:
+    """The inputs and resources of each rule's jobs (``Plan`` provides names and paths)."""
+
+    # --- the inputs of each job (paths; the workflow marks the external ones) ---------------------------------
+
+    def external_paths(self) -> set[str]:
+        """Inputs this workflow reads but does not build: only their content (a fingerprint param) triggers reruns."""
+        out = {self.base, *(self.texts.values())}
+        out |= {s["path"] for a in self.adapters for s in self.adapter_specs(a)}
+        if self.imatrix:
+            out.add(self.imatrix["text"])
+        if self.compress:
+            out.add(self.compress["text"])
+        if self.hfq:
+            out.add(self.hfq["text"])
+        return {p for p in out if not self.produced(p)}
+
+    def adapter_inputs(self, adapter: str) -> dict:
+        """The base and the adapter stack of one adapter."""
+        return {"base": self.base, "adapters": [s["path"] for s in self.adapter_specs(adapter)]}
+
+    def reference_inputs(self, adapter: str) -> dict:
+        """What the float32 reference of an adapter is computed from: its merged model, or (LoRA-only) the base with
+        the adapter applied through PEFT, unmerged."""
+        if self.merged:
+            return {"model_dir": paths.MERGED.format(adapter=adapter)}
+        return self.adapter_inputs(adapter)
+
+    def lora_check_inputs(self, adapter: str) -> dict:
+        """What convert_lora checks the LoRA GGUF against besides running PEFT itself: nothing with a merged form; in
+        a LoRA-only revision the evaluation's reference, which is that PEFT float32 model's log-probs already."""
+        return {} if self.merged else {"reference": paths.REFERENCE.format(adapter=adapter)}
+
+    def convert_inputs(self, model: str) -> dict:
+        """The HF model a float GGUF is converted from; for an adapter's merged model with evaluation on, also its
+        float32 reference, which the conversion check compares the GGUF with instead of running the HF model again."""
+        inputs = {"model_dir": self.model_dir(model)}
+        if self.convert_check:
+            inputs.update(self.check_reference(model))
+        return inputs
+
+    def check_reference(self, model: str) -> dict:
+        """The stored float32 reference the checks of ``model``'s GGUFs compare with instead of running its HF model
+        (conversion) or its float GGUF (quantization) again: an adapter's merged model's, where evaluation computes
+        it; none for the base and compressed models, whose evaluation references are other models'."""
+        if self.evaluate and self.merged and model in self.adapters:
+            return {"reference": paths.REFERENCE.format(adapter=model)}
+        return {}
+
+    def hfq_inputs(self, model: str) -> dict:
+        return {"model_dir": self.model_dir(model), "text": self.hfq["text"]}
+
+    def quantize_inputs(self, model: str, gguf_type: str) -> dict:
+        inputs = {"gguf": self.gguf(model, self.float_type), **self.check_reference(model)}
+        if gguf_type.endswith("-imat"):
+            inputs["imatrix"] = paths.IMATRIX.format(model=model)
+        return inputs
+
+    def evaluation_inputs(self, model: str, artifact: str) -> dict:
+        """What evaluate_artifact scores: base + adapters (PEFT), an HF model dir, a GGUF, or base GGUF + LoRA GGUF;
+        and the reference it is compared with (a compressed model's is its teacher's)."""
+        inputs = {"reference": paths.REFERENCE.format(adapter=self.teacher(model))}
+        return {**inputs, **self.form(artifact).evaluation_inputs(self, model, artifact)}
+
+    def register_inputs(self, model: str, variant: str) -> dict:
+        """The registered file, its build check, the merge check and model dir of its revision, and (with
+        evaluation) its metrics: registration waits for them, so a failing quality gate blocks it."""
+        common = {}
+        if self.merged:  # the merged model is registered with the version, and its merge check holds the lineage
+            common = {"merge": paths.MERGE_CHECK.format(adapter=self.teacher(model)), "merged": self.model_dir(model)}
+        if variant == self.lora_variant:  # the adapter's LoRA GGUF, an artifact of the same revision
+            lora = self.lora_gguf_of(model)
+            inputs = {"gguf": lora, "check": f"{lora}.json", **common}
+            # its numbers are the pairs': one evaluation per base GGUF type it was measured on
+            measured = [f"{LORA}{t}" for t in self.gguf_types if self.evaluated_form(f"{LORA}{t}")]
+            if measured:
+                inputs["lora_metrics"] = [self.metrics(model, art) for art in measured]
+            return inputs
+        if variant.startswith(VLLM_LORA):  # the adapter's PEFT directory, served on the base's checkpoint
+            scheme = variant.removeprefix(VLLM_LORA)
+            inputs = {**common, **self.adapter_inputs(model)}
+            inputs.update(checkpoint=self.hfq_dir("base", scheme), check=self.hfq_check("base", scheme))
+            if self.evaluated_form(variant):
+                inputs["metrics"] = self.metrics(model, variant)
+            return inputs
+        if variant in self.hfq_schemes:
+            inputs = {"checkpoint": self.hfq_dir(model, variant), "check": self.hfq_check(model, variant), **common}
+        else:
+            inputs = {"gguf": self.gguf(model, variant), "check": self.gguf_check(model, variant), **common}
+        if self.evaluated_form(variant):
+            inputs["metrics"] = self.metrics(model, variant)
+        return inputs
+
+    def deploy_inputs(self, adapter: str) -> dict:
+        t = self.deploy_type
+        inputs = self.adapter_inputs(adapter)
+        if self.merged:
+            inputs.update(merged_gguf=self.gguf(adapter, t), merged=paths.MERGED.format(adapter=adapter))
+        if self.lora_form(adapter):
+            inputs["base_gguf"] = self.gguf("base", t)
+            inputs["lora_gguf"] = self.lora_gguf_of(adapter)
+        if adapter in self.hfq_adapters:
+            inputs["checkpoints"] = [self.hfq_dir(adapter, s) for s in self.hfq_schemes]
+        if self.vllm_lora_form(adapter):
+            inputs["base_checkpoints"] = [self.hfq_dir("base", s) for s in self.hfq_schemes]
+        if self.evaluate:
+            inputs["metrics"] = [self.metrics(adapter, art) for art in self.artifacts_of(adapter)]
+            if self.evaluate_base:
+                inputs["base_metrics"] = paths.BASE_METRICS
+        if self.split:
+            inputs["splits"] = [paths.SPLIT_CHECK.format(model=adapter, gguf_type=t) for t in self.gguf_types]
+        return inputs
+
+    # --- resources -----------------------------------------------------------------------------------------
+
+    def bounded_mem_mb(self, estimate_mb: float, runtime_mb: int = 1500) -> int:
+        """A torch job's mem_mb: its whole-model estimate, or the memory budget (plus the runtime's own) when a
+        model that large would stream layer by layer within it."""
+        if self.budget_mb is None:
+            return int(estimate_mb)
+        return int(min(estimate_mb, self.budget_mb + runtime_mb))
+
+    def merge_mem_mb(self, base_mb: float) -> int:
+        """Streaming: largest tensor + constant; the PEFT check (and method peft) holds the model twice."""
+        merge = self.config["merge"]
+        if merge["check"] and merge["method"] != "peft":
+            return self.bounded_mem_mb(1500 + 3 * base_mb)
+        return int(1500 + (3 if merge["method"] == "peft" else 0.2) * base_mb)
+
+    def evaluation_mem_mb(self, artifact: str, inputs_mb: float) -> int:
+        """torch steps (HF, PEFT) stream within the budget; llama.cpp maps the GGUF whole (loraforge.forms)."""
+        return self.form(artifact).evaluation_mem_mb(self, inputs_mb)
+
+
+def size_mb(path) -> float:
+    """MB of a file or directory tree that exists; 0 for one not built yet (a job's resources at planning)."""
+    p = Path(path)
+    if p.is_file():
+        return p.stat().st_size / 2**20
+    if not p.exists():
+        return 0.0
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) / 2**20
