@@ -181,15 +181,15 @@ def test_the_schema_offers_exactly_the_schemes_the_table_builds():
     import yaml
     from conftest import REPO
 
-    from loraforge import hfquant_worker
     from loraforge.hfquant import SCHEMES
+    from loraforge.hfquant import worker as hfquant_worker
 
     schema = yaml.safe_load((REPO / "schemas" / "config.schema.yaml").read_text())
     offered = schema["properties"]["hf_quant"]["properties"]["schemes"]["items"]["enum"]
     assert sorted(offered) == sorted(SCHEMES)
     assert {s.method for s in SCHEMES.values()} <= set(hfquant_worker.METHODS)
     # the worker imports nothing of loraforge (it runs in llm-compressor's own environment)
-    tree = ast.parse((REPO / "src" / "loraforge" / "hfquant_worker.py").read_text())
+    tree = ast.parse((REPO / "src" / "loraforge" / "hfquant" / "worker.py").read_text())
     imported = {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     assert not any(m.startswith(("loraforge", ".")) for m in imported), imported
