@@ -26,8 +26,8 @@ rule prune_model:
     params:
         spec=lambda w: plan.compress_spec(w.model),
         fingerprint=fingerprint(COMPRESS.get("text")),
-        n_ctx=COMPRESS.get("n_ctx", 256),
-        max_tokens=COMPRESS.get("max_tokens", 4096),
+        n_ctx=COMPRESS.get("n_ctx"),
+        max_tokens=COMPRESS.get("max_tokens"),
         row_multiple=plan.row_multiple,
         version=loraforge.__version__,
     script:
@@ -58,7 +58,7 @@ rule distill_model:
     params:
         distill=lambda w: plan.compress_spec(w.model)["distill"],
         fingerprint=fingerprint(COMPRESS.get("text")),
-        n_ctx=COMPRESS.get("n_ctx", 256),
+        n_ctx=COMPRESS.get("n_ctx"),
         version=loraforge.__version__,
     script:
         "../scripts/distill_model.py"
