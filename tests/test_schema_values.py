@@ -59,6 +59,7 @@ def test_a_section_that_may_be_null_takes_its_defaults_from_the_schema():
         "group_size": None,
         "seq_len": 512,
         "multi_lora": True,
+        "vllm": False,
     }
 
 
@@ -73,8 +74,10 @@ def test_no_default_is_written_in_code_that_the_schema_does_not_give():
 
     assert sorted(defaults(SCHEMA)) == sorted(
         [".properties.quantize.properties.imatrix.properties." + k for k in ("n_ctx", "chunks")]
-        + [".properties.hf_quant.properties." + k for k in ("group_size", "samples", "seq_len", "multi_lora")]
+        + [".properties.hf_quant.properties." + k for k in ("group_size", "samples", "seq_len", "multi_lora", "vllm")]
+        + [".properties.compress.properties." + k for k in ("n_ctx", "max_tokens")]
     )
-    for path in ("src/loraforge/workflow/plan.py", "rules/quantize.smk"):
+    for path in ("src/loraforge/workflow/plan.py", "rules/quantize.smk", "rules/compress.smk"):
         code = (REPO / path).read_text()
         assert '"samples": 16' not in code and 'get("n_ctx", 512)' not in code, path
+        assert 'get("n_ctx", 256)' not in code and 'get("max_tokens", 4096)' not in code, path

@@ -455,7 +455,7 @@ def test_hf_quant_inputs_are_checked_before_any_job(models, tmp_path, llmcompres
     cfg["evaluation"]["texts"] = {"general": str(models["text"])}
     calibration = tmp_path / "calibration.txt"
     calibration.write_text("def f(x):\n    return x * 2\n" * 400)
-    cfg["hf_quant"] = {**HFQ, "text": str(calibration), "group_size": None, "samples": 4, "seq_len": 64}
+    cfg["hf_quant"] = {**HFQ, "text": str(calibration), "group_size": None, "samples": 4, "seq_len": 64, "vllm": False}
     cfg["hf_quant"]["multi_lora"] = True
     Plan(copy.deepcopy(cfg)).check_inputs()
     bad = copy.deepcopy(cfg)
@@ -476,7 +476,7 @@ def test_hf_quant_inputs_are_checked_before_any_job(models, tmp_path, llmcompres
 def test_adapters_vllm_cannot_serve_have_no_multi_lora_form(models, tmp_path, llmcompressor_env):
     dora = make_adapter(models["base"], tmp_path / "dora", r=4, use_dora=True)
     cfg = config(base_model=str(models["base"]), adapters={"alpha": str(models["alpha"]), "dora": str(dora)})
-    cfg["hf_quant"] = {**HFQ, "models": ["alpha"]}
+    cfg["hf_quant"] = {**HFQ, "models": ["alpha"], "vllm": False}
     cfg["hf_quant"]["multi_lora"] = True
     said = []
     p = Plan(cfg, notify=said.append)
@@ -525,3 +525,22 @@ def test_every_evaluated_artifact_is_of_exactly_one_form(llmcompressor_env):
     assert len({f.label for f in FORMS}) == len(FORMS)
     with pytest.raises(PipelineError, match=r"unknown artifact kind 'vllm' \(one of gguf, lora, hf, peft, hfq"):
         form("vllm")
+
+
+def test_hf_quant_vllm_scores_the_checkpoint_forms_and_needs_vllms_environment(
+    llmcompressor_env, monkeypatch, tmp_path
+):
+    import sys
+
+    monkeypatch.setenv("LORAFORGE_VLLM_PYTHON", sys.executable)
+    p = plan(hf_quant={**HFQ, "vllm": True})
+    assert [a for a in p.artifacts_of("alpha") if p.served_by_vllm(a)] == [
+        "GPTQ-W4A16",
+        "AWQ-W4A16",
+        "vllm-lora-GPTQ-W4A16",
+        "vllm-lora-AWQ-W4A16",
+    ]
+    assert not plan(hf_quant=HFQ).served_by_vllm("GPTQ-W4A16")
+    monkeypatch.setenv("LORAFORGE_VLLM_PYTHON", str(tmp_path / "none"))
+    with pytest.raises(ConfigError, match=r"config hf_quant.vllm: \$LORAFORGE_VLLM_PYTHON=.*none: no such Python"):
+        plan(hf_quant={**HFQ, "vllm": True})

@@ -42,6 +42,7 @@ class Form:
     streams: ClassVar[bool] = False  # torch: layer by layer within memory.budget_mb when the model is larger
     takes_adapters: ClassVar[bool] = False  # its evaluation applies the adapter directories through PEFT
     llama_cpp: ClassVar[bool] = False  # scored through llama.cpp, tokenizing the text itself
+    vllm_served: ClassVar[bool] = False  # what vLLM serves: with hf_quant.vllm also scored through vLLM itself
 
     def owns(self, artifact: str, schemes: Iterable[str]) -> bool:
         raise NotImplementedError
@@ -149,6 +150,7 @@ class Checkpoint(Form):
     """A GPTQ / AWQ compressed-tensors checkpoint of a merged model (variant: the scheme), for vLLM."""
 
     kind, label, registry_kind = Kind.CHECKPOINT, "merged, compressed-tensors (vLLM)", "hf-quant"
+    vllm_served = True
 
     def owns(self, artifact, schemes):
         return artifact in schemes
@@ -160,7 +162,8 @@ class Checkpoint(Form):
         return [*plan.model_steps(name), plan.benchmark("quantize_hf", f"{name}-{artifact}")]
 
     def evaluation_mem_mb(self, plan, inputs_mb):
-        return int(2000 + 8 * inputs_mb)  # decompressed to 16-bit weights, loaded whole
+        # decompressed to 16-bit weights, loaded whole; then vLLM's process, its weights and its 1 GiB KV cache
+        return int(2000 + 8 * inputs_mb + (2500 + 3 * inputs_mb if plan.vllm_scored else 0))
 
 
 class CheckpointLora(Checkpoint):

@@ -83,7 +83,30 @@ def _rows(base_json, metric_jsons, benchmarks: dict | None = None) -> tuple[list
             if t not in texts:
                 texts.append(t)
         rows.append(row)
+        if m.served:
+            rows.append(_served_row(row, m.served))
     return rows, texts
+
+
+def _served_row(row: dict, served: dict) -> dict:
+    """A form as vLLM serves it (loraforge.vllm.scoring), below the stand-in's row: its KLD is a lower bound (the
+    top-20 tokens with the rest lumped), and says so; a form this CPU's vLLM cannot run says why."""
+    out = {k: row[k] for k in ("adapter", "size_mb", "per_adapter_mb", "bits_per_weight") if k in row}
+    out["artifact"] = f"{row['artifact']} (vLLM)"
+    if served.get("not_scored"):
+        out["form"] = f"not scored by vLLM: {served['not_scored']}"
+        return out
+    lumped = f"KLD: top-{served['top_k']} lumped, a lower bound"
+    out["form"] = f"as {served['engine']} serves it ({served['dtype']}); {lumped}"
+    out.update(
+        mean_kld=served["kld_lumped_mean"],
+        p99_kld=served["kld_lumped_p99"],
+        top1_agreement=served["top1_agreement"],
+        tokens_per_second=served["tokens_per_second"],
+    )
+    for t, v in served["texts"].items():
+        out[f"ppl:{t}"] = v["ppl"]
+    return out
 
 
 def _form(kind: str, artifact: str) -> str:

@@ -200,9 +200,13 @@ def evaluate_artifact(
     check_json=None,
     lora_check_json=None,
     hash_cache=WORKFLOW_HASH_CACHE,
+    served=None,
     **kwargs,
 ) -> Metrics:
     """The evaluate_artifact rule: measure, then apply gates; a failing gate fails the rule, no JSON written.
+
+    ``served``: a function of the measured Metrics that scores the artifact as it is served (vLLM:
+    loraforge.vllm.scoring.served_check) and raises when that disagrees; what it returns is recorded as ``served``.
 
     With ``check_json`` (a GGUF's build sidecar; ``lora_check_json`` the LoRA GGUF's), the file must still be the
     bytes that were built (hashed once per file state: ``hash_cache``, the workflow's, keyed by its stat)."""
@@ -212,6 +216,8 @@ def evaluate_artifact(
             hashes[key] = verify_built(kwargs[key], sidecar, cache)
     cache.save()
     result = dataclasses.replace(evaluate(label=label, _hashes=hashes, **kwargs), gates=gates or {})
+    if served is not None:
+        result = dataclasses.replace(result, served=served(result))
     log.info("evaluation of %s: %s", label, json.dumps(result.to_json(), indent=1))
     failures = check_gates(result, gates, label)
     if failures:

@@ -56,13 +56,17 @@ class Metrics:
     lora_sha256: str | None = None
     memory_plan: dict | None = None  # HF/PEFT with a memory budget: loaded whole or streamed, and the batch
     compute_dtype: str | None = None  # HF/PEFT/checkpoints: what torch computed in (loraforge.device.compute_dtype)
+    served: dict | None = None  # GPU-serving forms scored through vLLM itself too (loraforge.vllm.scoring)
     gates: dict = field(default_factory=dict)
 
     def ppl(self) -> dict[str, float]:
         return {name: t.ppl for name, t in self.texts.items()}
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if out["served"] is None:  # only the forms scored through vLLM have it
+            del out["served"]
+        return out
 
     @classmethod
     def from_json(cls, data: dict) -> Metrics:

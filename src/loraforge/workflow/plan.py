@@ -162,8 +162,16 @@ class Plan(Targets, JobInputs, Settings):
         self.hfq_compressed: list[str] = []  # compressed models that do
         self.hfq_multi_lora = bool(hfq and hfq["multi_lora"])
         self._vllm_refusal = functools.cache(self._vllm_refusal_uncached)
+        self.vllm_scored = bool(hfq and hfq["vllm"])  # the checkpoint forms also scored through vLLM itself
         if not hfq:
             return
+        if self.vllm_scored:
+            from ..vllm import tool_python as vllm_python
+
+            try:
+                vllm_python()
+            except PipelineError as e:
+                raise ConfigError("hf_quant.vllm", str(e)) from None
         for s in self.hfq_schemes:
             if s not in SCHEMES:
                 raise ConfigError("hf_quant.schemes", f"{s} is not one of {', '.join(SCHEMES)}")
@@ -228,6 +236,10 @@ class Plan(Targets, JobInputs, Settings):
     def form(artifact: str) -> Form:
         """The form of an evaluated artifact (loraforge.forms): how it is scored, stored, labelled and read."""
         return form_of(artifact, SCHEMES)
+
+    def served_by_vllm(self, artifact: str) -> bool:
+        """Whether the evaluation of ``artifact`` also scores it through vLLM (hf_quant.vllm, a checkpoint form)."""
+        return self.vllm_scored and self.form(artifact).vllm_served
 
     @classmethod
     def artifact_kind(cls, artifact: str) -> str:

