@@ -185,8 +185,9 @@ def model_card(
         "quantized_by": quantized_by,
     }
     texts = sorted({t for m in metrics.values() for t in m.texts})
-    rows = [
-        {
+    rows = []
+    for artifact, m in metrics.items():
+        row = {
             "name": artifact,
             "size_mb": m.size_bytes / 1e6 if m.size_bytes else None,
             "bits_per_weight": m.bits_per_weight,
@@ -194,8 +195,18 @@ def model_card(
             "top1": m.top1_agreement,
             "ppl": {t: tm.ppl for t, tm in m.texts.items()},
         }
-        for artifact, m in metrics.items()
-    ]
+        rows.append(row)
+        served = m.served or {}
+        if served and not served.get("not_scored"):  # as vLLM serves it: its KLD is a lower bound (top-20 lumped)
+            rows.append(
+                {
+                    **row,
+                    "name": f"{artifact} through {served['engine']} (KLD: top-{served['top_k']} lumped, a lower bound)",
+                    "mean_kld": served["kld_lumped_mean"],
+                    "top1": served["top1_agreement"],
+                    "ppl": {t: v["ppl"] for t, v in served["texts"].items()},
+                }
+            )
     base_ppl = None
     if base_metrics:
         base_ppl = ", ".join(f"{t} {number(m.ppl, '.3f')}" for t, m in sorted(base_metrics.texts.items()))
