@@ -64,3 +64,28 @@ def test_report_of_base_and_artifacts(tmp_path):
     rows = report_quality(None, files, out["html"], out["tsv"], out["svg1"], out["svg2"])
     assert [r["artifact"] for r in rows] == ["F16", "Q8_0", "Q4_K_M"]
     assert out["html"].read_text().count("<tr>") == 4 and "Q4_K_M" in out["svg2"].read_text()
+
+
+def test_a_form_vllm_scored_gets_its_own_row_and_one_it_could_not_says_why(tmp_path):
+    served = {
+        "engine": "vLLM 0.32.0",
+        "dtype": "bfloat16",
+        "top_k": 20,
+        "kld_lumped_mean": 0.117,
+        "kld_lumped_p99": 0.88,
+        "top1_agreement": 0.818,
+        "tokens_per_second": 472.0,
+        "texts": {"general": {"ppl": 7.84}},
+    }
+    files = []
+    for art, extra in (("AWQ-W4A16", served), ("GPTQ-W4A16", {"engine": "vLLM", "not_scored": "no W4A16 kernel"})):
+        m = {**metrics(f"code/{art}", 7.8, 0.15, 114_000_000, 6.8), "kind": "hfq", "served": extra}
+        files.append(tmp_path / f"{art}.json")
+        files[-1].write_text(json.dumps(m))
+    out = {k: tmp_path / f"out.{k}" for k in ("html", "tsv", "svg1", "svg2")}
+    rows = report_quality(None, files, out["html"], out["tsv"], out["svg1"], out["svg2"])
+    assert [r["artifact"] for r in rows] == ["AWQ-W4A16", "AWQ-W4A16 (vLLM)", "GPTQ-W4A16", "GPTQ-W4A16 (vLLM)"]
+    assert rows[1]["form"] == "as vLLM 0.32.0 serves it (bfloat16); KLD: top-20 lumped, a lower bound"
+    assert (rows[1]["mean_kld"], rows[1]["top1_agreement"], rows[1]["ppl:general"]) == (0.117, 0.818, 7.84)
+    assert rows[0]["mean_kld"] == 0.15 and rows[0]["form"] == "merged, compressed-tensors (vLLM)"
+    assert rows[3]["form"] == "not scored by vLLM: no W4A16 kernel" and "mean_kld" not in rows[3]
