@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -128,6 +130,35 @@ def test_every_gguf_is_registered_under_its_revision_with_lineage_and_metrics(bu
     ev = q8.metrics["evaluation"]
     assert 0 < ev["mean_kld"] < 0.05 and q8.metrics["check"]["finite_logits"] is True
     assert set(ev["texts"]) == {"general"} and ev["artifact_sha256"] == q8.sha256
+
+
+def test_verify_served_tells_which_version_a_llama_server_serves(built):
+    """Each GGUF's evaluation recorded its probe through llama-server; `loraforge-registry verify-served` sends it to
+    a running llama-server: alpha's Q8_0 served is alpha (and names the artifact), not beta; the base GGUF with
+    alpha's LoRA GGUF (`--lora`) is alpha's LoRA form."""
+    from loraforge.llamacpp.server import llama_server
+
+    wf, *_ = built
+    reg, res = wf.root / "registry.sqlite", wf.root / "results"
+
+    def verify(url, *args):
+        exe = Path(sys.executable).with_name("loraforge-registry")
+        r = subprocess.run([exe, "--registry", reg, "verify-served", url, *args], capture_output=True, text=True)
+        return r.returncode, r.stdout, r.stderr
+
+    ev = json.loads((res / "eval" / "alpha" / "Q8_0.json").read_text())
+    assert ev["probe"]["engine"].startswith("llama-server (llama-cpp-python ")
+    assert len(ev["probe"]["prompt"]) == 32 and len(ev["probe"]["tokens"]) == 16
+    with llama_server(res / "gguf" / "alpha" / "alpha-Q8_0.gguf", n_ctx=256) as server:
+        code, out, err = verify(server.url, "alpha", "--quant", "Q8_0")
+        assert code == 0 and f"llama-server at {server.url} serves alpha v1 Q8_0" in out, out + err
+        code, out, err = verify(server.url, "beta")
+        assert code == 1 and err.count("\n") == 1 and "does not serve beta v1: " in err, err
+        assert "beta v1" in err and "Q8_0: " in err  # each of beta's llama-server probes says why
+    lora = res / "lora" / "alpha" / "alpha-lora-F16.gguf"
+    with llama_server(res / "gguf" / "base" / "base-F16.gguf", loras=[lora], n_ctx=256) as server:
+        code, out, err = verify(server.url, "alpha")
+        assert code == 0 and "serves alpha v1 lora-F16 on F16" in out, out + err
 
 
 def test_registering_again_adds_no_version(built_copy):

@@ -193,6 +193,20 @@ def evaluate(
     )
 
 
+def gguf_probe(gguf, lora, reference, threads: int = 1) -> dict:
+    """The probe (loraforge.serving) of a GGUF, or of a base GGUF with a LoRA GGUF, as llama-server serves it."""
+    from ..llamacpp.server import llama_server
+    from ..llamacpp.toolchain import locate
+    from ..serving import NEW_TOKENS, probe_llama_server, probe_prompt
+
+    prompt = probe_prompt(reference)
+    n_ctx = len(prompt) + NEW_TOKENS + 16
+    loras = [lora] if lora else None
+    with llama_server(gguf, loras=loras, n_ctx=n_ctx, threads=threads, extra=["--no-warmup"]) as server:
+        probe = probe_llama_server(server.url, prompt)
+    return {**probe, "engine": f"llama-server ({locate().revision})"}
+
+
 def evaluate_artifact(
     out_json,
     label: str,
@@ -206,7 +220,9 @@ def evaluate_artifact(
     """The evaluate_artifact rule: measure, then apply gates; a failing gate fails the rule, no JSON written.
 
     ``served``: a function of the measured Metrics that scores the artifact as it is served (vLLM:
-    loraforge.vllm.scoring.served_check) and raises when that disagrees; what it returns is recorded as ``served``.
+    loraforge.vllm.scoring.served_check) and raises when that disagrees; what it returns is recorded as ``served``,
+    its probe as ``probe``. A GGUF's probe comes from llama-server (:func:`gguf_probe`): what
+    ``loraforge-registry verify-served`` later compares a running server with.
 
     With ``check_json`` (a GGUF's build sidecar; ``lora_check_json`` the LoRA GGUF's), the file must still be the
     bytes that were built (hashed once per file state: ``hash_cache``, the workflow's, keyed by its stat)."""
@@ -217,7 +233,11 @@ def evaluate_artifact(
     cache.save()
     result = dataclasses.replace(evaluate(label=label, _hashes=hashes, **kwargs), gates=gates or {})
     if served is not None:
-        result = dataclasses.replace(result, served=served(result))
+        through_vllm = dict(served(result))
+        result = dataclasses.replace(result, served=through_vllm, probe=through_vllm.pop("probe", None))
+    elif form(kwargs["kind"]).llama_cpp and kwargs.get("reference") is not None:
+        probe = gguf_probe(kwargs["path"], kwargs.get("lora"), kwargs["reference"], kwargs.get("threads", 1))
+        result = dataclasses.replace(result, probe=probe)
     log.info("evaluation of %s: %s", label, json.dumps(result.to_json(), indent=1))
     failures = check_gates(result, gates, label)
     if failures:

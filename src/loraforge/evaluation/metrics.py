@@ -57,6 +57,7 @@ class Metrics:
     memory_plan: dict | None = None  # HF/PEFT with a memory budget: loaded whole or streamed, and the batch
     compute_dtype: str | None = None  # HF/PEFT/checkpoints: what torch computed in (loraforge.device.compute_dtype)
     served: dict | None = None  # GPU-serving forms scored through vLLM itself too (loraforge.vllm.scoring)
+    probe: dict | None = None  # the greedy continuation its server gives a fixed prompt (loraforge.serving)
     gates: dict = field(default_factory=dict)
 
     def ppl(self) -> dict[str, float]:
@@ -64,8 +65,9 @@ class Metrics:
 
     def to_json(self) -> dict:
         out = dataclasses.asdict(self)
-        if out["served"] is None:  # only the forms scored through vLLM have it
-            del out["served"]
+        for key in ("served", "probe"):  # only the forms scored through a server have them
+            if out[key] is None:
+                del out[key]
         return out
 
     @classmethod

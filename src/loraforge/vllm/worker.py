@@ -6,8 +6,12 @@ vLLM and numpy only, never loraforge, whose stack is newer than vLLM accepts.
 The request names the model directory (an HF model or a compressed-tensors checkpoint), its dtype, an optional
 LoRA adapter directory served on it (``--enable-lora``), the token windows and ``top_k``. The worker loads the
 model once, as ``vllm.LLM`` does for ``vllm serve``, and writes, for every window, each next token's log-prob and
-the ``top_k`` most likely tokens with theirs (``out``, an .npz), and what it loaded (``result``, JSON). Errors exit
-2 with one line on stderr.
+the ``top_k`` most likely tokens with theirs (``out``, an .npz), and what it loaded (``result``, JSON).
+
+With ``probe`` (token ids), ``result`` also has the greedy continuation of ``probe_tokens`` tokens, each with the
+top-2 log-probs (loraforge.serving). With ``check_base`` and a LoRA, the windows are also scored with no adapter on
+the LoRA-enabled engine and on a plain one (``base_with_lora``, ``base_without_lora`` in ``out``). Errors exit 2
+with one line on stderr.
 """
 
 from __future__ import annotations
@@ -30,11 +34,14 @@ def main(request_file: str) -> int:
     lora = req.get("lora")
     windows = req["windows"]
     top_k = int(req["top_k"])
-    llm = LLM(
+    longest = max(len(w) for w in windows) + 1  # a window and the one token generated
+    if req.get("probe"):
+        longest = max(longest, len(req["probe"]) + int(req["probe_tokens"]))
+    engine = dict(
         model=req["model"],
         tokenizer=req.get("tokenizer") or req["model"],
         dtype=req.get("dtype", "auto"),
-        max_model_len=max(len(w) for w in windows) + 1,  # the prompt and the one token generated
+        max_model_len=longest,
         enable_lora=bool(lora),
         max_lora_rank=req.get("max_lora_rank", 16) if lora else None,
         max_logprobs=top_k,
@@ -42,6 +49,7 @@ def main(request_file: str) -> int:
         seed=0,
         enable_prefix_caching=False,
     )
+    llm = LLM(**engine)
     load_s = time.time() - t0
     request = None
     if lora:
@@ -58,6 +66,21 @@ def main(request_file: str) -> int:
         # one index per request, which fails (an einsum shape error) for two requests scored at once
         outs = [llm.generate([p], params, lora_request=request, use_tqdm=False)[0] for p in prompts]
     score_s = time.time() - t1
+    probe = None
+    if req.get("probe"):  # the greedy continuation a server gives this prompt (loraforge.serving)
+        greedy = SamplingParams(max_tokens=int(req["probe_tokens"]), temperature=0.0, logprobs=2, ignore_eos=True)
+        done = llm.generate([{"prompt_token_ids": req["probe"]}], greedy, lora_request=request, use_tqdm=False)[0]
+        c = done.outputs[0]
+        probe = [
+            [int(t), float(lps[t].logprob), [[int(k), float(v.logprob)] for k, v in lps.items()]]
+            for t, lps in zip(c.token_ids, c.logprobs, strict=True)
+        ]
+    base_with_lora = None
+    if lora and req.get("check_base"):
+        # vllm-project/vllm#49063: --enable-lora alone changed requests that use no adapter; score the base here,
+        # then again on an engine without LoRA (below), and the caller compares the two
+        base_outs = [llm.generate([p], params, use_tqdm=False)[0] for p in prompts]  # one a call, as above
+        base_with_lora = _token_logprobs(windows, base_outs, np)
     n = len(windows[0]) - 1
     token_lp = np.zeros((len(windows), n), dtype=np.float32)
     top_ids = np.zeros((len(windows), n, top_k), dtype=np.int64)
@@ -69,7 +92,19 @@ def main(request_file: str) -> int:
             for j, (_rank, t, v) in enumerate(ranked[:top_k]):
                 top_ids[b, i, j] = t
                 top_lp[b, i, j] = v
-    np.savez(req["out"], token_logprobs=token_lp, top_ids=top_ids, top_logprobs=top_lp)
+    arrays = {"token_logprobs": token_lp, "top_ids": top_ids, "top_logprobs": top_lp}
+    if base_with_lora is not None:
+        import gc
+
+        del llm
+        gc.collect()
+        t2 = time.time()
+        plain = LLM(**{**engine, "enable_lora": False, "max_lora_rank": None})
+        arrays["base_with_lora"] = base_with_lora
+        arrays["base_without_lora"] = _token_logprobs(windows, plain.generate(prompts, params, use_tqdm=False), np)
+        base_check_s = time.time() - t2
+        llm = plain
+    np.savez(req["out"], **arrays)
     import vllm
 
     config = llm.llm_engine.model_config
@@ -79,10 +114,22 @@ def main(request_file: str) -> int:
         "vllm": vllm.__version__,
         "dtype": str(config.dtype).removeprefix("torch."),
         "quantization": config.quantization,
+        "probe": probe,
     }
+    if base_with_lora is not None:
+        result["base_check_seconds"] = round(base_check_s, 3)
     with open(req["result"], "w") as f:
         json.dump(result, f)
     return 0
+
+
+def _token_logprobs(windows, outs, np):
+    """Each window's next-token log-probs from vLLM's prompt log-probs."""
+    lp = np.zeros((len(windows), len(windows[0]) - 1), dtype=np.float32)
+    for b, (w, out) in enumerate(zip(windows, outs, strict=True)):
+        for i, entry in enumerate(out.prompt_logprobs[1:]):
+            lp[b, i] = entry[w[i + 1]].logprob
+    return lp
 
 
 if __name__ == "__main__":
