@@ -247,3 +247,79 @@ def test_vllm_serves_the_adapter_as_peft_applies_it_and_a_wrong_one_fails(models
     assert wrong["kld_lumped_mean"] > served["kld_lumped_mean"]
     with pytest.raises(PipelineError, match=r"alpha/vllm-lora-AWQ-W4A16: vLLM serves it differently"):
         cross_check("alpha/vllm-lora-AWQ-W4A16", standin.top1_agreement, standin.mean_kld, wrong)
+
+
+def test_vllm_serves_the_checkpoint_and_its_adapters_to_the_openai_client_and_verify_served_tells_them_apart(
+    models, checkpoints, references, tmp_path
+):
+    """The base's AWQ checkpoint under `vllm serve` (vLLM's OpenAI server, on loopback) with alpha as a LoRA module:
+    the openai client gets a chat completion from the checkpoint and from alpha; alpha loaded again at run time
+    (/v1/load_lora_adapter) answers exactly as the one given at start. alpha's vLLM form, evaluated (its probe and
+    the --enable-lora base check recorded) and registered, is what `verify-served` finds behind alpha's names, and
+    not behind beta's or the bare checkpoint's."""
+    from openai import OpenAI
+
+    from loraforge.evaluation import evaluate_artifact
+    from loraforge.registry import Registry
+    from loraforge.registry.register import register_checkpoint
+    from loraforge.vllm import served_check
+    from loraforge.vllm.server import vllm_server
+
+    ck, _ = checkpoints["AWQ-W4A16"]
+    alpha = [{"path": str(models["alpha"]), "weight": 1.0}]
+    label = "alpha/vllm-lora-AWQ-W4A16"
+    ev = evaluate_artifact(
+        tmp_path / "ev.json",
+        label,
+        kind="hfq-lora",
+        path=ck,
+        reference=references["alpha"],
+        adapters=alpha,
+        served=served_check(ck, alpha, references["alpha"]),
+        check_json=f"{ck}.json",
+    )
+    assert ev.probe["engine"] == "vLLM 0.32.0" and len(ev.probe["tokens"]) == 16
+    assert ev.served["base_unchanged_by_lora"]["max_abs_logprob_diff"] <= 1e-3  # vllm#49063 not on this build
+    Registry(tmp_path / "reg.db", create=True).close()
+    register_checkpoint(
+        registry=tmp_path / "reg.db",
+        name="alpha",
+        variant="vllm-lora-AWQ-W4A16",
+        checkpoint=ck,
+        check_json=f"{ck}.json",
+        receipt=tmp_path / "r.json",
+        settings={},
+        base_dir=models["base"],
+        adapter_dirs=[models["alpha"]],
+        weights=[1.0],
+        metrics_json=tmp_path / "ev.json",
+        store_mode="link",
+    )
+    reg = Registry(tmp_path / "reg.db")
+    with vllm_server(ck, name="base-awq", lora_modules={"alpha": models["alpha"]}, runtime_lora=True) as server:
+        client = OpenAI(base_url=server.url + "/v1", api_key="none")
+
+        def chat(model):
+            r = client.chat.completions.create(
+                model=model,
+                messages=[{"role": "user", "content": "Name a river."}],
+                max_tokens=8,
+                temperature=0,
+                logprobs=True,
+            )
+            c = r.choices[0]
+            return c.message.content, c.finish_reason, [t.logprob for t in c.logprobs.content]
+
+        base, at_start = chat("base-awq"), chat("alpha")
+        assert base[0] and at_start[0] and base[1] in ("stop", "length") and base[0] != at_start[0]
+        server.load_lora_adapter("alpha-at-run-time", models["alpha"])
+        server.load_lora_adapter("beta", models["beta"])
+        assert chat("alpha-at-run-time") == at_start
+        for name in ("alpha", "alpha-at-run-time"):
+            got = reg.verify_served(server.url, "alpha", model=name)
+            assert got["ok"] and got["serves"] == "vllm-lora-AWQ-W4A16" and got["server"] == "vLLM", got
+            assert got["probes"][0]["mean_abs_logprob_diff"] < 1e-3  # the engine it was registered from: exact
+        for name in ("beta", "base-awq"):
+            got = reg.verify_served(server.url, "alpha", model=name)
+            assert not got["ok"] and got["probes"][0]["why"].startswith("token 1 of the greedy continuation is"), got
+    reg.close()

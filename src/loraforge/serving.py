@@ -7,8 +7,9 @@ GPU-serving forms) and the registry keeps it with the version; ``loraforge-regis
 same prompt to a running server (llama-server's ``/completion`` or vLLM's ``/v1/completions``, by token ids, so no
 tokenizer or chat template takes part) and compares (:func:`compare`):
 
-- every continuation token must be the registered one, except after a registered near-tie (the runner-up within
-  ``2 * tolerance`` nats), where another engine or GPU may pick the other token; comparison stops there;
+- every continuation token must be the registered one, except at a registered near-tie (the runner-up within
+  ``2 * tolerance`` nats) after the first token, where another engine or GPU may pick the other token; comparison
+  stops there;
 - the mean absolute difference of the chosen tokens' log-probs must be at most ``tolerance`` (default 0.05 nats:
   the same GGUF on llama.cpp's CPU and CUDA backends, or a checkpoint through vLLM in bfloat16 against float32,
   differ by less; another adapter, another revision or another quantization differs by more).
@@ -146,22 +147,21 @@ def compare(registered: dict, served: dict, tolerance: float = TOLERANCE) -> dic
     if served["prompt"] != registered["prompt"]:
         raise PipelineError("the served probe answers another prompt than the registered one")
     compared, diffs = 0, []
-    why = None
+    why = diverged = None
     for i, (want, got) in enumerate(zip(registered["tokens"], served["tokens"], strict=True)):
         if want != got:
             ru = registered["runner_up"][i]
+            diverged = (
+                f"token {i + 1} of the greedy continuation is {got} where the registered version gives {want} "
+                f"(log-prob {registered['logprobs'][i]:.3f}, runner-up {'none' if ru is None else round(ru, 3)})"
+            )
             near_tie = ru is not None and registered["logprobs"][i] - ru <= 2 * tolerance
-            if not near_tie:
-                why = (
-                    f"token {i + 1} of the greedy continuation is {got} where the registered version gives {want} "
-                    f"(log-prob {registered['logprobs'][i]:.3f}, runner-up {ru if ru is None else round(ru, 3)})"
-                )
+            if not near_tie or i == 0:  # after a near-tie only the tokens before it compare, and there are none
+                why = diverged
             break
         compared += 1
         diffs.append(abs(registered["logprobs"][i] - served["logprobs"][i]))
     mean = sum(diffs) / len(diffs) if diffs else None
-    if why is None and mean is None:
-        why = "no token of the continuation could be compared"
     if why is None and mean > tolerance:
         why = f"mean |Δ log-prob| {mean:.4f} over {compared} tokens is above the tolerance {tolerance}"
     return {"ok": why is None, "compared_tokens": compared, "mean_abs_logprob_diff": mean, "why": why}

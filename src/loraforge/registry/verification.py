@@ -53,8 +53,8 @@ class Verification:
         """Whether the server at ``url`` (llama-server or vLLM) serves ``name``'s version (by number, by alias, else
         the newest): the version's probes of that engine (one per artifact, or ``variant``'s) are sent to it and
         compared (loraforge.serving.compare); ``ok`` when one of them matches, and ``serves`` names the closest
-        (a merged GGUF and the base with its LoRA GGUF are one model: both may match). ``model``: the served model to ask
-        a vLLM server (a ``--lora-modules`` name), else the first it lists."""
+        (a merged GGUF and the base with its LoRA GGUF are one model: both may match). ``model``: the served model
+        to ask a vLLM server (a ``--lora-modules`` name), else the first it lists."""
         mv = self.resolve(name, version, alias)
         engine = server_kind(url)
         family = "vLLM" if engine == "vllm" else "llama-server"

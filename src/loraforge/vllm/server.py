@@ -54,7 +54,7 @@ def vllm_server(
     name: str | None = None,
     lora_modules: dict[str, str] | None = None,
     runtime_lora: bool = False,
-    max_model_len: int = 1024,
+    max_model_len: int | None = None,
     dtype: str = "auto",
     threads: int | None = None,
     kv_cache_gib: int = 1,
@@ -78,12 +78,12 @@ def vllm_server(
         str(port),
         "--dtype",
         dtype,
-        "--max-model-len",
-        str(max_model_len),
         "--max-logprobs",
         "20",
         "--enforce-eager",
     ]
+    if max_model_len:  # else the model's own (max_position_embeddings)
+        cmd += ["--max-model-len", str(max_model_len)]
     adapters = dict(lora_modules or {})
     if adapters or runtime_lora:
         rank = max([16, *(max_lora_rank(p) for p in adapters.values())])
