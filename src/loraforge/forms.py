@@ -43,6 +43,9 @@ class Form:
     takes_adapters: ClassVar[bool] = False  # its evaluation applies the adapter directories through PEFT
     llama_cpp: ClassVar[bool] = False  # scored through llama.cpp, tokenizing the text itself
     vllm_served: ClassVar[bool] = False  # what vLLM serves: with hf_quant.vllm also scored through vLLM itself
+    # how it answers the generation checks' chat prompts (evaluation.prompts): "llama-server" (the GGUF's own
+    # template) or "transformers" (the tokenizer's); None: it has no generation path yet (vLLM's chat API)
+    answers_through: ClassVar[str | None] = None
 
     def owns(self, artifact: str, schemes: Iterable[str]) -> bool:
         raise NotImplementedError
@@ -68,6 +71,7 @@ class Form:
 class PeftAdapter(Form):
     kind, label, registry_kind = Kind.PEFT, "PEFT", None
     streams = takes_adapters = True
+    answers_through = "transformers"
 
     def owns(self, artifact, schemes):
         return artifact == "adapter"
@@ -84,6 +88,7 @@ class HFModel(Form):
 
     kind, label, registry_kind = Kind.HF, "merged HF", "merged"
     streams = True
+    answers_through = "transformers"
     STAGES = ("merged", "pruned", "distilled")
 
     def owns(self, artifact, schemes):
@@ -106,6 +111,7 @@ class GGUF(Form):
 
     kind, label, registry_kind = Kind.GGUF, "merged GGUF", "gguf"
     llama_cpp = True
+    answers_through = "llama-server"
 
     def owns(self, artifact, schemes):
         return not artifact.startswith((LORA, VLLM_LORA)) and artifact not in (*HFModel.STAGES, "adapter", *schemes)
@@ -128,6 +134,7 @@ class LoraGGUF(Form):
     kind, label, registry_kind = Kind.LORA, "base GGUF + LoRA GGUF", "gguf"
     per_adapter = "adapter"
     llama_cpp = True
+    answers_through = "llama-server"
 
     def owns(self, artifact, schemes):
         return artifact.startswith(LORA)

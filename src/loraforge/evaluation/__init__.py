@@ -107,6 +107,7 @@ def evaluate(
     label: str = "",
     lora=None,
     budget_mb: float | None = None,
+    answers=None,
     _hashes: dict | None = None,
 ) -> Metrics:
     """Score one artifact. ``kind``: gguf (a GGUF file), lora (the base GGUF ``path`` with the LoRA GGUF ``lora``
@@ -115,10 +116,14 @@ def evaluate(
 
     With ``reference`` the windows come from it and KLD/top-1/ΔPPL are measured; without, only PPL (on
     ``texts``, tokenized with the artifact's tokenizer). ``_hashes``: sha256 of ``path`` / ``lora`` already
-    verified against their build sidecars (a GGUF is hashed once per evaluation, not twice).
+    verified against their build sidecars (a GGUF is hashed once per evaluation, not twice). ``answers``: the
+    adapter's reference answers (:func:`.generation.reference_answers`): an HF or PEFT form answers the same prompts
+    through transformers, on the model just scored (a GGUF answers through llama-server: :func:`evaluate_artifact`).
     """
     hashes = _hashes or {}
     kind = form(kind).kind  # an unknown kind fails here, before anything loads
+    if answers is not None and form(kind).answers_through is None:
+        raise PipelineError(f"{label or path}: a {kind.value} artifact has no generation path for the prompts yet")
     t_load = time.time()
     if reference is not None:
         info, tokens, lps = load_reference(reference)
@@ -147,6 +152,9 @@ def evaluate(
             if (k := acc.kld()) is not None:
                 all_kld.append(k)
         loaded = scorer.info()  # size facts from this load, not a second one
+        generation = None
+        if answers is not None and form(kind).answers_through == "transformers":
+            generation = _transformers_generation(scorer, path if kind is Kind.HF else base_dir, answers, label)
     finally:
         scorer.close()
     progress.close()
@@ -179,6 +187,8 @@ def evaluate(
         lora_bytes = Path(lora).stat().st_size
         summary.update(lora=str(lora), lora_bytes=lora_bytes, lora_sha256=hashes.get("lora") or sha256_file(lora))
         summary["size_bytes"] += lora_bytes
+    if generation is not None:
+        summary.update(answer_summary(generation))
     return Metrics(
         label=label,
         artifact=str(path) if path else "peft:" + ",".join(str(a["path"]) for a in adapters),
@@ -193,18 +203,78 @@ def evaluate(
     )
 
 
-def gguf_probe(gguf, lora, reference, threads: int = 1) -> dict:
-    """The probe (loraforge.serving) of a GGUF, or of a base GGUF with a LoRA GGUF, as llama-server serves it."""
+def answer_summary(generation: dict) -> dict:
+    """The generation checks' headline numbers, as Metrics fields (what gates read)."""
+    return {
+        "stop_rate": generation["stop_rate"],
+        "answers_identical": generation.get("identical_to_reference"),
+        "answer_accuracy": generation["accuracy"],
+        "generation": generation,
+    }
+
+
+def _transformers_generation(scorer, tokenizer_dir, answers, label: str) -> dict:
+    import transformers
+
+    from .generation import chat_tokenizer, generation_record, load_reference_answers, transformers_answers
+
+    prompts, reference, info = load_reference_answers(answers)
+    tok = chat_tokenizer(tokenizer_dir)
+    got = transformers_answers(scorer.model, tok, prompts, info["max_tokens"], label)
+    engine = f"transformers {transformers.__version__} ({scorer.compute_dtype})"
+    return generation_record(
+        prompts,
+        got,
+        reference,
+        lambda text: tok.encode(text, add_special_tokens=False),
+        info,
+        engine,
+        "the tokenizer's chat template",
+    )
+
+
+# a generation check's context: the longest conversation's tokens plus its answer (llama-server refuses more)
+ANSWER_CTX = 4096
+
+
+def gguf_served(
+    gguf, lora, reference, answers, threads: int = 1, label: str = "", lm_eval: dict | None = None
+) -> tuple[dict | None, dict | None, dict | None]:
+    """What llama-server serves of a GGUF, or of a base GGUF with a LoRA GGUF: the probe (loraforge.serving) when
+    there is a ``reference``, the answers to the generation checks' prompts with the template the GGUF carries
+    (``--jinja``) when there are reference ``answers``, and the user's lm-eval tasks (``lm_eval``: include_path,
+    tasks, limit) through lm-eval's local-chat-completions. One server for all three."""
     from ..llamacpp.server import llama_server
     from ..llamacpp.toolchain import locate
     from ..serving import NEW_TOKENS, probe_llama_server, probe_prompt
+    from .generation import generation_record, llama_server_answers, llama_server_tokenizer, load_reference_answers
 
-    prompt = probe_prompt(reference)
-    n_ctx = len(prompt) + NEW_TOKENS + 16
+    prompt = probe_prompt(reference) if reference is not None else None
+    n_ctx = len(prompt) + NEW_TOKENS + 16 if prompt else 0
+    if answers is not None:
+        prompts, ref_answers, info = load_reference_answers(answers)
+        n_ctx = max(n_ctx, ANSWER_CTX)
     loras = [lora] if lora else None
+    engine = f"llama-server ({locate().revision})"
+    probe = generation = tasks = None
+    if lm_eval:
+        n_ctx = max(n_ctx, ANSWER_CTX)
     with llama_server(gguf, loras=loras, n_ctx=n_ctx, threads=threads, extra=["--no-warmup"]) as server:
-        probe = probe_llama_server(server.url, prompt)
-    return {**probe, "engine": f"llama-server ({locate().revision})"}
+        if prompt is not None:
+            probe = {**probe_llama_server(server.url, prompt), "engine": engine}
+        if answers is not None:
+            got = llama_server_answers(server, prompts, info["max_tokens"], label)
+            tokenize = llama_server_tokenizer(server)
+            template = "the GGUF's own chat template (--jinja)"
+            generation = generation_record(prompts, got, ref_answers, tokenize, info, engine, template)
+        if lm_eval:
+            from ..lmeval import run_tasks
+
+            tasks = run_tasks(
+                server.url, "llama-server", lm_eval["include_path"], lm_eval["tasks"], lm_eval.get("limit")
+            )
+            tasks["server"] = engine
+    return probe, generation, tasks
 
 
 def evaluate_artifact(
@@ -215,14 +285,17 @@ def evaluate_artifact(
     lora_check_json=None,
     hash_cache=WORKFLOW_HASH_CACHE,
     served=None,
+    lm_eval: dict | None = None,
     **kwargs,
 ) -> Metrics:
     """The evaluate_artifact rule: measure, then apply gates; a failing gate fails the rule, no JSON written.
 
     ``served``: a function of the measured Metrics that scores the artifact as it is served (vLLM:
     loraforge.vllm.scoring.served_check) and raises when that disagrees; what it returns is recorded as ``served``,
-    its probe as ``probe``. A GGUF's probe comes from llama-server (:func:`gguf_probe`): what
-    ``loraforge-registry verify-served`` later compares a running server with.
+    its probe as ``probe``. A GGUF's probe comes from llama-server (:func:`gguf_served`): what
+    ``loraforge-registry verify-served`` later compares a running server with. With ``answers`` (the adapter's
+    reference answers) the artifact also answers the generation checks' prompts through its own serving path; with
+    ``lm_eval`` a GGUF also runs the user's lm-eval tasks through the same llama-server.
 
     With ``check_json`` (a GGUF's build sidecar; ``lora_check_json`` the LoRA GGUF's), the file must still be the
     bytes that were built (hashed once per file state: ``hash_cache``, the workflow's, keyed by its stat)."""
@@ -235,9 +308,19 @@ def evaluate_artifact(
     if served is not None:
         through_vllm = dict(served(result))
         result = dataclasses.replace(result, served=through_vllm, probe=through_vllm.pop("probe", None))
-    elif form(kwargs["kind"]).llama_cpp and kwargs.get("reference") is not None:
-        probe = gguf_probe(kwargs["path"], kwargs.get("lora"), kwargs["reference"], kwargs.get("threads", 1))
-        result = dataclasses.replace(result, probe=probe)
+    elif form(kwargs["kind"]).llama_cpp and (kwargs.get("reference") or kwargs.get("answers") or lm_eval):
+        probe, generation, tasks = gguf_served(
+            kwargs["path"],
+            kwargs.get("lora"),
+            kwargs.get("reference"),
+            kwargs.get("answers"),
+            kwargs.get("threads", 1),
+            label,
+            lm_eval,
+        )
+        result = dataclasses.replace(result, probe=probe, lm_eval=tasks)
+        if generation is not None:
+            result = dataclasses.replace(result, **answer_summary(generation))
     log.info("evaluation of %s: %s", label, json.dumps(result.to_json(), indent=1))
     failures = check_gates(result, gates, label)
     if failures:

@@ -58,6 +58,13 @@ class Metrics:
     compute_dtype: str | None = None  # HF/PEFT/checkpoints: what torch computed in (loraforge.device.compute_dtype)
     served: dict | None = None  # GPU-serving forms scored through vLLM itself too (loraforge.vllm.scoring)
     probe: dict | None = None  # the greedy continuation its server gives a fixed prompt (loraforge.serving)
+    # the generation checks (evaluation.prompts; loraforge.evaluation.generation): the share of answers that end
+    # with the end-of-turn token, of answers identical to the reference's, of answers its scorer accepts
+    stop_rate: float | None = None
+    answers_identical: float | None = None
+    answer_accuracy: float | None = None
+    generation: dict | None = None  # how each was measured, and the answers
+    lm_eval: dict | None = None  # a user's lm-eval tasks against it as served (evaluation.lm_eval; loraforge.lmeval)
     gates: dict = field(default_factory=dict)
 
     def ppl(self) -> dict[str, float]:
@@ -65,7 +72,12 @@ class Metrics:
 
     def to_json(self) -> dict:
         out = dataclasses.asdict(self)
-        for key in ("served", "probe"):  # only the forms scored through a server have them
+        for key in (
+            "served",
+            "probe",
+            "generation",
+            "lm_eval",
+        ):  # only the forms scored through a server (or answering) have them
             if out[key] is None:
                 del out[key]
         return out
@@ -83,7 +95,11 @@ GATES = {
     "max_p99_kld": ("p99_kld", "max"),
     "max_delta_ppl": ("max_delta_ppl", "max"),
     "min_top1": ("top1_agreement", "min"),
+    "min_stop_rate": ("stop_rate", "min"),
+    "min_identical_answers": ("answers_identical", "min"),
+    "min_accuracy": ("answer_accuracy", "min"),
 }
+ANSWER_GATES = ("min_stop_rate", "min_identical_answers", "min_accuracy")
 
 
 def check_gates(metrics: Metrics, gates: dict | None, label: str) -> list[str]:
@@ -95,7 +111,8 @@ def check_gates(metrics: Metrics, gates: dict | None, label: str) -> list[str]:
         metric, how = GATES[gate]
         value = getattr(metrics, metric)
         if value is None:
-            raise PipelineError(f"{label}: gate {gate} needs {metric}, which was not measured for this artifact")
+            why = " (evaluation.prompts)" if gate in ANSWER_GATES else ""
+            raise PipelineError(f"{label}: gate {gate} needs {metric}, which was not measured for this artifact{why}")
         if (how == "max" and value > threshold) or (how == "min" and value < threshold):
             failures.append(f"{label}: quality gate failed: {metric} = {value:.6g}, {gate} = {threshold:g}")
     return failures
