@@ -9,7 +9,7 @@ SIZE_GB ?= 1
 BENCH_PLAN_ADAPTERS ?= 100 300 1000
 BENCH_8B_PARTS ?= chain lora-only  # make bench-8b BENCH_8B_PARTS=lora-only: only the LoRA-only revision
 
-.PHONY: setup setup-hfquant setup-vllm demo demo-compress demo-vllm demo-full test check lint dry-run report dashboard bench-merge bench-8b bench-plan clean
+.PHONY: setup setup-hfquant setup-vllm setup-lmeval demo demo-compress demo-vllm demo-full test check lint dry-run report dashboard bench-merge bench-8b bench-plan clean
 
 setup: $(VENV)/.installed
 
@@ -45,6 +45,14 @@ $(VENV)/.vllm: $(VENV)/.installed
 	$(BIN)/python -m loraforge.vllm setup
 	touch $@
 
+# lm-evaluation-harness (evaluation.lm_eval: a user's generate_until tasks against each served GGUF): its own
+# environment in the same cache; it talks HTTP to the servers and needs no torch
+setup-lmeval: $(VENV)/.lmeval
+
+$(VENV)/.lmeval: $(VENV)/.installed
+	$(BIN)/python -m loraforge.lmeval setup
+	touch $@
+
 demo: setup
 	$(BIN)/snakemake --profile profiles/local
 	@echo "demo artifacts:"; ls -l results/gguf/*/
@@ -73,10 +81,10 @@ lint: setup
 	$(BIN)/ruff format --check src scripts tests bench
 	$(BIN)/lint-imports
 
-test: setup setup-hfquant setup-vllm lint
+test: setup setup-hfquant setup-vllm setup-lmeval lint
 	$(BIN)/pytest -ra --durations=25 -n auto --dist loadgroup  # on every core; shared builds stay on one worker (tests/conftest.py)
 
-check: setup setup-hfquant setup-vllm lint  # the quick tier: every test that builds no whole workflow (minutes)
+check: setup setup-hfquant setup-vllm setup-lmeval lint  # the quick tier: every test that builds no whole workflow (minutes)
 	$(BIN)/pytest -ra -m "not slow" --durations=10 -n auto --dist loadgroup
 
 dashboard: setup
