@@ -81,3 +81,18 @@ rule train_demo_adapter:
         rank=config["demo"]["adapter_rank"],
     script:
         "../scripts/train_demo_adapter.py"
+
+
+rule write_demo_prompts:
+    output:
+        prompts="results/demo/prompts.jsonl",
+    log:
+        "logs/write_demo_prompts/prompts.log",
+    conda:
+        "../envs/loraforge.yaml"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    script:
+        "../scripts/write_demo_prompts.py"

@@ -29,6 +29,31 @@ rule compute_reference:
         "../scripts/compute_reference.py"
 
 
+rule reference_answers:
+    input:
+        unpack(lambda w: with_external(plan.adapter_inputs(w.adapter))),
+        prompts=plan.prompts or [],
+    output:
+        answers=paths.ANSWERS,
+    log:
+        paths.log("reference_answers", "{adapter}"),
+    benchmark:
+        paths.benchmark("reference_answers", "{adapter}")
+    conda:
+        "../envs/loraforge.yaml"
+    threads: plan.threads
+    resources:
+        mem_mb=lambda w, input: int(2000 + 3 * input.size_mb),
+        runtime=60,
+    params:
+        weights=lambda w: plan.adapter_weights(w.adapter),
+        fingerprints=input_fingerprints,
+        max_tokens=config["evaluation"]["answer_tokens"],
+        budget_mb=plan.budget_mb,
+    script:
+        "../scripts/reference_answers.py"
+
+
 rule evaluate_artifact:
     input:
         unpack(lambda w: with_external(plan.evaluation_inputs(w.model, w.artifact))),
@@ -53,6 +78,12 @@ rule evaluate_artifact:
         batch=config["evaluation"]["batch"],
         budget_mb=plan.budget_mb,
         vllm=lambda w: plan.served_by_vllm(w.artifact),
+        lm_eval=lambda w: plan.lm_eval if w.artifact in plan.answering else None,
+        lm_eval_tasks=lambda w: (
+            fingerprint(plan.lm_eval["include_path"])
+            if plan.lm_eval and w.artifact in plan.answering
+            else None
+        ),
     script:
         "../scripts/evaluate_artifact.py"
 

@@ -33,4 +33,6 @@ if __name__ == "__main__":
         batch=p.batch,
         budget_mb=p.budget_mb,
         served=served,
+        answers=i.get("answers"),
+        lm_eval=p.lm_eval,
     )

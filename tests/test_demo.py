@@ -152,6 +152,29 @@ def test_deploy_bundle_points_at_the_files_and_reports_measured_numbers(demo):
     assert f"{q4['mean_kld']:.2e}" in card and "lora-Q4_K_M" in card
 
 
+def test_the_shipped_forms_answer_the_demo_prompts_through_their_own_servers(demo):
+    """Does it still answer? The deploy bundle's forms (the Q4_K_M GGUF, the LoRA GGUF on the base's Q4_K_M) each
+    answer the demo's 12 chat prompts through llama-server with the GGUF's template, against the adapter's own
+    answers (PEFT, float32); the other forms answer only on request (evaluation.answer_forms)."""
+    for a in ("code", "prose"):
+        ref = json.loads((demo.root / "results" / "eval" / a / "answers.json").read_text())
+        assert ref["dtype"] == "float32" and len(ref["answers"]) == 12
+        for art in ("Q4_K_M", "lora-Q4_K_M"):
+            m = metrics(demo, a, art)
+            g = m["generation"]
+            assert g["engine"].startswith("llama-server") and g["n_prompts"] == 12 and g["scored_prompts"] == 11
+            # each shipped GGUF ends its turns about as often as its adapter does (the adapters, trained on raw text,
+            # end fewer turns than the instruct base: prose's a third); a 135M model knows some of the answers
+            assert abs(m["stop_rate"] - ref["stop_rate"]) <= 0.25, (a, art, m["stop_rate"], ref["stop_rate"])
+            assert 0.25 <= m["answer_accuracy"] <= 1.0, (a, art, m["answer_accuracy"])
+            lo, hi = g["accuracy_ci95"]
+            assert lo <= m["answer_accuracy"] <= hi and m["answers_identical"] is not None
+            assert g["prompts_sha256"] == ref["prompts_sha256"]
+        assert "generation" not in metrics(demo, a, "Q8_0")  # not shipped: not asked
+    card = (demo.root / "results" / "deploy" / "code" / "README.md").read_text()
+    assert "### Does it still answer?" in card and "| lora-Q4_K_M | llama-server" in card
+
+
 def test_llama_server_switches_lora_adapters_on_the_shared_base(demo):
     """llama-server with the base GGUF and both LoRA GGUFs: the template it renders is the HF one, switching adapters
     through /lora-adapters changes the output, and base + code adapter at scale 1 answers as the merged model."""

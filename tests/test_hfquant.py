@@ -249,6 +249,7 @@ def test_vllm_serves_the_adapter_as_peft_applies_it_and_a_wrong_one_fails(models
         cross_check("alpha/vllm-lora-AWQ-W4A16", standin.top1_agreement, standin.mean_kld, wrong)
 
 
+@pytest.mark.slow  # a vLLM server started twice: a minute, outside make check's five
 def test_vllm_serves_the_checkpoint_and_its_adapters_to_the_openai_client_and_verify_served_tells_them_apart(
     models, checkpoints, references, tmp_path
 ):

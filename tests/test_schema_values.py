@@ -76,6 +76,7 @@ def test_no_default_is_written_in_code_that_the_schema_does_not_give():
         [".properties.quantize.properties.imatrix.properties." + k for k in ("n_ctx", "chunks")]
         + [".properties.hf_quant.properties." + k for k in ("group_size", "samples", "seq_len", "multi_lora", "vllm")]
         + [".properties.compress.properties." + k for k in ("n_ctx", "max_tokens")]
+        + [".properties.evaluation.properties.lm_eval.properties.limit"]
     )
     for path in ("src/loraforge/workflow/plan.py", "rules/quantize.smk", "rules/compress.smk"):
         code = (REPO / path).read_text()

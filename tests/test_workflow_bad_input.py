@@ -161,3 +161,33 @@ def test_adapter_names_that_look_like_each_others_files_get_their_own_paths(work
     assert merged == sorted(names)
     outputs = [(r, tuple(sorted(w.items()))) for r, w in jobs if r != "all"]
     assert len(outputs) == len(set(outputs))  # no two jobs of a rule with the same wildcards
+
+
+def test_a_malformed_prompts_line_is_refused_naming_file_and_line(workflow, models, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n{"messages": [{"content": "no role"}]}\n')
+    cfg = user_config(models, evaluation={"texts": {"general": str(models["text"])}, "prompts": str(prompts)})
+    _fails_cleanly(workflow(cfg), f"config evaluation.prompts: {prompts}:2: message 0 has no role")
+
+
+def test_an_answer_gate_without_prompts_is_refused(workflow, models):
+    evaluation = {"texts": {"general": str(models["text"])}, "gates": {"Q8_0": {"min_stop_rate": 0.9}}}
+    _fails_cleanly(
+        workflow(user_config(models, evaluation=evaluation)),
+        "config evaluation.gates.Q8_0.min_stop_rate: gates the generation checks: set evaluation.prompts",
+    )
+
+
+def test_a_loglikelihood_lm_eval_task_is_refused_before_any_job(workflow, models, tmp_path):
+    from conftest import REPO
+
+    data = REPO / "tests" / "data" / "lmeval"
+    (tmp_path / "capitals.jsonl").write_bytes((data / "capitals.jsonl").read_bytes())
+    task = (data / "capitals_choice.yaml").read_text().replace("tests/data/lmeval/", f"{tmp_path}/")
+    (tmp_path / "capitals_choice.yaml").write_text(task)
+    tasks = {"include_path": str(tmp_path), "tasks": ["capitals_choice"]}
+    evaluation = {"texts": {"general": str(models["text"])}, "lm_eval": tasks}
+    _fails_cleanly(
+        workflow(user_config(models, evaluation=evaluation)),
+        "config evaluation.lm_eval: lm-eval: lm-eval task capitals_choice is a multiple_choice task",
+    )

@@ -286,6 +286,41 @@ def test_memory_of_a_torch_job_is_bounded_by_the_budget():
             },
             "config promote: compares versions of the merged GGUFs",
         ),
+        (
+            {"evaluation": {"texts": {"general": "/t"}, "prompts": "/p.jsonl", "answer_forms": ["Q4_K_M"]}},
+            "config evaluation.answer_forms.Q4_K_M: no such artifact in this build",
+        ),
+        (
+            {
+                "evaluation": {
+                    "texts": {"general": "/t"},
+                    "prompts": "/p.jsonl",
+                    "answer_forms": ["F16"],
+                    "skip": ["F16"],
+                }
+            },
+            "config evaluation.answer_forms.F16: is in evaluation.skip",
+        ),
+        (
+            {
+                "evaluation": {
+                    "texts": {"general": "/t"},
+                    "prompts": "/p.jsonl",
+                    "gates": {"F16": {"min_accuracy": 0.5}},
+                }
+            },
+            "config evaluation.gates.F16.min_accuracy: F16 does not answer the prompts (evaluation.answer_forms)",
+        ),
+        (
+            {
+                "evaluation": {
+                    "texts": {"general": "/t"},
+                    "answer_forms": ["merged"],
+                    "lm_eval": {"include_path": "/d", "tasks": ["t"]},
+                }
+            },
+            "config evaluation.lm_eval: runs against the answering GGUFs, and evaluation.answer_forms has none",
+        ),
     ],
 )
 def test_cross_field_config_errors_are_one_line_naming_the_key(extra, message):
@@ -295,6 +330,17 @@ def test_cross_field_config_errors_are_one_line_naming_the_key(extra, message):
     with pytest.raises(ConfigError) as e:
         Plan(cfg)
     assert str(e.value).startswith(message) and "\n" not in str(e.value), str(e.value)
+
+
+def test_the_shipped_forms_answer_the_prompts_against_their_adapters_answers():
+    p = plan(evaluation={"texts": {"general": "/t"}, "prompts": "/p.jsonl"}, deploy={"gguf_type": "Q8_0"})
+    assert p.answering == {"Q8_0", "lora-Q8_0"}  # what the deploy bundle ships, by default
+    assert p.evaluation_inputs("alpha", "Q8_0")["answers"] == "results/eval/alpha/answers.json"
+    assert p.evaluation_inputs("alpha", "lora-Q8_0")["answers"] == "results/eval/alpha/answers.json"
+    assert "answers" not in p.evaluation_inputs("alpha", "F16")  # not asked: no generation checks
+    chosen = plan(evaluation={"texts": {"general": "/t"}, "prompts": "/p.jsonl", "answer_forms": ["adapter", "F16"]})
+    assert chosen.answering == {"adapter", "F16"}
+    assert plan().answering == set()  # no prompts, no lm-eval: nothing answers
 
 
 def test_the_shipped_configs_plan(tmp_path, llmcompressor_env):

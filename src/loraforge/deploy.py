@@ -207,6 +207,11 @@ def model_card(
                     "ppl": {t: v["ppl"] for t, v in served["texts"].items()},
                 }
             )
+    answers = [
+        {"name": artifact, **m.generation, "correct": m.generation["accuracy"], "ci": m.generation["accuracy_ci95"]}
+        for artifact, m in metrics.items()
+        if m.generation
+    ]
     base_ppl = None
     if base_metrics:
         base_ppl = ", ".join(f"{t} {number(m.ppl, '.3f')}" for t, m in sorted(base_metrics.texts.items()))
@@ -220,6 +225,7 @@ def model_card(
         files=files,
         texts=texts,
         rows=rows,
+        answers=answers,
         base_ppl=base_ppl,
         merged=merged,
         vllm=vllm or [],

@@ -26,6 +26,9 @@ COLUMNS = [
     ("p99_kld", "p99 KLD"),
     ("top1_agreement", "top-1 agreement"),
     ("max_delta_ppl", "max ΔPPL"),
+    ("stop_rate", "answers stopped"),
+    ("answers_identical", "answers = adapter's"),
+    ("answer_accuracy", "answers correct"),
     ("tokens_per_second", "tokens/s"),
     ("build_s", "build time (s)"),
 ]
@@ -39,6 +42,9 @@ FORMATS = {
     "p99_kld": ".2e",
     "top1_agreement": ".3f",
     "max_delta_ppl": ".3f",
+    "stop_rate": ".2f",
+    "answers_identical": ".2f",
+    "answer_accuracy": ".2f",
     "tokens_per_second": ".0f",
     "build_s": ".1f",
 }

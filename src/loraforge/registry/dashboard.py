@@ -108,6 +108,8 @@ def _model(reg: Registry, name: str) -> dict:
                         "size_mb": a.size / 1e6,
                         "mean_kld": ev.get("mean_kld"),
                         "top1": ev.get("top1_agreement"),
+                        "stopped": ev.get("stop_rate"),
+                        "correct": ev.get("answer_accuracy"),
                         "ppl": {t: r["ppl"] for t, r in ev.get("texts", {}).items()},
                     }
                 )
@@ -119,10 +121,22 @@ def _model(reg: Registry, name: str) -> dict:
                 "tags": ", ".join(f"{k}={x}" for k, x in v.tags.items()) or NOT_MEASURED,
                 "adapters": ", ".join(a["sha256"][:10] for a in v.lineage.get("adapters", [])) or NOT_MEASURED,
                 "artifacts": artifacts
-                or [{"variant": NOT_MEASURED, "size_mb": None, "mean_kld": None, "top1": None, "ppl": {}}],
+                or [
+                    {
+                        "variant": NOT_MEASURED,
+                        "size_mb": None,
+                        "mean_kld": None,
+                        "top1": None,
+                        "stopped": None,
+                        "correct": None,
+                        "ppl": {},
+                    }
+                ],
+                "answers": any(a.get("stopped") is not None for a in artifacts),
             }
         )
-    return {"name": name, "texts": texts, "versions": rows, "history": reg.history(name)}
+    answers = any(r["answers"] for r in rows)  # the generation checks' columns, where any version has them
+    return {"name": name, "texts": texts, "versions": rows, "history": reg.history(name), "answers": answers}
 
 
 def _comparisons(reg: Registry) -> list[dict]:

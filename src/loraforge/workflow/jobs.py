@@ -71,6 +71,8 @@ class JobInputs:
         """What evaluate_artifact scores: base + adapters (PEFT), an HF model dir, a GGUF, or base GGUF + LoRA GGUF;
         and the reference it is compared with (a compressed model's is its teacher's)."""
         inputs = {"reference": paths.REFERENCE.format(adapter=self.teacher(model))}
+        if self.prompts and artifact in self.answering:  # the generation checks: against the adapter's own answers
+            inputs["answers"] = paths.ANSWERS.format(adapter=self.teacher(model))
         return {**inputs, **self.form(artifact).evaluation_inputs(self, model, artifact)}
 
     def register_inputs(self, model: str, variant: str) -> dict:

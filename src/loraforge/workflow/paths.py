@@ -28,6 +28,7 @@ PRUNE_SCORES = "results/pruned/{model}.json"
 DISTILLED = "results/distilled/{model}"
 DISTILL_CURVE = "results/distilled/{model}.json"
 REFERENCE = "results/eval/{adapter}/reference.safetensors"
+ANSWERS = "results/eval/{adapter}/answers.json"  # the adapter's own answers to evaluation.prompts
 METRICS = "results/eval/{model}/{artifact}.json"
 BASE_METRICS = "results/base/eval.json"
 REPORT_TABLE = "results/report/metrics.html"

@@ -18,7 +18,7 @@ from ..errors import PipelineError
 from ..forms import LORA, VLLM_LORA, Form, form_of
 from ..hfquant import SCHEMES
 from . import paths
-from .config_checks import ConfigError, check_evaluation, check_promote
+from .config_checks import ConfigError, answering_forms, check_evaluation, check_promote
 from .jobs import JobInputs, size_mb
 from .settings import Settings
 from .targets import Targets
@@ -129,10 +129,8 @@ class Plan(Targets, JobInputs, Settings):
         check_evaluation(self, evaluation)
         self.evaluate_base = self.evaluate and "base" not in self.skipped
         self.texts: dict[str, str] = dict(evaluation["texts"]) if self.evaluate else {}
-        self.promote = config.get("promote")
-        self.promote_quant = (self.promote or {}).get("candidate_quant")
-        if self.promote:
-            check_promote(self, evaluation)
+        self.prompts: str | None = evaluation["prompts"] if self.evaluate else None  # the generation checks
+        self.lm_eval: dict | None = evaluation["lm_eval"] if self.evaluate else None  # a user's lm-eval tasks
         deploy = config["deploy"]
         self.deploy = deploy["enabled"]
         self.split = deploy["split_max_size"]  # GGUFs over it also as llama.cpp split sets
@@ -141,6 +139,11 @@ class Plan(Targets, JobInputs, Settings):
             raise ConfigError(
                 "deploy.gguf_type", f"{self.deploy_type} is not built (one of {', '.join(self.gguf_types)})"
             )
+        self.answering = answering_forms(self, evaluation)  # the artifacts that answer evaluation.prompts
+        self.promote = config.get("promote")
+        self.promote_quant = (self.promote or {}).get("candidate_quant")
+        if self.promote:
+            check_promote(self, evaluation)
         self.budget_mb = config["memory"]["budget_mb"]
         self.lora_gguf = paths.fill(paths.LORA_GGUF, lora_type=self.lora_type)
         self._lora_refusal = functools.cache(self._lora_refusal_uncached)

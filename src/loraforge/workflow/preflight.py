@@ -7,6 +7,18 @@ from ..errors import PipelineError
 from .config_checks import ConfigError
 
 
+def has_chat_template(model_dir) -> bool:
+    """Whether an HF model directory's tokenizer carries a chat template (files only, nothing loaded)."""
+    import json
+    from pathlib import Path
+
+    d = Path(model_dir)
+    if (d / "chat_template.jinja").is_file() or (d / "chat_template.json").is_file():
+        return True
+    config = d / "tokenizer_config.json"
+    return config.is_file() and bool(json.loads(config.read_text()).get("chat_template"))
+
+
 def check_inputs(plan) -> None:
     """Bad input fails here, in a second, before any job runs: headers, JSON and texts only, no weights."""
     from ..compression import check_spec
@@ -46,6 +58,26 @@ def check_inputs(plan) -> None:
                 read_text(path)
             except PipelineError as e:
                 raise ConfigError(key, str(e)) from None
+    if plan.prompts and not plan.produced(plan.prompts):
+        from ..evaluation.prompts import load_prompts
+
+        try:
+            load_prompts(plan.prompts)
+        except PipelineError as e:
+            raise ConfigError("evaluation.prompts", str(e)) from None
+    if plan.prompts and base is not None and not has_chat_template(base.path):
+        raise ConfigError(
+            "evaluation.prompts", f"{plan.base}: its tokenizer has no chat template, which the generation checks need"
+        )
+    if plan.lm_eval and not plan.produced(plan.lm_eval["include_path"]):
+        from ..lmeval import run_tasks
+
+        try:  # the tasks exist and none needs prompt log-probs from llama-server: lm-eval itself reads them
+            run_tasks(
+                "http://127.0.0.1", "llama-server", plan.lm_eval["include_path"], plan.lm_eval["tasks"], check_only=True
+            )
+        except PipelineError as e:
+            raise ConfigError("evaluation.lm_eval", str(e)) from None
     named = {n: p for n, p in plan.texts.items() if not plan.produced(p)}
     calibration = {
         "quantize.imatrix.text": (plan.imatrix or {}).get("text"),
