@@ -10,11 +10,15 @@ if __name__ == "__main__":
     adapters = None
     if form(p.kind).takes_adapters:
         adapters = [{"path": a, "weight": wt} for a, wt in zip(i.adapters, p.weights, strict=True)]
-    served = None
+    served = answered = None
     if p.vllm:  # also through vLLM itself, cross-checked with the stand-in
         from loraforge.vllm import served_check
 
         served = served_check(i.artifact, adapters, i.reference, sm.threads)
+        if i.get("answers"):  # the generation checks through vLLM's chat API
+            from loraforge.vllm.generation import vllm_answered
+
+            answered = vllm_answered(i.artifact, adapters, i.answers, sm.threads, f"{w.model}/{w.artifact}")
     run(
         sm.log[0],
         evaluate_artifact,
@@ -35,4 +39,5 @@ if __name__ == "__main__":
         served=served,
         answers=i.get("answers"),
         lm_eval=p.lm_eval,
+        answered=answered,
     )

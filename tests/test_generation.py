@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from conftest import make_adapter
@@ -107,9 +106,3 @@ def test_a_gguf_carrying_another_models_template_fails_its_stop_rate_gate(chat, 
     ):
         _evaluate(chat, out, kind="gguf", path=broken, gates={"min_stop_rate": 0.8})
     assert not out.exists()
-
-
-def test_a_form_without_a_generation_path_refuses_the_prompts(chat, tmp_path):
-    with pytest.raises(PipelineError, match="hfq artifact has no generation path"):
-        _evaluate(chat, tmp_path / "x.json", kind="hfq", path=tmp_path / "ckpt")
-    assert not Path(tmp_path / "x.json").exists()

@@ -324,3 +324,46 @@ def test_vllm_serves_the_checkpoint_and_its_adapters_to_the_openai_client_and_ve
             got = reg.verify_served(server.url, "alpha", model=name)
             assert not got["ok"] and got["probes"][0]["why"].startswith("token 1 of the greedy continuation is"), got
     reg.close()
+
+
+@pytest.mark.slow  # a vLLM server: about half a minute
+def test_vllm_forms_answer_the_prompts_through_vllms_chat_api(models, checkpoints, references, tmp_path):
+    """The generation checks of vLLM's multi-LoRA form: the base's AWQ checkpoint with adapter alpha as a
+    --lora-modules LoRA answers each prompt through vLLM's OpenAI chat API (the checkpoint's tokenizer's template),
+    compared with alpha's own answers through PEFT in float32."""
+    import json
+
+    from loraforge.evaluation import evaluate_artifact
+    from loraforge.evaluation.generation import reference_answers
+    from loraforge.vllm.generation import vllm_answered
+
+    ck, _ = checkpoints["AWQ-W4A16"]
+    alpha = [{"path": str(models["alpha"]), "weight": 1.0}]
+    prompts = tmp_path / "prompts.jsonl"
+    questions = ["Name a river.", "What is 2 + 3?", "Say hello."]  # Mistral's template: user turns only
+    prompts.write_text(
+        "".join(
+            json.dumps({"messages": [{"role": "user", "content": q}], "expected": "5", "scorer": "contains"}) + "\n"
+            for q in questions
+        )
+    )
+    answers = tmp_path / "answers.json"
+    ref = reference_answers(models["base"], alpha, prompts, answers, max_tokens=12)
+    ev = evaluate_artifact(
+        tmp_path / "ev.json",
+        "alpha/vllm-lora-AWQ-W4A16",
+        kind="hfq-lora",
+        path=ck,
+        reference=references["alpha"],
+        adapters=alpha,
+        check_json=f"{ck}.json",
+        answers=answers,
+        answered=vllm_answered(ck, alpha, answers, label="alpha/vllm-lora-AWQ-W4A16"),
+    )
+    g = ev.generation
+    assert g["engine"] == "vLLM 0.32.0" and "vLLM's chat API" in g["template"] and g["n_prompts"] == 3
+    for row, want in zip(g["answers"], ref["answers"], strict=True):
+        assert 1 <= row["tokens"] <= 12 and row["finish"] in ("stop", "length") and row["id"] == want["id"]
+        assert 0 <= row["common_prefix_tokens"] <= 12
+    assert ev.stop_rate == g["stop_rate"] and ev.answer_accuracy == g["accuracy"]
+    assert json.loads((tmp_path / "ev.json").read_text())["generation"]["prompts_sha256"] == ref["prompts_sha256"]

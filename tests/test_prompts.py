@@ -133,3 +133,16 @@ def test_promotion_on_answers_pairs_the_prompts_and_refuses_a_candidate_worse_wi
         judge_answers(need, current, _answered([(True, "stop")] * 20, sha="p2"), "Q4_K_M")
     with pytest.raises(PipelineError, match="the candidate's Q4_K_M has no generation checks"):
         judge_answers(need, current, {}, "Q4_K_M")
+
+
+def test_every_form_answers_through_its_own_serving_path():
+    from loraforge.forms import FORMS, Kind
+
+    assert {f.kind: f.answers_through for f in FORMS} == {
+        Kind.PEFT: "transformers",
+        Kind.HF: "transformers",
+        Kind.GGUF: "llama-server",
+        Kind.LORA: "llama-server",
+        Kind.CHECKPOINT: "vllm",
+        Kind.CHECKPOINT_LORA: "vllm",
+    }

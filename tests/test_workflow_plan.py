@@ -427,6 +427,18 @@ def test_gpu_serving_checkpoints_and_the_multi_lora_form(llmcompressor_env):
             {"hf_quant": {**HFQ, "multi_lora": False}, "merge": {"enabled": False}},
             "config hf_quant: with merge.enabled false only multi_lora can build",
         ),
+        (
+            {
+                "hf_quant": HFQ,
+                "evaluation": {
+                    "texts": {"general": "/t"},
+                    "prompts": "/p.jsonl",
+                    "answer_forms": ["vllm-lora-AWQ-W4A16"],
+                },
+            },
+            "config evaluation.answer_forms.vllm-lora-AWQ-W4A16: a vLLM form answers through vLLM itself: it needs "
+            "hf_quant.vllm: true",
+        ),
     ],
 )
 def test_hf_quant_config_errors(llmcompressor_env, extra, message):

@@ -44,7 +44,7 @@ class Form:
     llama_cpp: ClassVar[bool] = False  # scored through llama.cpp, tokenizing the text itself
     vllm_served: ClassVar[bool] = False  # what vLLM serves: with hf_quant.vllm also scored through vLLM itself
     # how it answers the generation checks' chat prompts (evaluation.prompts): "llama-server" (the GGUF's own
-    # template) or "transformers" (the tokenizer's); None: it has no generation path yet (vLLM's chat API)
+    # template), "transformers" (the tokenizer's) or "vllm" (vLLM's chat API, the checkpoint's tokenizer's)
     answers_through: ClassVar[str | None] = None
 
     def owns(self, artifact: str, schemes: Iterable[str]) -> bool:
@@ -158,6 +158,7 @@ class Checkpoint(Form):
 
     kind, label, registry_kind = Kind.CHECKPOINT, "merged, compressed-tensors (vLLM)", "hf-quant"
     vllm_served = True
+    answers_through = "vllm"
 
     def owns(self, artifact, schemes):
         return artifact in schemes

@@ -122,8 +122,6 @@ def evaluate(
     """
     hashes = _hashes or {}
     kind = form(kind).kind  # an unknown kind fails here, before anything loads
-    if answers is not None and form(kind).answers_through is None:
-        raise PipelineError(f"{label or path}: a {kind.value} artifact has no generation path for the prompts yet")
     t_load = time.time()
     if reference is not None:
         info, tokens, lps = load_reference(reference)
@@ -286,6 +284,7 @@ def evaluate_artifact(
     hash_cache=WORKFLOW_HASH_CACHE,
     served=None,
     lm_eval: dict | None = None,
+    answered=None,
     **kwargs,
 ) -> Metrics:
     """The evaluate_artifact rule: measure, then apply gates; a failing gate fails the rule, no JSON written.
@@ -295,7 +294,8 @@ def evaluate_artifact(
     its probe as ``probe``. A GGUF's probe comes from llama-server (:func:`gguf_served`): what
     ``loraforge-registry verify-served`` later compares a running server with. With ``answers`` (the adapter's
     reference answers) the artifact also answers the generation checks' prompts through its own serving path; with
-    ``lm_eval`` a GGUF also runs the user's lm-eval tasks through the same llama-server.
+    ``lm_eval`` a GGUF also runs the user's lm-eval tasks through the same llama-server. A vLLM form answers
+    through ``answered``, a function that returns its generation record (loraforge.vllm.generation.vllm_answered).
 
     With ``check_json`` (a GGUF's build sidecar; ``lora_check_json`` the LoRA GGUF's), the file must still be the
     bytes that were built (hashed once per file state: ``hash_cache``, the workflow's, keyed by its stat)."""
@@ -308,6 +308,10 @@ def evaluate_artifact(
     if served is not None:
         through_vllm = dict(served(result))
         result = dataclasses.replace(result, served=through_vllm, probe=through_vllm.pop("probe", None))
+    if kwargs.get("answers") is not None and form(kwargs["kind"]).answers_through == "vllm":
+        if answered is None:
+            raise PipelineError(f"{label}: answering through vLLM needs loraforge.vllm.generation.vllm_answered")
+        result = dataclasses.replace(result, **answer_summary(answered()))
     elif form(kwargs["kind"]).llama_cpp and (kwargs.get("reference") or kwargs.get("answers") or lm_eval):
         probe, generation, tasks = gguf_served(
             kwargs["path"],

@@ -58,8 +58,8 @@ def answering_forms(plan, evaluation: dict) -> set[str]:
                 raise ConfigError(key, f"no such artifact in this build (one of {', '.join(plan.artifacts)})")
             if art in plan.skipped:
                 raise ConfigError(key, "is in evaluation.skip: it is not evaluated")
-            if form_of(art, plan.hfq_schemes).answers_through is None:
-                raise ConfigError(key, "the vLLM forms have no generation path yet")
+            if form_of(art, plan.hfq_schemes).answers_through == "vllm" and not plan.vllm_scored:
+                raise ConfigError(key, "a vLLM form answers through vLLM itself: it needs hf_quant.vllm: true")
     if evaluation["lm_eval"] and not any(form_of(a, plan.hfq_schemes).llama_cpp for a in forms):
         raise ConfigError(
             "evaluation.lm_eval", "runs against the answering GGUFs, and evaluation.answer_forms has none"
