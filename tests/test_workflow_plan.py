@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO, make_adapter
-from snakemake.utils import validate
+from snakemake.utils import update_config, validate
 
 from loraforge.errors import PipelineError
 from loraforge.workflow import ConfigError, Plan, paths
@@ -353,9 +353,14 @@ def test_the_shipped_configs_plan(tmp_path, llmcompressor_env):
     # make demo-compress: code-drop20, pruned, distilled and its four GGUF types
     # make demo-vllm: code's GPTQ, AWQ and both multi-LoRA forms; prose's multi-LoRA forms
     for layers, count in (("compress", 10 + 10 + 6), ("vllm", 14 + 12), ("compress vllm", 14 + 12 + 6)):
-        full = {**demo, **{k: v for n in layers.split() for k, v in extras[n].items()}}
+        full = copy.deepcopy(demo)
+        for n in layers.split():  # as Snakemake layers --configfile files: nested keys merge
+            update_config(full, copy.deepcopy(extras[n]))
         full = validated(full)
-        assert len(Plan(full, produced=lambda path: path.startswith("results/")).evaluations()) == count, layers
+        planned = Plan(full, produced=lambda path: path.startswith("results/"))
+        assert len(planned.evaluations()) == count, layers
+        if "vllm" in layers:  # the chat prompts answered through vLLM's chat API too
+            assert {"Q4_K_M", "AWQ-W4A16", "vllm-lora-GPTQ-W4A16"} <= planned.answering
     example = yaml.safe_load((REPO / "config" / "example.yaml").read_text())
     assert Plan(validated(example)).adapters
 
