@@ -36,7 +36,7 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 # SLURM cluster that compares against it (one cluster per machine: slurmd's node name is the host's), and the
 # GPTQ / AWQ calibrations of tests/test_hfquant.py; and module fixtures that take minutes (a module's tests are spread
 # over the workers like any others, so its fixture would be built on each: the promotion history's three trainings
-# and workflow runs, 6 minutes, were built twice).
+# and workflow runs, 6 minutes, were built twice; the generation checks' reference answers, twice half a minute).
 SHARED_BUILDS = {
     "demo_local": "demo",
     "tiny_build": "tiny_build",
@@ -44,6 +44,7 @@ SHARED_BUILDS = {
     "checkpoints": "hfq",
     "history": "promotion",
     "llama3": "llama3_conversion",
+    "smollm2": "smollm2",  # the generation checks' real chat model, and their reference answers (test_generation)
 }
 
 
