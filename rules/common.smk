@@ -2,7 +2,6 @@
 # wildcard constraints and the wrappers that mark external inputs. Input functions sit beside their rules.
 import functools
 import os
-import re
 
 import yaml
 
@@ -15,7 +14,7 @@ import loraforge.device
 from loraforge.errors import PipelineError
 from loraforge.io.hashing import WORKFLOW_HASH_CACHE, HashCache, tree_fingerprint
 from loraforge.registry.core import STORE_ENV
-from loraforge.workflow import Plan, paths, size_mb
+from loraforge.workflow import Plan, inputs_mb, paths, size_mb
 from loraforge.workflow.schema_values import coerce_strings, fill_defaults
 
 
@@ -52,8 +51,7 @@ except PipelineError as e:
     raise WorkflowError(str(e)) from None
 
 
-def one_of(names):
-    return "|".join(re.escape(n) for n in names) or "^$"
+one_of = paths.one_of  # a wildcard constraint of exactly these names
 
 
 wildcard_constraints:

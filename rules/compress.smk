@@ -21,7 +21,7 @@ rule prune_model:
         "../envs/loraforge.yaml"
     threads: plan.threads
     resources:
-        mem_mb=lambda w, input: int(2000 + 4 * size_mb(input.teacher)),
+        mem_mb=lambda w, input: int(2000 + 4 * inputs_mb(input.teacher)),
         runtime=60,
     params:
         spec=lambda w: plan.compress_spec(w.model),
@@ -53,7 +53,7 @@ rule distill_model:
     threads: plan.threads
     resources:
         # teacher and student in float32, the student's gradients and AdamW's two moments
-        mem_mb=lambda w, input: int(3000 + 12 * size_mb(input.teacher)),
+        mem_mb=lambda w, input: int(3000 + 12 * inputs_mb(input.teacher)),
         runtime=240,
     params:
         distill=lambda w: plan.compress_spec(w.model)["distill"],

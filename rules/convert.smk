@@ -19,7 +19,9 @@ rule convert_to_gguf:
     threads: plan.threads
     resources:
         # lazy converter + the HF model in float32 for the logit check
-        mem_mb=lambda w, input: plan.bounded_mem_mb(1500 + 3 * size_mb(input.model_dir)),
+        mem_mb=lambda w, input: plan.bounded_mem_mb(
+            1500 + 3 * inputs_mb(input.model_dir)
+        ),
         runtime=60,
     params:
         outtype=config["convert"]["outtype"],
@@ -53,7 +55,7 @@ rule convert_lora:
         "../envs/loraforge.yaml"
     threads: plan.threads
     resources:
-        mem_mb=lambda w, input: plan.bounded_mem_mb(2000 + 3 * size_mb(input.base)),
+        mem_mb=lambda w, input: plan.bounded_mem_mb(2000 + 3 * inputs_mb(input.base)),
         runtime=30,
     params:
         fingerprints=input_fingerprints,

@@ -41,7 +41,7 @@ rule split_gguf:
         "../envs/loraforge.yaml"
     threads: plan.threads
     resources:
-        mem_mb=lambda w, input: int(1000 + 0.2 * input.size_mb),
+        mem_mb=lambda w, input: int(1000 + 0.2 * inputs_mb(input.gguf)),
         runtime=60,
     params:
         max_size=plan.split,

@@ -15,7 +15,7 @@ rule compute_reference:
         "../envs/loraforge.yaml"
     threads: plan.threads
     resources:
-        mem_mb=lambda w, input: plan.bounded_mem_mb(2000 + 3 * input.size_mb),
+        mem_mb=lambda w, input: plan.bounded_mem_mb(2000 + 3 * inputs_mb(input)),
         runtime=60,
     params:
         weights=lambda w: plan.adapter_weights(w.adapter),
@@ -43,7 +43,7 @@ rule reference_answers:
         "../envs/loraforge.yaml"
     threads: plan.threads
     resources:
-        mem_mb=lambda w, input: int(2000 + 3 * input.size_mb),
+        mem_mb=lambda w, input: int(2000 + 3 * inputs_mb(input)),
         runtime=60,
     params:
         weights=lambda w: plan.adapter_weights(w.adapter),
@@ -69,7 +69,7 @@ rule evaluate_artifact:
         "../envs/loraforge.yaml"
     threads: plan.threads
     resources:
-        mem_mb=lambda w, input: plan.evaluation_mem_mb(w.artifact, input.size_mb),
+        mem_mb=lambda w, input: plan.evaluation_mem_mb(w.artifact, inputs_mb(input)),
         runtime=60,
     params:
         kind=lambda w: plan.artifact_kind(w.artifact),
@@ -102,7 +102,7 @@ rule evaluate_base:
         "../envs/loraforge.yaml"
     threads: plan.threads
     resources:
-        mem_mb=lambda w, input: plan.bounded_mem_mb(2000 + 2 * input.size_mb),
+        mem_mb=lambda w, input: plan.bounded_mem_mb(2000 + 2 * inputs_mb(input)),
         runtime=60,
     params:
         names=list(plan.texts),

@@ -15,7 +15,7 @@ rule merge_adapter:
         "../envs/loraforge.yaml"
     threads: plan.threads
     resources:
-        mem_mb=lambda w, input: plan.merge_mem_mb(size_mb(input.base)),
+        mem_mb=lambda w, input: plan.merge_mem_mb(inputs_mb(input.base)),
         runtime=60,
     params:
         weights=lambda w: plan.adapter_weights(w.adapter),

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, make_adapter
+from conftest import REPO, Workflow, make_adapter, user_config
 from snakemake.utils import update_config, validate
 
 from loraforge.errors import PipelineError
-from loraforge.workflow import ConfigError, Plan, paths
+from loraforge.workflow import ConfigError, Plan, inputs_mb, paths
 from loraforge.workflow.schema_values import fill_defaults
 
 SCHEMA = str(REPO / "schemas" / "config.schema.yaml")
@@ -194,6 +194,51 @@ def test_one_template_per_artifact():
     assert paths.fill(paths.GGUF, gguf_type="F16") == "results/gguf/{model}/{model}-F16.gguf"
     assert plan().lora_gguf_of("alpha") == "results/lora/alpha/alpha-lora-F16.gguf"
     assert paths.log("merge_adapter", "{adapter}") == "logs/merge_adapter/{adapter}.log"
+
+
+def test_wildcard_constraints_match_exactly_their_names():
+    import re
+
+    names = ["a", "ab", "abc", "code", "code-drop20", "a.b", *(f"a{i:04d}" for i in range(1000))]
+    pattern = re.compile(paths.one_of(names))
+    assert all(pattern.fullmatch(n) for n in names)
+    for other in ["", "abcd", "co", "code-", "code-drop2", "a1000", "a000", "axb", "b"]:
+        assert not pattern.fullmatch(other), other
+    assert len(paths.one_of(names)) < len("|".join(names))  # a trie: shared prefixes written once
+    assert not re.fullmatch(paths.one_of([]), "a")
+
+
+def test_a_jobs_memory_counts_the_model_directories_it_reads(tmp_path):
+    model = tmp_path / "model"
+    (model / "sub").mkdir(parents=True)
+    (model / "model.safetensors").write_bytes(b"x" * 3 * 2**20)
+    (model / "sub" / "more.bin").write_bytes(b"x" * 2**20)
+    text = tmp_path / "text.txt"
+    text.write_bytes(b"y" * 2**19)
+    assert inputs_mb(str(model), [str(text)]) == 4.5  # the tree, not the directory entry's 4 KB
+    missing = str(tmp_path / "not-built")
+    with pytest.raises(FileNotFoundError) as e:
+        inputs_mb([str(text), missing])
+    assert e.value.filename == missing  # what Snakemake needs to evaluate the resource again later
+
+
+def test_memory_is_sized_from_real_inputs_or_deferred_until_they_exist(models, tmp_path):
+    """A dry run on real tiny models: the merge's and the LoRA conversion's memory come from the base directory's
+    files; the reference's waits for the merged model it reads (Snakemake's <TBD>) and is evaluated when the job is
+    ready (the full runs of tests/test_workflow.py go through that)."""
+    wf = Workflow(tmp_path / "wf", user_config(models, adapters={"alpha": str(models["alpha"])}))
+    resources, rule = {}, None
+    for line in wf.run("-n", "--forceall").stdout.splitlines():
+        if line.startswith(("rule ", "localrule ")):
+            rule = line.split()[1].rstrip(":")
+        elif line.strip().startswith("resources:") and rule:
+            resources.setdefault(rule, line)
+    base_mb = inputs_mb(str(models["base"]))
+    assert base_mb > 1
+    plan_ = Plan(validated(wf.config()))
+    assert f"mem_mb={plan_.merge_mem_mb(base_mb)}," in resources["merge_adapter"], resources["merge_adapter"]
+    assert f"mem_mb={plan_.bounded_mem_mb(2000 + 3 * base_mb)}," in resources["convert_lora"]  # the base's files
+    assert "mem_mb=<TBD>" in resources["compute_reference"], resources["compute_reference"]  # the merged model
 
 
 def test_memory_of_a_torch_job_is_bounded_by_the_budget():

@@ -3,6 +3,8 @@ the external ones."""
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 from ..forms import LORA, VLLM_LORA
@@ -146,10 +148,36 @@ class JobInputs:
 
 
 def size_mb(path) -> float:
-    """MB of a file or directory tree that exists; 0 for one not built yet (a job's resources at planning)."""
+    """MB of a file or directory tree that exists; 0 for one not built yet."""
     p = Path(path)
     if p.is_file():
         return p.stat().st_size / 2**20
     if not p.exists():
         return 0.0
     return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) / 2**20
+
+
+_TREES: dict[tuple[str, int], int] = {}  # (directory, its mtime) -> bytes of the files under it
+
+
+def inputs_mb(*inputs) -> float:
+    """MB of a job's inputs (paths, or Snakemake's ``input``), for its ``mem_mb``: a file's size, a directory's
+    files (a model directory is its weights; Snakemake's ``input.size_mb`` counts a directory as the 4 KB of its own
+    entry). An input not built yet raises FileNotFoundError naming it, which Snakemake takes as "evaluate this
+    resource again when the job's inputs exist" (a job's memory is then sized by the files it will really read).
+    Synchronous: ``input.size_mb`` starts an event loop per job, a tenth of a large dry run's time."""
+    total = 0
+    for item in inputs:
+        for path in [item] if isinstance(item, (str, os.PathLike)) else item:
+            total += _bytes(os.fspath(path))
+    return total / 2**20
+
+
+def _bytes(path: str) -> int:
+    st = os.stat(path)  # FileNotFoundError(filename=path): not built yet
+    if not stat.S_ISDIR(st.st_mode):
+        return st.st_size
+    key = (path, st.st_mtime_ns)
+    if key not in _TREES:
+        _TREES[key] = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+    return _TREES[key]

@@ -14,6 +14,8 @@ Wildcards, one name per meaning:
 
 from __future__ import annotations
 
+import re
+
 MERGED = "results/merged/{adapter}"
 MERGE_CHECK = "results/checks/merge/{adapter}.json"
 GGUF = "results/gguf/{model}/{model}-{gguf_type}.gguf"
@@ -62,3 +64,26 @@ def fill(template: str, **wildcards) -> str:
             return "{" + key + "}"
 
     return template.format_map(Keep(wildcards))
+
+
+def one_of(names) -> str:
+    """A wildcard constraint matching exactly ``names``, as a trie of their characters: a flat ``a|b|...`` is tried
+    name by name at every match, which a thousand adapters make a measurable part of planning (docs/measurements.md).
+    Matches nothing when there are no names."""
+    trie: dict = {}
+    for name in sorted(set(names)):
+        node = trie
+        for ch in name:
+            node = node.setdefault(ch, {})
+        node[""] = {}  # the end of a name
+    return _regex(trie) if trie else "^$"
+
+
+def _regex(node: dict) -> str:
+    branches = [re.escape(ch) + _regex(child) for ch, child in sorted(node.items()) if ch]
+    if not branches:
+        return ""
+    if len(branches) == 1:
+        return f"(?:{branches[0]})?" if "" in node else branches[0]
+    body = "(?:" + "|".join(branches) + ")"
+    return body + "?" if "" in node else body
