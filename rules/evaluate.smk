@@ -65,6 +65,7 @@ rule evaluate_artifact:
         paths.benchmark("evaluate_artifact", "{model}-{artifact}")
     wildcard_constraints:
         model=one_of(plan.evaluated),
+        artifact=one_of([a for a in plan.artifacts if a not in plan.lora_evaluated()]),
     conda:
         "../envs/loraforge.yaml"
     threads: plan.threads
@@ -86,6 +87,55 @@ rule evaluate_artifact:
         ),
     script:
         "../scripts/evaluate_artifact.py"
+
+
+# The adapter's LoRA GGUF on every base GGUF type, one pair after another: one job per adapter (they share the
+# reference and the LoRA GGUF; a team's thousand adapters plan four jobs fewer each)
+if plan.lora_evaluated():
+
+    rule evaluate_lora:
+        input:
+            unpack(lambda w: with_external(plan.lora_evaluation_inputs(w.model))),
+        output:
+            metrics=[
+                paths.fill(paths.METRICS, artifact=a) for a in plan.lora_evaluated()
+            ],
+        log:
+            paths.log("evaluate_lora", "{model}"),
+        benchmark:
+            paths.benchmark("evaluate_lora", "{model}")
+        wildcard_constraints:
+            model=one_of(plan.lora_adapters()),
+        conda:
+            "../envs/loraforge.yaml"
+        threads: plan.threads
+        resources:
+            # one pair at a time: the largest base GGUF, the LoRA GGUF and the reference
+            mem_mb=lambda w, input: plan.evaluation_mem_mb(
+                plan.lora_evaluated()[0],
+                inputs_mb(input.reference, input.lora)
+                + max(inputs_mb(g) for g in input.base_ggufs),
+            ),
+            runtime=60,
+        params:
+            artifacts=plan.lora_evaluated(),
+            gates=[
+                config["evaluation"]["gates"].get(a, {}) for a in plan.lora_evaluated()
+            ],
+            answering=[a in plan.answering for a in plan.lora_evaluated()],
+            lm_eval=[
+                plan.lm_eval if a in plan.answering else None
+                for a in plan.lora_evaluated()
+            ],
+            lm_eval_tasks=(
+                fingerprint(plan.lm_eval["include_path"])
+                if plan.lm_eval and set(plan.lora_evaluated()) & set(plan.answering)
+                else None
+            ),
+            batch=config["evaluation"]["batch"],
+            budget_mb=plan.budget_mb,
+        script:
+            "../scripts/evaluate_lora.py"
 
 
 rule evaluate_base:

@@ -1,10 +1,41 @@
-# Register every GGUF (after its evaluation and quality gates) under its adapter revision; promote a new revision
+# Register every artifact (after its evaluation and quality gates) under its adapter revision: a model's GGUFs in
+# one job, the LoRA GGUF and each GPU-serving form in one each; promote a new revision
 # when its A/B test says so; compare any two versions; the dashboard of the whole registry.
 
 
 # With a SQLite registry every rule that writes it runs on the submit host, next to the file (localrule: SQLite's
 # locks and WAL do not hold across hosts, nor on a network filesystem, which loraforge.registry refuses);
 # promotion and comparison score two GGUFs with llama.cpp there too. With PostgreSQL they may run on any node.
+
+
+rule register_ggufs:
+    input:
+        unpack(lambda w: plan.register_ggufs_inputs(w.model)),
+    output:
+        receipts=[paths.fill(paths.RECEIPT, variant=t) for t in plan.gguf_types],
+    log:
+        paths.log("register_ggufs", "{model}"),
+    wildcard_constraints:
+        model=one_of(plan.gguf_registered()),
+    localrule: plan.registry_local
+    conda:
+        "../envs/loraforge.yaml"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=10,
+    params:
+        registry=config["registry"]["path"],
+        store_mode=config["registry"]["store"],
+        types=plan.gguf_types,
+        measured=plan.measured_ggufs(),
+        settings=lambda w: plan.lineage_settings(w.model),
+        artifact_settings=lambda w: {
+            t: plan.artifact_settings(w.model, t) for t in plan.gguf_types
+        },
+        merged_settings=plan.artifact_settings("", "merged"),
+    script:
+        "../scripts/register_ggufs.py"
 
 
 rule register_model:

@@ -47,20 +47,14 @@ def test_dry_run_lists_every_job_and_writes_nothing(built):
     rules = sorted(r for r, _ in dry if r != "all")
     per_adapter = (
         ["merge_adapter", "convert_to_gguf", "quantize_gguf", "compute_reference", "convert_lora", "deploy_bundle"]
-        + ["evaluate_artifact"] * 6
-        + ["register_model"] * 3  # F16, Q8_0 and the LoRA GGUF
+        + ["evaluate_artifact"] * 4
+        + ["evaluate_lora"]  # the LoRA GGUF on the base's F16 and Q8_0
+        + ["register_ggufs", "register_model"]  # F16 and Q8_0 in one job; the LoRA GGUF
     )
     base_gguf = ["convert_to_gguf", "quantize_gguf"]  # the base's own GGUFs, shared by the LoRA GGUF form
     assert rules == sorted(per_adapter * 2 + base_gguf + ["evaluate_base", "report_quality", "render_dashboard"])
     assert {w["model"] for r, w in dry if r == "quantize_gguf"} == {"alpha", "beta", "base"}
-    assert {w["artifact"] for r, w in dry if r == "evaluate_artifact"} == {
-        "adapter",
-        "merged",
-        "F16",
-        "Q8_0",
-        "lora-F16",
-        "lora-Q8_0",
-    }
+    assert {w["artifact"] for r, w in dry if r == "evaluate_artifact"} == {"adapter", "merged", "F16", "Q8_0"}
 
 
 def test_full_run_outputs_and_sidecars(built):
@@ -198,15 +192,15 @@ def test_adding_a_quant_type_builds_only_the_new_files(built_copy):
         ("deploy_bundle", "alpha", None),
         ("deploy_bundle", "beta", None),
         ("evaluate_artifact", "alpha", "Q4_K_M"),
-        ("evaluate_artifact", "alpha", "lora-Q4_K_M"),
         ("evaluate_artifact", "beta", "Q4_K_M"),
-        ("evaluate_artifact", "beta", "lora-Q4_K_M"),
+        ("evaluate_lora", "alpha", None),  # the LoRA GGUF on every base type again, the new one with them
+        ("evaluate_lora", "beta", None),
         ("quantize_gguf", "alpha", "Q4_K_M"),
         ("quantize_gguf", "base", "Q4_K_M"),
         ("quantize_gguf", "beta", "Q4_K_M"),
-        ("register_model", "alpha", "Q4_K_M"),
+        ("register_ggufs", "alpha", None),  # the new GGUF beside its siblings (registered again as they are)
+        ("register_ggufs", "beta", None),
         ("register_model", "alpha", "lora-F16"),  # the LoRA GGUF takes its numbers on the new base type
-        ("register_model", "beta", "Q4_K_M"),
         ("register_model", "beta", "lora-F16"),
         ("render_dashboard", None, None),
         ("report_quality", None, None),
@@ -251,9 +245,15 @@ def test_changing_one_adapter_rebuilds_only_its_chain(built_copy):
         ("convert_lora", "alpha"),
         ("convert_to_gguf", "alpha"),
         ("deploy_bundle", "alpha"),
-    ] + [("evaluate_artifact", "alpha")] * 6 + [("merge_adapter", "alpha"), ("quantize_gguf", "alpha")] + [
-        ("register_model", "alpha")
-    ] * 3 + [("render_dashboard", None), ("report_quality", None)]
+    ] + [("evaluate_artifact", "alpha")] * 4 + [
+        ("evaluate_lora", "alpha"),
+        ("merge_adapter", "alpha"),
+        ("quantize_gguf", "alpha"),
+        ("register_ggufs", "alpha"),
+        ("register_model", "alpha"),
+        ("render_dashboard", None),
+        ("report_quality", None),
+    ]
     wf.run()
     assert file_hashes(wf.root / "results" / "gguf" / "beta") == beta_before
     assert wf.planned() == []
@@ -429,7 +429,7 @@ def test_a_lora_only_revision_builds_checks_evaluates_and_registers_no_merged_fo
         ("compute_reference", "alpha"),
         ("convert_lora", "alpha"),
         ("deploy_bundle", "alpha"),
-    ] + [("evaluate_artifact", "alpha")] * 2 + [
+        ("evaluate_lora", "alpha"),
         ("register_model", "alpha"),
         ("render_dashboard", None),
         ("report_quality", None),

@@ -335,4 +335,38 @@ def evaluate_artifact(
     return result
 
 
-__all__ = ["GATES", "Metrics", "check_gates", "compute_reference", "evaluate", "evaluate_artifact", "token_windows"]
+def evaluate_lora_pairs(
+    out_jsons: list,
+    labels: list[str],
+    base_ggufs: list,
+    base_checks: list,
+    gates: list[dict],
+    lm_evals: list[dict | None],
+    answers: list | None = None,
+    **common,
+) -> list[Metrics]:
+    """The evaluate_lora rule: an adapter's LoRA GGUF on each base GGUF type, one pair after another in one job
+    (:func:`evaluate_artifact` for each, with its own gates). A failing pair fails the job: none of the pairs' files
+    stays (Snakemake removes a failed job's outputs), as the LoRA GGUF's registration needs every pair's numbers.
+    ``answers``: the reference answers for the pairs that answer the generation checks, None for the others."""
+    answers = answers or [None] * len(out_jsons)
+    return [
+        evaluate_artifact(
+            out_json=out, label=label, path=gguf, check_json=check, gates=g, lm_eval=lm, answers=ans, **common
+        )
+        for out, label, gguf, check, g, lm, ans in zip(
+            out_jsons, labels, base_ggufs, base_checks, gates, lm_evals, answers, strict=True
+        )
+    ]
+
+
+__all__ = [
+    "GATES",
+    "Metrics",
+    "check_gates",
+    "compute_reference",
+    "evaluate",
+    "evaluate_artifact",
+    "evaluate_lora_pairs",
+    "token_windows",
+]

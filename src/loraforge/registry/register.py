@@ -1,4 +1,4 @@
-"""The register_model step: read what the pipeline recorded (sidecars) and hand it to the store.
+"""The registration steps: read what the pipeline recorded (sidecars) and hand it to the store.
 
 An artifact is registered only as the bytes that were built and measured: its hash must be the one its build
 sidecar recorded and the one its evaluation scored. A GGUF changed afterwards (edited in place, copied over) is
@@ -104,6 +104,45 @@ def register_artifact(
         artifact_settings=artifact_settings,
         merged_settings=merged_settings,
     )
+
+
+def register_ggufs(
+    registry,
+    name: str,
+    ggufs: list,
+    gguf_types: list[str],
+    check_jsons: list,
+    receipts: list,
+    settings: dict,
+    artifact_settings: dict,
+    merge_json=None,
+    merged_dir=None,
+    metrics_jsons: dict | None = None,
+    store_mode: str = "copy",
+    merged_settings: dict | None = None,
+) -> list[dict]:
+    """Register every GGUF of one model's revision, in the order given (one job of the workflow, one receipt each):
+    :func:`register_artifact` for each, which is idempotent, so a new type re-registers its siblings as they are.
+    ``metrics_jsons``: type -> its evaluation, for the types evaluated; ``artifact_settings``: type -> its own."""
+    metrics_jsons = metrics_jsons or {}
+    return [
+        register_artifact(
+            registry=registry,
+            name=name,
+            gguf=gguf,
+            gguf_type=t,
+            check_json=check,
+            merge_json=merge_json,
+            merged_dir=merged_dir,
+            receipt=receipt,
+            settings=settings,
+            metrics_json=metrics_jsons.get(t),
+            store_mode=store_mode,
+            artifact_settings=dict(artifact_settings[t]),
+            merged_settings=merged_settings,
+        )
+        for gguf, t, check, receipt in zip(ggufs, gguf_types, check_jsons, receipts, strict=True)
+    ]
 
 
 def register_checkpoint(

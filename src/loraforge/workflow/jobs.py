@@ -77,12 +77,53 @@ class JobInputs:
             inputs["answers"] = paths.ANSWERS.format(adapter=self.teacher(model))
         return {**inputs, **self.form(artifact).evaluation_inputs(self, model, artifact)}
 
+    def lora_evaluated(self) -> list[str]:
+        """The ``lora-<type>`` pairs an adapter's LoRA GGUF is evaluated on (every base GGUF type not skipped), all
+        in one evaluate_lora job."""
+        if not self.lora:
+            return []
+        return [a for a in (f"{LORA}{t}" for t in self.gguf_types) if self.evaluated_form(a)]
+
+    def lora_evaluation_inputs(self, adapter: str) -> dict:
+        """What evaluate_lora reads: the adapter's reference, its LoRA GGUF, each base GGUF it is paired with (in
+        the order of :meth:`lora_evaluated`) and their build checks; the reference answers where a pair answers."""
+        pairs = [self.evaluation_inputs(adapter, a) for a in self.lora_evaluated()]
+        inputs = {k: pairs[0][k] for k in ("reference", "lora", "lora_check")}
+        inputs["base_ggufs"] = [p["artifact"] for p in pairs]
+        inputs["base_checks"] = [p["check"] for p in pairs]
+        if any("answers" in p for p in pairs):
+            inputs["answers"] = next(p["answers"] for p in pairs if "answers" in p)
+        return inputs
+
+    def _revision_inputs(self, model: str) -> dict:
+        """The merge check and merged model of ``model``'s revision, with a merged form: its lineage."""
+        if not self.merged:
+            return {}
+        return {"merge": paths.MERGE_CHECK.format(adapter=self.teacher(model)), "merged": self.model_dir(model)}
+
+    def register_ggufs_inputs(self, model: str) -> dict:
+        """Every GGUF of one model (a merged or compressed one), registered in one job: the GGUFs and their build
+        checks in the order of ``gguf_types``, the evaluations of those measured (:meth:`measured_ggufs`), the
+        revision's merge check and merged model."""
+        inputs = {
+            "ggufs": [self.gguf(model, t) for t in self.gguf_types],
+            "checks": [self.gguf_check(model, t) for t in self.gguf_types],
+            **self._revision_inputs(model),
+        }
+        if self.measured_ggufs():
+            inputs["metrics"] = [self.metrics(model, t) for t in self.measured_ggufs()]
+        return inputs
+
+    def measured_ggufs(self) -> list[str]:
+        """The GGUF types whose evaluation a registration carries (the others are registered with their build
+        check only)."""
+        return [t for t in self.gguf_types if self.evaluated_form(t)]
+
     def register_inputs(self, model: str, variant: str) -> dict:
-        """The registered file, its build check, the merge check and model dir of its revision, and (with
-        evaluation) its metrics: registration waits for them, so a failing quality gate blocks it."""
-        common = {}
-        if self.merged:  # the merged model is registered with the version, and its merge check holds the lineage
-            common = {"merge": paths.MERGE_CHECK.format(adapter=self.teacher(model)), "merged": self.model_dir(model)}
+        """register_model's inputs (the LoRA GGUF, a GPU-serving form; a model's GGUFs: :meth:`register_ggufs_inputs`):
+        the registered file, its build check, the merge check and model dir of its revision, and (with evaluation)
+        its metrics: registration waits for them, so a failing quality gate blocks it."""
+        common = self._revision_inputs(model)  # the merged model is registered with the version
         if variant == self.lora_variant:  # the adapter's LoRA GGUF, an artifact of the same revision
             lora = self.lora_gguf_of(model)
             inputs = {"gguf": lora, "check": f"{lora}.json", **common}

@@ -43,8 +43,7 @@ class Targets:
     def receipts(self) -> list[str]:
         if not self.register:
             return []
-        merged = self.evaluated if self.merged else []
-        out = [paths.RECEIPT.format(model=m, variant=t) for m in merged for t in self.gguf_types]
+        out = [paths.RECEIPT.format(model=m, variant=t) for m in self.gguf_registered() for t in self.gguf_types]
         out += [paths.RECEIPT.format(model=a, variant=self.lora_variant) for a in self.lora_adapters()]
         out += [
             paths.RECEIPT.format(model=m, variant=s) for m in self.hfq_models() if m != "base" for s in self.hfq_schemes
@@ -53,9 +52,15 @@ class Targets:
         return out + [paths.RECEIPT.format(model=a, variant=v) for a in self.vllm_lora_adapters() for v in vllm]
 
     def registered_variants(self) -> list[str]:
-        """Every ``{variant}`` register_model takes."""
+        """Every ``{variant}`` register_model takes: the LoRA GGUF and the GPU-serving forms (a model's GGUFs are
+        registered together, by register_ggufs)."""
         vllm = [f"{VLLM_LORA}{s}" for s in self.hfq_schemes]
-        return [*self.gguf_types, self.lora_variant, *self.hfq_schemes, *vllm]
+        return [self.lora_variant, *self.hfq_schemes, *vllm]
+
+    def gguf_registered(self) -> list[str]:
+        """The models whose GGUFs are registered (register_ggufs' ``{model}``): with a merged form, every adapter's
+        merged model and every compressed model."""
+        return list(self.evaluated) if self.register and self.merged else []
 
     def promotions(self) -> list[str]:
         return [paths.PROMOTION.format(adapter=a) for a in self.adapters] if self.promote else []
