@@ -116,7 +116,7 @@ if plan.lora_evaluated():
                 inputs_mb(input.reference, input.lora)
                 + max(inputs_mb(g) for g in input.base_ggufs),
             ),
-            runtime=60,
+            runtime=60 * len(plan.lora_evaluated()),  # minutes: an evaluation's, for each pair in turn
         params:
             artifacts=plan.lora_evaluated(),
             gates=[

@@ -23,7 +23,7 @@ rule register_ggufs:
     threads: 1
     resources:
         mem_mb=500,
-        runtime=10,
+        runtime=10 * len(plan.gguf_types),  # minutes: a registration's, for each GGUF in turn
     params:
         registry=config["registry"]["path"],
         store_mode=config["registry"]["store"],
