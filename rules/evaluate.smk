@@ -127,7 +127,7 @@ if plan.lora_evaluated():
                 plan.lm_eval if a in plan.answering else None
                 for a in plan.lora_evaluated()
             ],
-            lm_eval_tasks=(
+            lm_eval_tasks=lambda w: (  # per job: the tasks are hashed after check_inputs() has read them
                 fingerprint(plan.lm_eval["include_path"])
                 if plan.lm_eval and set(plan.lora_evaluated()) & set(plan.answering)
                 else None
