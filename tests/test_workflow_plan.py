@@ -396,8 +396,8 @@ def test_the_shipped_configs_plan(tmp_path, llmcompressor_env):
     assert len(p.evaluations()) == 10 + 10  # as the demo test counts the report's rows
     extras = {n: yaml.safe_load((REPO / "config" / f"demo-{n}.yaml").read_text()) for n in ("compress", "vllm")}
     # make demo-compress: code-drop20, pruned, distilled and its four GGUF types
-    # make demo-vllm: code's GPTQ, AWQ and both multi-LoRA forms; prose's multi-LoRA forms
-    for layers, count in (("compress", 10 + 10 + 6), ("vllm", 14 + 12), ("compress vllm", 14 + 12 + 6)):
+    # make demo-vllm: code's four checkpoints and four multi-LoRA forms; prose's four multi-LoRA forms
+    for layers, count in (("compress", 10 + 10 + 6), ("vllm", 10 + 10 + 12), ("compress vllm", 10 + 10 + 12 + 6)):
         full = copy.deepcopy(demo)
         for n in layers.split():  # as Snakemake layers --configfile files: nested keys merge
             update_config(full, copy.deepcopy(extras[n]))
@@ -405,7 +405,8 @@ def test_the_shipped_configs_plan(tmp_path, llmcompressor_env):
         planned = Plan(full, produced=lambda path: path.startswith("results/"))
         assert len(planned.evaluations()) == count, layers
         if "vllm" in layers:  # the chat prompts answered through vLLM's chat API too
-            assert {"Q4_K_M", "AWQ-W4A16", "vllm-lora-GPTQ-W4A16"} <= planned.answering
+            assert {"Q4_K_M", "AWQ-W4A16", "FP8-DYNAMIC", "vllm-lora-GPTQ-W4A16"} <= planned.answering
+            assert "vllm-lora-W8A8-INT8" not in planned.answering
     example = yaml.safe_load((REPO / "config" / "example.yaml").read_text())
     assert Plan(validated(example)).adapters
 

@@ -5,7 +5,7 @@ A bundle directory per adapter (``results/deploy/<adapter>/``):
 - ``Modelfile``: ``FROM`` the merged model's GGUF;
 - ``Modelfile.lora`` (when the adapter has the LoRA GGUF form): ``FROM`` the base's GGUF of the same type and
   ``ADAPTER`` the LoRA GGUF;
-- with ``hf_quant``, the card's vLLM section: ``vllm serve`` of each GPTQ / AWQ checkpoint of the merged model,
+- with ``hf_quant``, the card's vLLM section: ``vllm serve`` of each compressed-tensors checkpoint of the merged model,
   and of the base's checkpoint with the adapter as a LoRA module (``--enable-lora``);
 - ``README.md``: a model card with YAML front matter (``base_model``, ``base_model_relation``, ``license``,
   ``tags``, ``quantized_by``) and the measured numbers of every evaluated artifact.
@@ -106,8 +106,8 @@ def modelfile(bundle: Path, from_gguf, stops: list[str], template: str | None, a
 
 
 def vllm_commands(adapter: str, adapter_dirs, checkpoints, base_checkpoints) -> list[dict]:
-    """How vLLM serves each GPU-serving form: a GPTQ / AWQ checkpoint of the merged model, and the base's checkpoint
-    with the adapter's PEFT directory as a LoRA module (``--max-lora-rank`` at least the adapter's rank)."""
+    """How vLLM serves each GPU-serving form: a compressed-tensors checkpoint of the merged model, and the base's
+    checkpoint with the adapter's PEFT directory as a LoRA module (``--max-lora-rank`` at least the adapter's rank)."""
     out = []
     for ck in checkpoints:
         scheme = json.loads(Path(f"{ck}.json").read_text())["scheme"]

@@ -27,7 +27,7 @@ class Kind(str, Enum):
     LORA = "lora"  # the base's GGUF with the adapter's LoRA GGUF applied by llama.cpp
     HF = "hf"  # an HF model directory through transformers, in its own dtype
     PEFT = "peft"  # the base with the adapter applied through PEFT, unmerged
-    CHECKPOINT = "hfq"  # a compressed-tensors (GPTQ / AWQ) checkpoint
+    CHECKPOINT = "hfq"  # a compressed-tensors (GPTQ / AWQ / W8A8) checkpoint
     CHECKPOINT_LORA = "hfq-lora"  # the base's checkpoint with the adapter through PEFT (vLLM's multi-LoRA form)
 
 
@@ -154,7 +154,7 @@ class LoraGGUF(Form):
 
 
 class Checkpoint(Form):
-    """A GPTQ / AWQ compressed-tensors checkpoint of a merged model (variant: the scheme), for vLLM."""
+    """A GPTQ / AWQ / W8A8 compressed-tensors checkpoint of a merged model (variant: the scheme), for vLLM."""
 
     kind, label, registry_kind = Kind.CHECKPOINT, "merged, compressed-tensors (vLLM)", "hf-quant"
     vllm_served = True

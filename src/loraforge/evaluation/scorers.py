@@ -109,8 +109,9 @@ def peft_scorer(
 
 
 class CheckpointScorer(HFScorer):
-    """A compressed-tensors checkpoint (GPTQ / AWQ), decompressed by transformers into 16-bit weights and computed
-    in its own dtype, as vLLM's W4A16 kernels do; with ``adapters``, the adapter applied through PEFT on top (vLLM's
+    """A compressed-tensors checkpoint (GPTQ / AWQ / W8A8), decompressed by transformers into 16-bit weights and
+    computed in its own dtype, as vLLM's W4A16 kernels do (a W8A8 one's activations quantized per token as vLLM's int8 /
+    FP8 kernels do: models.hf.quantize_activations); with ``adapters``, the adapter applied through PEFT on top (vLLM's
     multi-LoRA form)."""
 
     def __init__(self, path, adapters=None, batch: int = 8):
@@ -147,7 +148,7 @@ def checkpoint_scorer(path, adapters=None, batch: int = 8, budget_mb: float | No
     need_mb = json.loads(sidecar.read_text())["n_params"] * 2 / 2**20
     if budget_mb is not None and need_mb > budget_mb:
         raise PipelineError(
-            f"{path}: decompressed it needs {need_mb:.0f} MB, over memory.budget_mb {budget_mb:.0f}; a GPTQ/AWQ "
-            "checkpoint is evaluated whole: raise the budget or drop hf_quant for this model"
+            f"{path}: decompressed it needs {need_mb:.0f} MB, over memory.budget_mb {budget_mb:.0f}; a "
+            "compressed-tensors checkpoint is evaluated whole: raise the budget or drop hf_quant for this model"
         )
     return CheckpointScorer(path, adapters, batch)

@@ -1,6 +1,8 @@
-"""GPU-serving checkpoints: 4-bit GPTQ and AWQ weights in the compressed-tensors format that vLLM (and SGLang, TGI)
-serve, made by llm-compressor (vLLM's own quantization library) from an HF model directory, calibrated on the
-calibration text.
+"""GPU-serving checkpoints in the compressed-tensors format that vLLM (and SGLang, TGI) serve, made by llm-compressor
+(vLLM's own quantization library) from an HF model directory: 4-bit GPTQ and AWQ weights calibrated on the
+calibration text (W4A16); int8 weights and activations, SmoothQuant + GPTQ (W8A8-INT8); FP8 weights and
+activations, cast without calibration (FP8-DYNAMIC). The W8A8 schemes quantize each layer's input per token at run
+time; the stand-in models that too (models.hf.quantize_activations).
 
 llm-compressor 0.14 caps transformers at 5.17, older than the rest of loraforge runs on, so it lives in an
 environment of its own (``python -m loraforge.hfquant setup``, run by ``make setup-hfquant``, in the cache beside the

@@ -1,5 +1,5 @@
-"""Calibrate, save and check one GPTQ / AWQ checkpoint: the calibration windows, the worker run in
-llm-compressor's environment, the reload check and the sidecar."""
+"""Calibrate (or, for FP8, cast), save and check one compressed-tensors checkpoint: the calibration windows, the worker
+run in llm-compressor's environment, the reload check and the sidecar."""
 
 from __future__ import annotations
 
@@ -71,18 +71,16 @@ def quantize_checkpoint(
 
     s = scheme(scheme_name)
     python = tool_python()
-    gs = group_size_for(model_dir, group_size)
+    gs = group_size_for(model_dir, group_size) if s.grouped else None  # W8A8: a scale per row
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     windows = calibration_windows(tokenizer, text, samples, seq_len)
     probe = windows[0][:PROBE_TOKENS]
     log.info(
-        "%s of %s: group size %d, %d calibration windows of %d tokens from %s, in %s",
+        "%s of %s: %s, %s, in %s",
         scheme_name,
         model_dir,
-        gs,
-        samples,
-        seq_len,
-        text,
+        f"group size {gs}" if gs else "a scale per row",
+        f"{samples} calibration windows of {seq_len} tokens from {text}" if s.calibrated else "no calibration",
         python,
     )
     with atomic_dir(out_dir) as tmp, tempfile.TemporaryDirectory(prefix="loraforge-hfq-") as work:
@@ -94,6 +92,9 @@ def quantize_checkpoint(
             "method": s.method,
             "bits": s.bits,
             "symmetric": s.symmetric,
+            "number": s.number,
+            "weights": s.weights,
+            "activations": s.activations,
             "group_size": gs,
             "ignore": list(IGNORE),
             "windows": windows,
@@ -134,11 +135,17 @@ def quantize_checkpoint(
         "method": s.method,
         "bits": s.bits,
         "symmetric": s.symmetric,
+        "number": s.number,
         "group_size": gs,
+        "activations": f"{s.number}{s.bits} per token, dynamic" if s.activations else None,
         "ignored": list(IGNORE),
         "format": json.loads((Path(out_dir) / "config.json").read_text())["quantization_config"].get("format"),
         "source": str(model_dir),
-        "calibration": {"text": str(text), "samples": samples, "seq_len": seq_len, "tokens": samples * seq_len},
+        "calibration": (
+            {"text": str(text), "samples": samples, "seq_len": seq_len, "tokens": samples * seq_len}
+            if s.calibrated
+            else None
+        ),
         "seconds": seconds,
         "size_bytes": size,
         "n_params": n_params,

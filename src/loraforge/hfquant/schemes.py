@@ -11,17 +11,45 @@ from ..errors import PipelineError
 
 @dataclasses.dataclass(frozen=True)
 class Scheme:
-    method: str  # gptq | awq
+    method: str  # gptq | awq | smoothquant+gptq | fp8-dynamic: what the worker runs (worker.METHODS)
     bits: int
     symmetric: bool
     what: str
+    weights: str = "group"  # "group": one scale per group of a row (hf_quant.group_size); "channel": one per row
+    number: str = "int"  # the weights' (and quantized activations') number type: "int" or "float" (FP8 E4M3)
+    activations: bool = False  # the inputs of each quantized layer quantized too, per token, at run time (W8A8)
+    calibrated: bool = True  # False: no calibration data (the weights are cast; the probe still comes from the text)
+
+    @property
+    def grouped(self) -> bool:
+        return self.weights == "group"
 
 
-# Weight-only 4-bit (activations stay 16-bit): vLLM runs both with its Marlin / Machete kernels.
+# Weight-only 4-bit (activations stay 16-bit): vLLM runs both with its Marlin / Machete kernels (W4A16 on CPU).
+# 8-bit weights and activations (W8A8): vLLM's int8 / FP8 scaled-matmul kernels (CUTLASS on GPUs; oneDNN and torch
+# on CPUs), activation scales computed per token at run time, as llm-compressor's W8A8 and FP8_DYNAMIC presets.
 SCHEMES = {
     "GPTQ-W4A16": Scheme("gptq", 4, True, "GPTQ, 4-bit symmetric weights, 16-bit activations"),
     "AWQ-W4A16": Scheme(
         "awq", 4, False, "AWQ scaling, then 4-bit asymmetric weights (zero points), 16-bit activations"
+    ),
+    "W8A8-INT8": Scheme(
+        "smoothquant+gptq",
+        8,
+        True,
+        "SmoothQuant (strength 0.8), then GPTQ: int8 weights per channel, int8 activations per token (dynamic)",
+        weights="channel",
+        activations=True,
+    ),
+    "FP8-DYNAMIC": Scheme(
+        "fp8-dynamic",
+        8,
+        True,
+        "FP8 (E4M3) weights per channel, cast without calibration; FP8 activations per token (dynamic)",
+        weights="channel",
+        number="float",
+        activations=True,
+        calibrated=False,
     ),
 }
 GROUP_SIZES = (128, 64, 32)  # tried in order when none is given: the largest that divides every quantized row

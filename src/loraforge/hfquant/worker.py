@@ -4,7 +4,8 @@ llm-compressor accepts.
 
     <llm-compressor python> hfquant_worker.py request.json
 
-The request names the model, the output directory, the scheme, the calibration windows (token ids) and the threads.
+The request names the model, the output directory, the scheme (its method, bits, number type, weight groups and
+whether activations are quantized), the calibration windows (token ids) and the threads.
 The worker calibrates, saves the compressed checkpoint (with the tokenizer) and the calibrated model's logits on
 the check tokens (``logits.npy``, for the reload check). Errors exit 2 with one line on stderr.
 """
@@ -15,7 +16,8 @@ import json
 import sys
 import time
 
-METHODS = ("gptq", "awq")  # loraforge.hfquant.SCHEMES names one of these per scheme
+METHODS = ("gptq", "awq", "smoothquant+gptq", "fp8-dynamic")  # loraforge.hfquant.SCHEMES names one per scheme
+SMOOTHING_STRENGTH = 0.8  # llm-compressor's W8A8 examples
 
 
 def _recipe(req: dict):
@@ -23,18 +25,43 @@ def _recipe(req: dict):
         raise ValueError(f"calibration method {req['method']!r} is not one of {', '.join(METHODS)}")
     from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
 
+    number = req.get("number", "int")
+    grouped = req.get("weights", "group") == "group"
     weights = QuantizationArgs(
-        num_bits=req["bits"], type="int", symmetric=req["symmetric"], strategy="group", group_size=req["group_size"]
+        num_bits=req["bits"],
+        type=number,
+        symmetric=req["symmetric"],
+        strategy="group" if grouped else "channel",
+        group_size=req["group_size"] if grouped else None,
     )
-    groups = {"group_0": QuantizationScheme(targets=["Linear"], weights=weights)}
-    if req["method"] == "gptq":
+    # W8A8: each quantized layer's input quantized per token at run time (a scale per token, no calibration)
+    activations = (
+        QuantizationArgs(num_bits=req["bits"], type=number, symmetric=True, strategy="token", dynamic=True)
+        if req.get("activations")
+        else None
+    )
+    groups = {"group_0": QuantizationScheme(targets=["Linear"], weights=weights, input_activations=activations)}
+    if req["method"] in ("gptq", "smoothquant+gptq"):
         from llmcompressor.modifiers.quantization import GPTQModifier
 
-        return [GPTQModifier(config_groups=groups, ignore=req["ignore"])]
+        gptq = GPTQModifier(config_groups=groups, ignore=req["ignore"])
+        if req["method"] == "gptq":
+            return [gptq]
+        from llmcompressor.modifiers.transform.smoothquant import SmoothQuantModifier
+
+        # activation outliers moved into the weights first, where GPTQ absorbs them (SmoothQuant, Xiao et al. 2023)
+        return [SmoothQuantModifier(smoothing_strength=SMOOTHING_STRENGTH), gptq]
     from llmcompressor.modifiers.quantization import QuantizationModifier
+
+    if req["method"] == "fp8-dynamic":
+        return [QuantizationModifier(config_groups=groups, ignore=req["ignore"])]
     from llmcompressor.modifiers.transform.awq import AWQModifier
 
     return [AWQModifier(), QuantizationModifier(config_groups=groups, ignore=req["ignore"])]
+
+
+def _calibrated(req: dict) -> bool:
+    return req["method"] != "fp8-dynamic"
 
 
 def main(request_file: str) -> int:
@@ -65,14 +92,17 @@ def _run(req: dict) -> int:
     data = Dataset.from_dict({"input_ids": windows, "attention_mask": [[1] * len(w) for w in windows]})
     t0 = time.time()
     try:
-        oneshot(
-            model=model,
-            dataset=data,
-            recipe=_recipe(req),
-            num_calibration_samples=len(windows),
-            max_seq_length=max(len(w) for w in windows),
-            shuffle_calibration_samples=False,  # the same windows in the same order: the same bytes every run
+        calibration = (
+            {
+                "dataset": data,
+                "num_calibration_samples": len(windows),
+                "max_seq_length": max(len(w) for w in windows),
+                "shuffle_calibration_samples": False,  # the same windows in the same order: the same bytes every run
+            }
+            if _calibrated(req)
+            else {}  # FP8's weights are cast: nothing to calibrate on
         )
+        oneshot(model=model, recipe=_recipe(req), **calibration)
     except Exception as e:  # llm-compressor's own errors (tracing, unsupported layers) as one line
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         print(f"llm-compressor could not apply {req['scheme']}: {type(e).__name__}: {first}", file=sys.stderr)

@@ -163,9 +163,10 @@ def register_checkpoint(
     artifact_settings: dict | None = None,
     merged_settings: dict | None = None,
 ) -> dict:
-    """Register a GPU-serving form of an adapter revision: a GPTQ / AWQ checkpoint directory (kind ``hf-quant``,
-    variant the scheme), or for ``vllm-lora-<scheme>`` the adapter's PEFT directory that vLLM serves on the base's
-    checkpoint (kind ``vllm-lora``; the base checkpoint's fingerprint is recorded with it). Both are stored whole."""
+    """Register a GPU-serving form of an adapter revision: a compressed-tensors (GPTQ / AWQ / W8A8) checkpoint directory
+    (kind ``hf-quant``, variant the scheme), or for ``vllm-lora-<scheme>`` the adapter's PEFT directory that vLLM serves
+    on the base's checkpoint (kind ``vllm-lora``; the base checkpoint's fingerprint is recorded with it). Both are
+    stored whole."""
     built = _read(check_json)
     hashes = HashCache(WORKFLOW_HASH_CACHE)
     ck_sha = tree_fingerprint(checkpoint, hashes)

@@ -1,5 +1,5 @@
-"""vLLM in the loop: the GPU-serving forms (GPTQ / AWQ checkpoints, the base's checkpoint with an adapter as vLLM's
-LoRA) scored through vLLM itself, in an environment of its own (:mod:`.environment`), by a worker that imports
+"""vLLM in the loop: the GPU-serving forms (GPTQ / AWQ / W8A8 checkpoints, the base's checkpoint with an adapter as
+vLLM's LoRA) scored through vLLM itself, in an environment of its own (:mod:`.environment`), by a worker that imports
 nothing of loraforge (:mod:`.worker`), against the same float32 reference as every other form (:mod:`.scoring`).
 """
 

@@ -5,7 +5,7 @@ Wildcards, one name per meaning:
 - ``{adapter}``: a configured adapter (or stack) name;
 - ``{model}``: anything with GGUFs: an adapter's merged model, ``base`` (the base's own GGUFs, for the LoRA GGUF
   form) or a compressed model ``<adapter>-<spec>``;
-- ``{scheme}``: a GPU-serving checkpoint scheme (``GPTQ-W4A16``, ``AWQ-W4A16``);
+- ``{scheme}``: a GPU-serving checkpoint scheme (``GPTQ-W4A16``, ``AWQ-W4A16``, ``W8A8-INT8``, ``FP8-DYNAMIC``);
 - ``{gguf_type}``: a GGUF type (the float type, a quant type, ``<quant>-imat``);
 - ``{artifact}``: an evaluated form of a model (``adapter``, ``merged``, a GGUF type, ``lora-<type>``, ``pruned``,
   ``distilled``, a scheme, ``vllm-lora-<scheme>``);

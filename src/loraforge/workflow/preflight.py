@@ -111,14 +111,15 @@ def check_inputs(plan) -> None:
 
 
 def check_hf_quant(plan, base_dir) -> None:
-    """The group size against the base's rows (an adapter does not change them) and the calibration text's
-    length in the base's tokens."""
+    """The group size against the base's rows (an adapter does not change them), where a listed scheme quantizes in
+    groups, and the calibration text's length in the base's tokens."""
     from transformers import AutoTokenizer
 
-    from ..hfquant import calibration_windows, group_size_for
+    from ..hfquant import calibration_windows, group_size_for, scheme
 
     try:
-        group_size_for(base_dir, plan.hfq["group_size"])
+        if any(scheme(s).grouped for s in plan.hfq["schemes"]):
+            group_size_for(base_dir, plan.hfq["group_size"])
     except PipelineError as e:
         raise ConfigError("hf_quant.group_size", str(e)) from None
     if not plan.produced(plan.hfq["text"]):
