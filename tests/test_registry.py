@@ -644,3 +644,31 @@ def test_one_schema_a_new_registry_of_either_backend_and_a_migrated_one_agree(tm
     finally:
         for r in (new, migrated, pg):
             r.close()
+
+
+def test_a_directory_stored_by_another_job_first_is_taken_as_stored(tmp_path, monkeypatch):
+    """Two jobs register the same PEFT directory at once (make demo-vllm's vllm-lora forms of one adapter): the one
+    that renames second finds the first's copy in place and uses it, instead of failing on the rename."""
+    import shutil
+
+    from loraforge.io.hashing import tree_fingerprint
+    from loraforge.registry import filestore
+
+    src = tmp_path / "adapter"
+    src.mkdir()
+    (src / "adapter_config.json").write_text("{}")
+    (src / "adapter_model.safetensors").write_bytes(os.urandom(4096))
+    sha = tree_fingerprint(src)
+    store = filestore.ArtifactStore(tmp_path / "store")
+    dst = store.path_for(sha, ".d")
+    real_copytree = shutil.copytree
+
+    def copy_then_lose_the_race(a, b, **kw):
+        out = real_copytree(a, b, **kw)
+        real_copytree(a, dst)  # the other job's rename lands between our check and ours
+        return out
+
+    monkeypatch.setattr(filestore.shutil, "copytree", copy_then_lose_the_race)
+    stored = store.put(src, sha)
+    assert stored == dst and tree_fingerprint(stored) == sha
+    assert [p.name for p in stored.parent.iterdir()] == [stored.name]  # no temporary directory left

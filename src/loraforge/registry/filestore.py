@@ -108,6 +108,11 @@ class ArtifactStore:
         except OSError as e:
             if e.errno == errno.ENOSPC:
                 raise DiskFull(f"{self.root}: no space left on device storing {src}") from None
+            if e.errno in (errno.ENOTEMPTY, errno.EEXIST) and dst.is_dir():
+                # another job stored the same content first (two forms of one adapter registered at once share
+                # its PEFT directory): the store is content-addressed, so that copy is this one, once verified
+                self.verify(dst, sha256)
+                return dst
             raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
