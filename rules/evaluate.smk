@@ -70,7 +70,7 @@ rule evaluate_artifact:
         "../envs/loraforge.yaml"
     threads: plan.threads
     resources:
-        mem_mb=lambda w, input: plan.evaluation_mem_mb(w.artifact, inputs_mb(input)),
+        mem_mb=lambda w, input: plan.evaluation_mem_mb(w.model, w.artifact, inputs_mb(input)),
         runtime=60,
     params:
         kind=lambda w: plan.artifact_kind(w.artifact),
@@ -78,7 +78,7 @@ rule evaluate_artifact:
         gates=lambda w: config["evaluation"]["gates"].get(w.artifact, {}),
         batch=config["evaluation"]["batch"],
         budget_mb=plan.budget_mb,
-        vllm=lambda w: plan.served_by_vllm(w.artifact),
+        vllm=lambda w: plan.served_by_vllm(w.model, w.artifact),
         lm_eval=lambda w: plan.lm_eval if w.artifact in plan.answering else None,
         lm_eval_tasks=lambda w: (
             fingerprint(plan.lm_eval["include_path"])

@@ -15,7 +15,7 @@ if __name__ == "__main__":
         from loraforge.vllm import served_check
 
         served = served_check(i.artifact, adapters, i.reference, sm.threads)
-        if i.get("answers"):  # the generation checks through vLLM's chat API
+        if i.get("answers") and form(p.kind).answers_through == "vllm":  # the generation checks, vLLM's chat API
             from loraforge.vllm.generation import vllm_answered
 
             answered = vllm_answered(i.artifact, adapters, i.answers, sm.threads, f"{w.model}/{w.artifact}")

@@ -290,6 +290,38 @@ def test_vllm_serves_the_adapter_as_peft_applies_it_and_a_wrong_one_fails(models
         cross_check("alpha/vllm-lora-AWQ-W4A16", standin.top1_agreement, standin.mean_kld, wrong)
 
 
+@pytest.mark.slow  # one more vLLM engine: outside make check's five minutes
+def test_vllm_scores_the_merged_bfloat16_model_as_it_serves_it(tmp_path):
+    """The merged form as vLLM serves it: a bfloat16 base with an adapter merged in, scored through vLLM in the
+    model's own bfloat16 against the float32 reference of the adapter through PEFT, within the cross-check's band of
+    the stand-in (transformers in bfloat16) and its KLD bound far below the unmerged base's (the adapter is in it)."""
+    from conftest import make_llama
+
+    from loraforge import compute_reference
+    from loraforge.demo import corpora
+    from loraforge.evaluation import evaluate
+    from loraforge.merging import merge
+    from loraforge.vllm import served_check
+
+    base = make_llama(tmp_path / "base16", dtype=torch.bfloat16)
+    adapter = make_adapter(base, tmp_path / "alpha16", seed=1)
+    merge(base, [adapter], tmp_path / "merged")
+    text = tmp_path / "eval.txt"
+    text.write_text(corpora()["general"]["heldout"])
+    ref = tmp_path / "ref.safetensors"
+    compute_reference(
+        base, {"heldout": str(text)}, ref, max_tokens=512, adapters=[{"path": str(adapter), "weight": 1.0}]
+    )
+    standin = evaluate("hf", tmp_path / "merged", reference=ref)
+    served = served_check(tmp_path / "merged", None, ref)(standin)  # raises beyond the cross-check's band
+    assert served["dtype"] == "bfloat16" and served["quantization"] is None and served["lora"] is None
+    assert served["scored_tokens"] == standin.scored_tokens
+    assert abs(served["top1_agreement"] - standin.top1_agreement) < 0.05
+    assert served["kld_lumped_mean"] < standin.mean_kld + 0.05
+    # what vLLM serves has the adapter in it: the base without it is far from the reference
+    assert evaluate("hf", base, reference=ref).mean_kld > 10 * served["kld_lumped_mean"]
+
+
 @pytest.mark.slow  # four vLLM engines: a minute, outside make check's five
 def test_vllm_scores_the_w8a8_schemes_and_says_which_lora_this_build_cannot_serve(models, w8a8, references):
     """W8A8-INT8 through vLLM's int8 kernel, and FP8-DYNAMIC with adapter alpha as vLLM's LoRA (its base unchanged

@@ -643,13 +643,22 @@ def test_hf_quant_vllm_scores_the_checkpoint_forms_and_needs_vllms_environment(
 
     monkeypatch.setenv("LORAFORGE_VLLM_PYTHON", sys.executable)
     p = plan(hf_quant={**HFQ, "vllm": True})
-    assert [a for a in p.artifacts_of("alpha") if p.served_by_vllm(a)] == [
+    assert [a for a in p.artifacts_of("alpha") if p.served_by_vllm("alpha", a)] == [
+        "merged",
         "GPTQ-W4A16",
         "AWQ-W4A16",
         "vllm-lora-GPTQ-W4A16",
         "vllm-lora-AWQ-W4A16",
     ]
-    assert not plan(hf_quant=HFQ).served_by_vllm("GPTQ-W4A16")
+    # vLLM loads the merged model whole, beside what the stand-in streams
+    assert p.evaluation_mem_mb("alpha", "merged", 16_000) > plan(hf_quant=HFQ).evaluation_mem_mb(
+        "alpha", "merged", 16_000
+    )
+    assert not plan(hf_quant=HFQ).served_by_vllm("alpha", "GPTQ-W4A16")
+    # only the merged models that hf_quant sends to vLLM: with the multi-LoRA form alone, the merged model is not
+    multi = plan(hf_quant={**HFQ, "vllm": True, "models": ["beta"]})
+    assert multi.served_by_vllm("beta", "merged") and not multi.served_by_vllm("alpha", "merged")
+    assert multi.served_by_vllm("alpha", "vllm-lora-AWQ-W4A16")
     monkeypatch.setenv("LORAFORGE_VLLM_PYTHON", str(tmp_path / "none"))
     with pytest.raises(ConfigError, match=r"config hf_quant.vllm: \$LORAFORGE_VLLM_PYTHON=.*none: no such Python"):
         plan(hf_quant={**HFQ, "vllm": True})

@@ -58,10 +58,18 @@ class Form:
         """The benchmark files of the jobs that build this artifact of ``name`` (the report's build time)."""
         raise NotImplementedError
 
-    def evaluation_mem_mb(self, plan: Any, inputs_mb: float) -> int:
-        """The evaluation's memory: the scorer's runtime plus a multiple of what it reads."""
+    def served_by_vllm(self, plan: Any, model: str, artifact: str) -> bool:
+        """Whether vLLM serves this artifact of ``model``: with ``hf_quant.vllm`` its evaluation also scores it
+        through vLLM itself, cross-checked with this form's own scorer (the stand-in)."""
+        return self.vllm_served
+
+    def evaluation_mem_mb(self, plan: Any, inputs_mb: float, vllm: bool = False) -> int:
+        """The evaluation's memory: the scorer's runtime plus a multiple of what it reads; with ``vllm``, also
+        vLLM's process, its copy of the weights and its 1 GiB KV cache (it runs after the stand-in has freed its
+        model, so the larger of the two)."""
         estimate = 2000 + 3 * inputs_mb
-        return plan.bounded_mem_mb(estimate) if self.streams else int(estimate)
+        mem = plan.bounded_mem_mb(estimate) if self.streams else int(estimate)
+        return max(mem, int(2500 + 3 * inputs_mb)) if vllm else mem
 
     def per_adapter_bytes(self, size_bytes: int, lora_bytes: int | None) -> int:
         """What one more adapter costs in this form: a whole model, or its adapter file beside a shared base."""
@@ -100,6 +108,11 @@ class HFModel(Form):
     def build_steps(self, plan, name, artifact):
         steps = plan.model_steps(name)
         return steps if artifact == "distilled" else steps[:1]
+
+    def served_by_vllm(self, plan, model, artifact):
+        # the merged model of an adapter whose checkpoints go to vLLM (hf_quant.models) is what vLLM serves in its
+        # own 16-bit dtype: scored so too, beside the stand-in (transformers in the same dtype)
+        return artifact == "merged" and model in plan.hfq_adapters
 
     def label_of(self, artifact: str) -> str:
         return self.label if artifact == "merged" else f"{artifact} HF"
@@ -169,9 +182,9 @@ class Checkpoint(Form):
     def build_steps(self, plan, name, artifact):
         return [*plan.model_steps(name), plan.benchmark("quantize_hf", f"{name}-{artifact}")]
 
-    def evaluation_mem_mb(self, plan, inputs_mb):
+    def evaluation_mem_mb(self, plan, inputs_mb, vllm=False):
         # decompressed to 16-bit weights, loaded whole; then vLLM's process, its weights and its 1 GiB KV cache
-        return int(2000 + 8 * inputs_mb + (2500 + 3 * inputs_mb if plan.vllm_scored else 0))
+        return int(2000 + 8 * inputs_mb + (2500 + 3 * inputs_mb if vllm else 0))
 
 
 class CheckpointLora(Checkpoint):

@@ -183,9 +183,10 @@ class JobInputs:
             return self.bounded_mem_mb(1500 + 3 * base_mb)
         return int(1500 + (3 if merge["method"] == "peft" else 0.2) * base_mb)
 
-    def evaluation_mem_mb(self, artifact: str, inputs_mb: float) -> int:
-        """torch steps (HF, PEFT) stream within the budget; llama.cpp maps the GGUF whole (loraforge.forms)."""
-        return self.form(artifact).evaluation_mem_mb(self, inputs_mb)
+    def evaluation_mem_mb(self, model: str, artifact: str, inputs_mb: float) -> int:
+        """torch steps (HF, PEFT) stream within the budget; llama.cpp maps the GGUF whole; vLLM loads it whole
+        (loraforge.forms)."""
+        return self.form(artifact).evaluation_mem_mb(self, inputs_mb, self.served_by_vllm(model, artifact))
 
 
 def size_mb(path) -> float:

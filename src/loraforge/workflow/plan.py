@@ -240,9 +240,10 @@ class Plan(Targets, JobInputs, Settings):
         """The form of an evaluated artifact (loraforge.forms): how it is scored, stored, labelled and read."""
         return form_of(artifact, SCHEMES)
 
-    def served_by_vllm(self, artifact: str) -> bool:
-        """Whether the evaluation of ``artifact`` also scores it through vLLM (hf_quant.vllm, a checkpoint form)."""
-        return self.vllm_scored and self.form(artifact).vllm_served
+    def served_by_vllm(self, model: str, artifact: str) -> bool:
+        """Whether the evaluation of ``model``'s ``artifact`` also scores it through vLLM (hf_quant.vllm: a
+        checkpoint form, or the merged model of an adapter that hf_quant.models sends to vLLM)."""
+        return self.vllm_scored and self.form(artifact).served_by_vllm(self, model, artifact)
 
     @classmethod
     def artifact_kind(cls, artifact: str) -> str:
