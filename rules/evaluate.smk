@@ -65,7 +65,7 @@ rule evaluate_artifact:
         paths.benchmark("evaluate_artifact", "{model}-{artifact}")
     wildcard_constraints:
         model=one_of(plan.evaluated),
-        artifact=one_of([a for a in plan.artifacts if a not in plan.lora_evaluated()]),
+        artifact=one_of([a for a in plan.artifacts if a not in plan.gguf_evaluated() + plan.lora_evaluated()]),
     conda:
         "../envs/loraforge.yaml"
     threads: plan.threads
@@ -89,53 +89,48 @@ rule evaluate_artifact:
         "../scripts/evaluate_artifact.py"
 
 
-# The adapter's LoRA GGUF on every base GGUF type, one pair after another: one job per adapter (they share the
-# reference and the LoRA GGUF; a team's thousand adapters plan four jobs fewer each)
-if plan.lora_evaluated():
+# Every GGUF of a model, one after another in one job per model (they share the reference, and a team's thousand
+# adapters plan and submit one job each instead of one per type): evaluate_ggufs, the merged (or compressed)
+# model's float GGUF and each quantized type; evaluate_lora, an adapter's LoRA GGUF on each base GGUF type.
+for group in plan.IN_TURN:
+    if plan.in_turn(group):
 
-    rule evaluate_lora:
-        input:
-            unpack(lambda w: with_external(plan.lora_evaluation_inputs(w.model))),
-        output:
-            metrics=[
-                paths.fill(paths.METRICS, artifact=a) for a in plan.lora_evaluated()
-            ],
-        log:
-            paths.log("evaluate_lora", "{model}"),
-        benchmark:
-            paths.benchmark("evaluate_lora", "{model}")
-        wildcard_constraints:
-            model=one_of(plan.lora_adapters()),
-        conda:
-            "../envs/loraforge.yaml"
-        threads: plan.threads
-        resources:
-            # one pair at a time: the largest base GGUF, the LoRA GGUF and the reference
-            mem_mb=lambda w, input: plan.evaluation_mem_mb(
-                plan.lora_evaluated()[0],
-                inputs_mb(input.reference, input.lora)
-                + max(inputs_mb(g) for g in input.base_ggufs),
-            ),
-            runtime=60 * len(plan.lora_evaluated()),  # minutes: an evaluation's, for each pair in turn
-        params:
-            artifacts=plan.lora_evaluated(),
-            gates=[
-                config["evaluation"]["gates"].get(a, {}) for a in plan.lora_evaluated()
-            ],
-            answering=[a in plan.answering for a in plan.lora_evaluated()],
-            lm_eval=[
-                plan.lm_eval if a in plan.answering else None
-                for a in plan.lora_evaluated()
-            ],
-            lm_eval_tasks=lambda w: (  # per job: the tasks are hashed after check_inputs() has read them
-                fingerprint(plan.lm_eval["include_path"])
-                if plan.lm_eval and set(plan.lora_evaluated()) & set(plan.answering)
-                else None
-            ),
-            batch=config["evaluation"]["batch"],
-            budget_mb=plan.budget_mb,
-        script:
-            "../scripts/evaluate_lora.py"
+        rule:
+            name:
+                f"evaluate_{group}"
+            input:
+                unpack(lambda w, group=group: with_external(plan.in_turn_inputs(w.model, group))),
+            output:
+                metrics=[paths.fill(paths.METRICS, artifact=a) for a in plan.in_turn(group)],
+            log:
+                paths.log(f"evaluate_{group}", "{model}"),
+            benchmark:
+                paths.benchmark(f"evaluate_{group}", "{model}")
+            wildcard_constraints:
+                model=one_of(plan.in_turn_models(group)),
+            conda:
+                "../envs/loraforge.yaml"
+            threads: plan.threads
+            resources:
+                # one GGUF at a time: the largest, with the reference (and the LoRA GGUF)
+                mem_mb=lambda w, input, group=group: plan.evaluation_mem_mb(
+                    w.model,
+                    plan.in_turn(group)[0],
+                    inputs_mb(input.reference, input.get("lora", []))
+                    + max(inputs_mb(g) for g in input.ggufs),
+                ),
+                runtime=60 * len(plan.in_turn(group)),  # minutes: an evaluation's, for each GGUF in turn
+            params:
+                **plan.in_turn_params(group),
+                lm_eval_tasks=lambda w, group=group: (  # per job: hashed after check_inputs() has read them
+                    fingerprint(plan.lm_eval["include_path"])
+                    if plan.lm_eval and set(plan.in_turn(group)) & set(plan.answering)
+                    else None
+                ),
+                batch=config["evaluation"]["batch"],
+                budget_mb=plan.budget_mb,
+            script:
+                "../scripts/evaluate_ggufs.py"
 
 
 rule evaluate_base:

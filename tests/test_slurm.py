@@ -42,6 +42,7 @@ def slurm_run(wf, cluster, *args, check=True):
             "convert_to_gguf",
             "compute_reference",
             "evaluate_artifact",
+            "evaluate_ggufs",
             "evaluate_lora",
             "evaluate_base",
             "quantize_gguf",
@@ -93,8 +94,8 @@ def test_workflow_on_slurm_matches_local_run(cluster, tiny_build, postgres, tmp_
     shutil.copytree(local.root.parent / "models", root / "models")
     config = local.config()
     config["adapters"] = {"alpha": config["adapters"]["alpha"]}
-    # every rule still runs (evaluate_artifact on the GGUFs, evaluate_lora on the LoRA pairs), not two more torch
-    # evaluations
+    # every GGUF evaluation still runs (evaluate_ggufs on the merged model's, evaluate_lora on the LoRA pairs), not
+    # two more torch evaluations
     config["evaluation"]["skip"] = ["adapter", "merged"]
     url = postgres.new_database()
     config["registry"] = {"path": url, "store_dir": str(root / "store")}

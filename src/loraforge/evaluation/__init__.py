@@ -335,27 +335,28 @@ def evaluate_artifact(
     return result
 
 
-def evaluate_lora_pairs(
+def evaluate_ggufs(
     out_jsons: list,
     labels: list[str],
-    base_ggufs: list,
-    base_checks: list,
+    ggufs: list,
+    checks: list,
     gates: list[dict],
     lm_evals: list[dict | None],
     answers: list | None = None,
     **common,
 ) -> list[Metrics]:
-    """The evaluate_lora rule: an adapter's LoRA GGUF on each base GGUF type, one pair after another in one job
-    (:func:`evaluate_artifact` for each, with its own gates). A failing pair fails the job: none of the pairs' files
-    stays (Snakemake removes a failed job's outputs), as the LoRA GGUF's registration needs every pair's numbers.
-    ``answers``: the reference answers for the pairs that answer the generation checks, None for the others."""
+    """The evaluate_ggufs and evaluate_lora rules: a model's GGUFs one after another in one job (its merged model's
+    types; or, with ``lora`` in ``common``, its LoRA GGUF on each base GGUF), :func:`evaluate_artifact` for each,
+    with its own gates. A failing one fails the job: none of their files stays (Snakemake removes a failed job's
+    outputs), as the registration of a model's GGUFs (or of its LoRA GGUF) needs every one's numbers.
+    ``answers``: the reference answers for the GGUFs that answer the generation checks, None for the others."""
     answers = answers or [None] * len(out_jsons)
     return [
         evaluate_artifact(
             out_json=out, label=label, path=gguf, check_json=check, gates=g, lm_eval=lm, answers=ans, **common
         )
         for out, label, gguf, check, g, lm, ans in zip(
-            out_jsons, labels, base_ggufs, base_checks, gates, lm_evals, answers, strict=True
+            out_jsons, labels, ggufs, checks, gates, lm_evals, answers, strict=True
         )
     ]
 
@@ -367,6 +368,6 @@ __all__ = [
     "compute_reference",
     "evaluate",
     "evaluate_artifact",
-    "evaluate_lora_pairs",
+    "evaluate_ggufs",
     "token_windows",
 ]

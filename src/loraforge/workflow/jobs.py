@@ -84,16 +84,47 @@ class JobInputs:
             return []
         return [a for a in (f"{LORA}{t}" for t in self.gguf_types) if self.evaluated_form(a)]
 
-    def lora_evaluation_inputs(self, adapter: str) -> dict:
-        """What evaluate_lora reads: the adapter's reference, its LoRA GGUF, each base GGUF it is paired with (in
-        the order of :meth:`lora_evaluated`) and their build checks; the reference answers where a pair answers."""
-        pairs = [self.evaluation_inputs(adapter, a) for a in self.lora_evaluated()]
-        inputs = {k: pairs[0][k] for k in ("reference", "lora", "lora_check")}
-        inputs["base_ggufs"] = [p["artifact"] for p in pairs]
-        inputs["base_checks"] = [p["check"] for p in pairs]
-        if any("answers" in p for p in pairs):
-            inputs["answers"] = next(p["answers"] for p in pairs if "answers" in p)
+    def gguf_evaluated(self) -> list[str]:
+        """The GGUF types of a merged (or compressed) model that are evaluated (its float GGUF and each quantized
+        type not skipped), all in one evaluate_ggufs job."""
+        return [t for t in self.gguf_types if self.merged and self.evaluated_form(t)]
+
+    # GGUF evaluations run in turn, one job per model for each group: they share the reference (and the LoRA GGUF),
+    # and a team's thousand adapters plan (and submit) one job each instead of one per GGUF type
+    IN_TURN = ("ggufs", "lora")
+
+    def in_turn(self, group: str) -> list[str]:
+        """The artifacts one evaluate_<group> job evaluates, in order."""
+        return {"ggufs": self.gguf_evaluated, "lora": self.lora_evaluated}[group]()
+
+    def in_turn_models(self, group: str) -> list[str]:
+        """The ``{model}`` of evaluate_<group>: every model with a merged form's GGUFs, or every adapter with the
+        LoRA GGUF form."""
+        return list(self.evaluated) if group == "ggufs" else self.lora_adapters()
+
+    def in_turn_inputs(self, model: str, group: str) -> dict:
+        """What evaluate_<group> reads: the reference, each GGUF (in the order of :meth:`in_turn`) and its build
+        check, the LoRA GGUF and its check for the LoRA pairs, the reference answers where one of them answers."""
+        each = [self.evaluation_inputs(model, a) for a in self.in_turn(group)]
+        inputs = {k: each[0][k] for k in ("reference", "lora", "lora_check") if k in each[0]}
+        inputs["ggufs"] = [e["artifact"] for e in each]
+        inputs["checks"] = [e["check"] for e in each]
+        if any("answers" in e for e in each):
+            inputs["answers"] = next(e["answers"] for e in each if "answers" in e)
         return inputs
+
+    def in_turn_params(self, group: str) -> dict:
+        """evaluate_<group>'s per-artifact settings (the same for every model): its kind, and each artifact's
+        gates, whether it answers the generation checks and its lm-eval tasks."""
+        artifacts = self.in_turn(group)
+        gates = self.config["evaluation"]["gates"]
+        return {
+            "artifacts": artifacts,
+            "kind": self.artifact_kind(artifacts[0]),
+            "gates": [gates.get(a, {}) for a in artifacts],
+            "answering": [a in self.answering for a in artifacts],
+            "lm_eval": [self.lm_eval if a in self.answering else None for a in artifacts],
+        }
 
     def _revision_inputs(self, model: str) -> dict:
         """The merge check and merged model of ``model``'s revision, with a merged form: its lineage."""

@@ -1,7 +1,7 @@
-"""Rule evaluate_lora: an adapter's LoRA GGUF on each base GGUF type, PPL / KLD / top-1 and gates for each pair
-(loraforge.evaluation.evaluate_lora_pairs)."""
+"""Rules evaluate_ggufs and evaluate_lora: every GGUF of a model in turn (its merged model's types, or its LoRA GGUF
+on each base GGUF type), PPL / KLD / top-1 and gates for each (loraforge.evaluation.evaluate_ggufs)."""
 
-from loraforge.evaluation import evaluate_lora_pairs
+from loraforge.evaluation import evaluate_ggufs
 from loraforge.rule import run
 
 if __name__ == "__main__":
@@ -10,18 +10,18 @@ if __name__ == "__main__":
     answers = [i.answers if a else None for a in p.answering] if "answers" in i.keys() else None
     run(
         sm.log[0],
-        evaluate_lora_pairs,
+        evaluate_ggufs,
         threads=sm.threads,
         out_jsons=list(sm.output.metrics),
         labels=[f"{w.model}/{a}" for a in p.artifacts],
-        base_ggufs=list(i.base_ggufs),
-        base_checks=list(i.base_checks),
+        ggufs=list(i.ggufs),
+        checks=list(i.checks),
         gates=[dict(g) for g in p.gates],
         lm_evals=[dict(x) if x else None for x in p.lm_eval],
         answers=answers,
-        kind="lora",
-        lora=i.lora,
-        lora_check_json=i.lora_check,
+        kind=p.kind,
+        lora=i.get("lora"),
+        lora_check_json=i.get("lora_check"),
         reference=i.reference,
         batch=p.batch,
         budget_mb=p.budget_mb,
