@@ -65,7 +65,7 @@ rule evaluate_artifact:
         paths.benchmark("evaluate_artifact", "{model}-{artifact}")
     wildcard_constraints:
         model=one_of(plan.evaluated),
-        artifact=one_of([a for a in plan.artifacts if a not in plan.gguf_evaluated() + plan.lora_evaluated()]),
+        artifact=one_of([a for a in plan.artifacts if a not in plan.in_turn_all()]),
     conda:
         "../envs/loraforge.yaml"
     threads: plan.threads
@@ -89,9 +89,10 @@ rule evaluate_artifact:
         "../scripts/evaluate_artifact.py"
 
 
-# Every GGUF of a model, one after another in one job per model (they share the reference, and a team's thousand
-# adapters plan and submit one job each instead of one per type): evaluate_ggufs, the merged (or compressed)
-# model's float GGUF and each quantized type; evaluate_lora, an adapter's LoRA GGUF on each base GGUF type.
+# Some evaluations of a model in turn, one job per model (they share the reference, and a team's thousand
+# adapters plan and submit one job each instead of one per artifact): evaluate_ggufs, the merged (or compressed)
+# model's float GGUF and each quantized type; evaluate_lora, an adapter's LoRA GGUF on each base GGUF type;
+# evaluate_torch, the adapter through PEFT and its merged model (loraforge.workflow.jobs: Plan.IN_TURN).
 for group in plan.IN_TURN:
     if plan.in_turn(group):
 
@@ -112,16 +113,10 @@ for group in plan.IN_TURN:
                 "../envs/loraforge.yaml"
             threads: plan.threads
             resources:
-                # one GGUF at a time: the largest, with the reference (and the LoRA GGUF)
-                mem_mb=lambda w, input, group=group: plan.evaluation_mem_mb(
-                    w.model,
-                    plan.in_turn(group)[0],
-                    inputs_mb(input.reference, input.get("lora", []))
-                    + max(inputs_mb(g) for g in input.ggufs),
-                ),
-                runtime=60 * len(plan.in_turn(group)),  # minutes: an evaluation's, for each GGUF in turn
+                mem_mb=lambda w, group=group: plan.in_turn_mem_mb(w.model, group),
+                runtime=60 * len(plan.in_turn(group)),  # minutes: an evaluation's, for each in turn
             params:
-                **plan.in_turn_params(group),
+                each=lambda w, group=group: plan.in_turn_each(w.model, group),
                 lm_eval_tasks=lambda w, group=group: (  # per job: hashed after check_inputs() has read them
                     fingerprint(plan.lm_eval["include_path"])
                     if plan.lm_eval and set(plan.in_turn(group)) & set(plan.answering)
@@ -130,7 +125,7 @@ for group in plan.IN_TURN:
                 batch=config["evaluation"]["batch"],
                 budget_mb=plan.budget_mb,
             script:
-                "../scripts/evaluate_ggufs.py"
+                "../scripts/evaluate_in_turn.py"
 
 
 rule evaluate_base:

@@ -42,6 +42,7 @@ def slurm_run(wf, cluster, *args, check=True):
             "convert_to_gguf",
             "compute_reference",
             "evaluate_artifact",
+            "evaluate_torch",
             "evaluate_ggufs",
             "evaluate_lora",
             "evaluate_base",
@@ -95,7 +96,7 @@ def test_workflow_on_slurm_matches_local_run(cluster, tiny_build, postgres, tmp_
     config = local.config()
     config["adapters"] = {"alpha": config["adapters"]["alpha"]}
     # every GGUF evaluation still runs (evaluate_ggufs on the merged model's, evaluate_lora on the LoRA pairs), not
-    # two more torch evaluations
+    # the two torch evaluations (evaluate_torch)
     config["evaluation"]["skip"] = ["adapter", "merged"]
     url = postgres.new_database()
     config["registry"] = {"path": url, "store_dir": str(root / "store")}

@@ -47,7 +47,7 @@ def test_dry_run_lists_every_job_and_writes_nothing(built):
     rules = sorted(r for r, _ in dry if r != "all")
     per_adapter = (
         ["merge_adapter", "convert_to_gguf", "quantize_gguf", "compute_reference", "convert_lora", "deploy_bundle"]
-        + ["evaluate_artifact"] * 2  # the adapter through PEFT, the merged model
+        + ["evaluate_torch"]  # the adapter through PEFT, then the merged model
         + ["evaluate_ggufs"]  # the merged model's F16 and Q8_0, in turn
         + ["evaluate_lora"]  # the LoRA GGUF on the base's F16 and Q8_0
         + ["register_ggufs", "register_model"]  # F16 and Q8_0 in one job; the LoRA GGUF
@@ -55,7 +55,7 @@ def test_dry_run_lists_every_job_and_writes_nothing(built):
     base_gguf = ["convert_to_gguf", "quantize_gguf"]  # the base's own GGUFs, shared by the LoRA GGUF form
     assert rules == sorted(per_adapter * 2 + base_gguf + ["evaluate_base", "report_quality", "render_dashboard"])
     assert {w["model"] for r, w in dry if r == "quantize_gguf"} == {"alpha", "beta", "base"}
-    assert {w["artifact"] for r, w in dry if r == "evaluate_artifact"} == {"adapter", "merged"}
+    assert not [r for r, _ in dry if r == "evaluate_artifact"]  # no other form than these in this config
 
 
 def test_full_run_outputs_and_sidecars(built):
@@ -246,9 +246,9 @@ def test_changing_one_adapter_rebuilds_only_its_chain(built_copy):
         ("convert_lora", "alpha"),
         ("convert_to_gguf", "alpha"),
         ("deploy_bundle", "alpha"),
-    ] + [("evaluate_artifact", "alpha")] * 2 + [
         ("evaluate_ggufs", "alpha"),
         ("evaluate_lora", "alpha"),
+        ("evaluate_torch", "alpha"),
         ("merge_adapter", "alpha"),
         ("quantize_gguf", "alpha"),
         ("register_ggufs", "alpha"),

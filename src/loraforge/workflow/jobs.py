@@ -89,42 +89,57 @@ class JobInputs:
         type not skipped), all in one evaluate_ggufs job."""
         return [t for t in self.gguf_types if self.merged and self.evaluated_form(t)]
 
-    # GGUF evaluations run in turn, one job per model for each group: they share the reference (and the LoRA GGUF),
-    # and a team's thousand adapters plan (and submit) one job each instead of one per GGUF type
-    IN_TURN = ("ggufs", "lora")
+    def torch_evaluated(self) -> list[str]:
+        """An adapter's transformers evaluations that are not skipped: the adapter through PEFT, its merged model."""
+        return [a for a in ("adapter", *(["merged"] if self.merged else [])) if self.evaluated_form(a)]
+
+    # Some evaluations of a model run in turn, one job per model and group (each group's artifacts share the
+    # reference, and a team's thousand adapters plan and submit one job each instead of one per artifact): its
+    # merged model's GGUFs, its LoRA GGUF on each base GGUF type, and its two transformers evaluations
+    IN_TURN = ("ggufs", "lora", "torch")
 
     def in_turn(self, group: str) -> list[str]:
         """The artifacts one evaluate_<group> job evaluates, in order."""
-        return {"ggufs": self.gguf_evaluated, "lora": self.lora_evaluated}[group]()
+        return {"ggufs": self.gguf_evaluated, "lora": self.lora_evaluated, "torch": self.torch_evaluated}[group]()
+
+    def in_turn_all(self) -> list[str]:
+        return [a for g in self.IN_TURN for a in self.in_turn(g)]
 
     def in_turn_models(self, group: str) -> list[str]:
-        """The ``{model}`` of evaluate_<group>: every model with a merged form's GGUFs, or every adapter with the
-        LoRA GGUF form."""
-        return list(self.evaluated) if group == "ggufs" else self.lora_adapters()
+        """The ``{model}`` of evaluate_<group>: every model with a merged form's GGUFs, every adapter with the LoRA
+        GGUF form, every adapter."""
+        return {"ggufs": list(self.evaluated), "lora": self.lora_adapters(), "torch": list(self.adapters)}[group]
 
     def in_turn_inputs(self, model: str, group: str) -> dict:
-        """What evaluate_<group> reads: the reference, each GGUF (in the order of :meth:`in_turn`) and its build
-        check, the LoRA GGUF and its check for the LoRA pairs, the reference answers where one of them answers."""
-        each = [self.evaluation_inputs(model, a) for a in self.in_turn(group)]
-        inputs = {k: each[0][k] for k in ("reference", "lora", "lora_check") if k in each[0]}
-        inputs["ggufs"] = [e["artifact"] for e in each]
-        inputs["checks"] = [e["check"] for e in each]
-        if any("answers" in e for e in each):
-            inputs["answers"] = next(e["answers"] for e in each if "answers" in e)
-        return inputs
-
-    def in_turn_params(self, group: str) -> dict:
-        """evaluate_<group>'s per-artifact settings (the same for every model): its kind, and each artifact's
-        gates, whether it answers the generation checks and its lm-eval tasks."""
-        artifacts = self.in_turn(group)
-        gates = self.config["evaluation"]["gates"]
+        """What evaluate_<group> reads: the n-th artifact's evaluation inputs (:meth:`evaluation_inputs`) as
+        ``<key>_<n>``."""
         return {
-            "artifacts": artifacts,
-            "kind": self.artifact_kind(artifacts[0]),
-            "gates": [gates.get(a, {}) for a in artifacts],
-            "answering": [a in self.answering for a in artifacts],
-            "lm_eval": [self.lm_eval if a in self.answering else None for a in artifacts],
+            f"{key}_{n}": value
+            for n, a in enumerate(self.in_turn(group))
+            for key, value in self.evaluation_inputs(model, a).items()
         }
+
+    def in_turn_each(self, model: str, group: str) -> list[dict]:
+        """evaluate_<group>'s settings for each artifact, in turn (loraforge.evaluation.evaluate_one's)."""
+        gates = self.config["evaluation"]["gates"]
+        return [
+            {
+                "artifact": a,
+                "kind": self.artifact_kind(a),
+                "gates": gates.get(a, {}),
+                "weights": self.adapter_weights(model),
+                "vllm": self.served_by_vllm(model, a),
+                "lm_eval": self.lm_eval if a in self.answering else None,
+            }
+            for a in self.in_turn(group)
+        ]
+
+    def in_turn_mem_mb(self, model: str, group: str) -> int:
+        """One artifact at a time: the most any of them needs (sized from its own inputs, as evaluate_artifact)."""
+        return max(
+            self.evaluation_mem_mb(model, a, inputs_mb(*self.evaluation_inputs(model, a).values()))
+            for a in self.in_turn(group)
+        )
 
     def _revision_inputs(self, model: str) -> dict:
         """The merge check and merged model of ``model``'s revision, with a merged form: its lineage."""

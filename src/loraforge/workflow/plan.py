@@ -308,6 +308,8 @@ class Plan(Targets, JobInputs, Settings):
             return None  # a broken adapter: check_inputs() names the problem in one line
 
     def vllm_lora_adapters(self) -> list[str]:
+        if not self.hfq_multi_lora:
+            return []  # asked for every model's artifacts: a thousand adapters' plan asks a thousand times
         return [a for a in self.adapters if self.vllm_lora_form(a)]
 
     def hfq_models(self) -> list[str]:

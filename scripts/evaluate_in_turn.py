@@ -1,0 +1,23 @@
+"""Rules evaluate_ggufs, evaluate_lora and evaluate_torch: several artifacts of one model in turn, PPL / KLD / top-1
+and gates for each (loraforge.evaluation.evaluate_in_turn). Input ``<key>_<n>`` is the n-th artifact's ``<key>``."""
+
+from loraforge.evaluation import evaluate_in_turn
+from loraforge.rule import run
+
+if __name__ == "__main__":
+    sm = snakemake  # noqa: F821 - injected by Snakemake
+    p, w, i = sm.params, sm.wildcards, sm.input
+    inputs = [{} for _ in p.each]
+    for key, value in i.items():
+        name, _, n = key.rpartition("_")
+        inputs[int(n)][name] = value if isinstance(value, str) else list(value)
+    each = [
+        {
+            "out_json": out,
+            "label": f"{w.model}/{one['artifact']}",
+            "inputs": ins,
+            **{k: v for k, v in one.items() if k != "artifact"},
+        }
+        for one, ins, out in zip(p.each, inputs, sm.output.metrics, strict=True)
+    ]
+    run(sm.log[0], evaluate_in_turn, threads=sm.threads, each=each, batch=p.batch, budget_mb=p.budget_mb)
