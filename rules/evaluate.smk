@@ -70,7 +70,9 @@ rule evaluate_artifact:
         "../envs/loraforge.yaml"
     threads: plan.threads
     resources:
-        mem_mb=lambda w, input: plan.evaluation_mem_mb(w.model, w.artifact, inputs_mb(input)),
+        mem_mb=lambda w, input: plan.evaluation_mem_mb(
+            w.model, w.artifact, inputs_mb(input)
+        ),
         runtime=60,
     params:
         kind=lambda w: plan.artifact_kind(w.artifact),
@@ -100,9 +102,15 @@ for group in plan.IN_TURN:
             name:
                 f"evaluate_{group}"
             input:
-                unpack(lambda w, group=group: with_external(plan.in_turn_inputs(w.model, group))),
+                unpack(
+                    lambda w, group=group: with_external(
+                        plan.in_turn_inputs(w.model, group)
+                    )
+                ),
             output:
-                metrics=[paths.fill(paths.METRICS, artifact=a) for a in plan.in_turn(group)],
+                metrics=[
+                    paths.fill(paths.METRICS, artifact=a) for a in plan.in_turn(group)
+                ],
             log:
                 paths.log(f"evaluate_{group}", "{model}"),
             benchmark:

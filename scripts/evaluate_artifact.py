@@ -1,6 +1,6 @@
-"""Rule evaluate_artifact: PPL / KLD / top-1 of one artifact, quality gates (loraforge.evaluation.evaluate_one)."""
+"""Rule evaluate_artifact: PPL / KLD / top-1 of one artifact, quality gates (loraforge.measure.evaluate_one)."""
 
-from loraforge.evaluation import evaluate_one
+from loraforge.measure import evaluate_one
 from loraforge.rule import run
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Rules evaluate_ggufs, evaluate_lora and evaluate_torch: several artifacts of one model in turn, PPL / KLD / top-1
-and gates for each (loraforge.evaluation.evaluate_in_turn). Input ``<key>_<n>`` is the n-th artifact's ``<key>``."""
+and gates for each (loraforge.measure.evaluate_in_turn). Input ``<key>_<n>`` is the n-th artifact's ``<key>``."""
 
-from loraforge.evaluation import evaluate_in_turn
+from loraforge.measure import evaluate_in_turn
 from loraforge.rule import run
 
 if __name__ == "__main__":

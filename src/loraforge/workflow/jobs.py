@@ -120,7 +120,7 @@ class JobInputs:
         }
 
     def in_turn_each(self, model: str, group: str) -> list[dict]:
-        """evaluate_<group>'s settings for each artifact, in turn (loraforge.evaluation.evaluate_one's)."""
+        """evaluate_<group>'s settings for each artifact, in turn (loraforge.measure.evaluate_one's)."""
         gates = self.config["evaluation"]["gates"]
         return [
             {
