@@ -19,7 +19,7 @@ rule compute_reference:
         runtime=60,
     params:
         weights=lambda w: plan.adapter_weights(w.adapter),
-        fingerprints=lambda w: None if plan.merged else input_fingerprints(w),
+        fingerprints=input_fingerprints,
         names=list(plan.texts),
         n_ctx=config["evaluation"]["n_ctx"],
         max_tokens=config["evaluation"]["max_tokens"],

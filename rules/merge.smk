@@ -4,7 +4,9 @@
 rule merge_adapter:
     input:
         unpack(lambda w: with_external(plan.adapter_inputs(w.adapter))),
+        unpack(lambda w: plan.merge_check_inputs(w.adapter)),
     output:
+        **plan.merge_outputs(),
         model_dir=directory(paths.MERGED),
         check=paths.MERGE_CHECK,
     log:

@@ -1,5 +1,5 @@
-"""Rule compute_reference: float32 log-probs of the merged model, or of the adapter applied through PEFT in a
-LoRA-only revision (loraforge.evaluation.compute_reference)."""
+"""Rule compute_reference: float32 log-probs of the adapter applied through PEFT, unmerged: the model the adapter
+defines, which every artifact of it is measured against (loraforge.evaluation.compute_reference)."""
 
 from loraforge.evaluation import compute_reference
 from loraforge.rule import run
@@ -7,14 +7,12 @@ from loraforge.rule import run
 if __name__ == "__main__":
     sm = snakemake  # noqa: F821 - injected by Snakemake
     p, i = sm.params, sm.input
-    adapters = None
-    if "adapters" in i.keys():  # LoRA-only: base + adapters through PEFT
-        adapters = [{"path": a, "weight": wt} for a, wt in zip(i.adapters, p.weights, strict=True)]
+    adapters = [{"path": a, "weight": wt} for a, wt in zip(i.adapters, p.weights, strict=True)]
     run(
         sm.log[0],
         compute_reference,
         threads=sm.threads,
-        model_dir=i.model_dir if adapters is None else i.base,
+        model_dir=i.base,
         adapters=adapters,
         texts=dict(zip(p.names, sm.input.texts, strict=True)),
         out=sm.output.reference,

@@ -1,4 +1,4 @@
-"""Rule merge_adapter: merge, check against PEFT, publish (loraforge.merging.merge_artifact)."""
+"""Rule merge_adapter: merge, check against PEFT (its stored reference where evaluation computes one), publish (loraforge.merging.merge_artifact)."""
 
 from loraforge.merging import merge_artifact
 from loraforge.rule import run
@@ -21,4 +21,6 @@ if __name__ == "__main__":
         check_text=p.check_text,
         max_kld=dict(p.max_kld),
         budget_mb=p.budget_mb,
+        reference=sm.input.get("reference"),
+        window_out=sm.output.get("window"),
     )

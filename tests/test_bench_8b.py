@@ -39,11 +39,12 @@ def test_benchmark_runs_the_default_workflow_streamed_and_records_every_job(tmp_
     assert all(j["wall_s"] > 0 and j["peak_rss_mb"] > 0 for j in res["jobs"])
     r = work / "chain" / "results"
     merge = json.loads((r / "checks" / "merge" / "support.json").read_text())["check"]
-    assert merge["memory_plan"]["reference"]["streamed"] and merge["memory_plan"]["merged"]["streamed"]
+    # the merge check read PEFT's side from the adapter's reference and streamed only the merged model
+    assert list(merge["memory_plan"]) == ["merged"] and merge["memory_plan"]["merged"]["streamed"]
     conv = json.loads((r / "gguf" / "support" / "support-BF16.gguf.json").read_text())
     assert conv["tokenizer"]["special_ids"]["eos"] == 128009
-    # the conversion's logit check reads the float32 reference, which streamed the merged model once for both
-    assert conv["check"]["reference_file"] == "results/eval/support/reference.safetensors"
+    # the conversion's logit check reads the merge check's float32 log-probs of the merged model
+    assert conv["check"]["reference_file"] == "results/checks/merge/support.logprobs.safetensors"
     assert load_reference(r / "eval" / "support" / "reference.safetensors")[0]["memory_plan"]["streamed"]
     for art in ("adapter", "merged"):
         assert json.loads((r / "eval" / "support" / f"{art}.json").read_text())["memory_plan"]["streamed"]

@@ -128,3 +128,48 @@ def test_budgeted_merge_and_conversion_checks_stream_and_agree_with_whole(models
     assert m1["memory_plan"]["merged"]["streamed"] and c1["memory_plan"]["streamed"]
     assert m1["mean_kld"] == pytest.approx(m0["mean_kld"], rel=1e-3, abs=1e-9)
     assert c1["max_abs_logit_diff"] == pytest.approx(c0["max_abs_logit_diff"], rel=1e-3, abs=1e-5)
+
+
+def test_the_merge_check_reads_the_adapters_reference_and_keeps_the_merged_models_window(models, tmp_path):
+    """With the adapter's evaluation reference (PEFT, float32) the merge check runs only the merged model, on the
+    reference's first window, with the verdict of the check that runs PEFT itself; it keeps the merged model's
+    log-probs there, which the conversion check then compares the GGUF with. A merged model of another adapter fails
+    it in one line; a reference of another adapter is refused before anything is published."""
+    from loraforge.conversion import convert_artifact
+    from loraforge.errors import PipelineError
+    from loraforge.evaluation import compute_reference
+    from loraforge.evaluation.reference import load_reference
+    from loraforge.merging import merge_artifact
+    from loraforge.merging.check import check_merged
+    from loraforge.preflight import validate_inputs
+
+    base, alpha = models["base"], [{"path": models["alpha"], "weight": 1.0}]
+    ref = tmp_path / "ref.safetensors"
+    compute_reference(base, {"t": models["text"]}, ref, n_ctx=64, max_tokens=256, adapters=alpha)
+    own = merge_artifact(base, alpha, tmp_path / "own", tmp_path / "own.json")["check"]  # PEFT run here
+    window = tmp_path / "merged.logprobs.safetensors"
+    s = merge_artifact(base, alpha, tmp_path / "m", tmp_path / "m.json", reference=ref, window_out=window)["check"]
+    assert s["tokens"] == 64 and str(ref) in s["reference"], s
+    assert 0 < s["mean_kld"] < s["max_mean_kld"] and s["top1_agreement"] >= 0.98, s
+    assert own["mean_kld"] / 10 < s["mean_kld"] < 10 * own["mean_kld"], (s, own)  # other tokens, the same rounding
+    info, tokens, lps = load_reference(window)
+    assert info["model"] == str(tmp_path / "m") and tokens["check"].shape == (1, 64) and lps["check"].shape[1] == 63
+    conv = convert_artifact(tmp_path / "m", tmp_path / "m.gguf", tmp_path / "m.gguf.json", reference=window)
+    assert conv["check"]["reference_file"] == str(window) and conv["check"]["top1_agreement"] >= 0.98, conv
+    beta = merge_artifact(base, [{"path": models["beta"], "weight": 1.0}], tmp_path / "b", tmp_path / "b.json")
+    assert beta["check"]["top1_agreement"] >= 0.98
+    base_model, loaded = validate_inputs(base, alpha)
+    with pytest.raises(PipelineError, match="differs from the adapters applied through PEFT"):
+        check_merged(base_model, loaded, tmp_path / "b", reference=ref)
+    beta_ref = tmp_path / "beta.safetensors"
+    compute_reference(
+        base,
+        {"t": models["text"]},
+        beta_ref,
+        n_ctx=64,
+        max_tokens=256,
+        adapters=[{"path": models["beta"], "weight": 1.0}],
+    )
+    with pytest.raises(PipelineError, match="not the PEFT reference of .*alpha"):
+        merge_artifact(base, alpha, tmp_path / "x", tmp_path / "x.json", reference=beta_ref)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "x.json").exists()

@@ -69,8 +69,10 @@ def test_full_run_outputs_and_sidecars(built):
         assert merge["check"]["mean_kld"] <= merge["check"]["max_mean_kld"] and merge["check"]["top1_agreement"] >= 0.98
         conv = json.loads((res / "gguf" / a / f"{a}-F16.gguf.json").read_text())
         assert conv["check"]["top1_agreement"] >= 0.98
-        # against the evaluation's float32 reference: the HF model ran once for both
-        assert conv["check"]["reference_file"] == f"results/eval/{a}/reference.safetensors"
+        # one reference, PEFT's: the merge check read it and ran only the merged model, whose log-probs on those
+        # tokens the conversion check read in turn (no HF model ran for it)
+        assert f"results/eval/{a}/reference.safetensors" in merge["check"]["reference"], merge["check"]
+        assert conv["check"]["reference_file"] == f"results/checks/merge/{a}.logprobs.safetensors"
         # the GGUFs' hashes are seeded where evaluation and registration look them up, as the files are now
         hashes = json.loads((wf.root / ".snakemake" / "loraforge" / "hashes.json").read_text())
         for t in ("F16", "Q8_0"):

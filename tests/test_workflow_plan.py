@@ -112,7 +112,16 @@ def test_a_lora_only_revision_builds_no_merged_form():
     assert not any("merged" in path for path in p.evaluations())
     # the reference is the adapter through PEFT; registration and deploy name no merged model
     assert p.reference_inputs("alpha") == {"base": "/models/base", "adapters": ["/adapters/alpha"]}
-    assert plan().reference_inputs("alpha") == {"model_dir": "results/merged/alpha"}
+    merged = plan()  # one reference either way: the merge check reads it, the GGUFs' checks read the merge check's
+    assert merged.reference_inputs("alpha") == p.reference_inputs("alpha")
+    assert merged.merge_check_inputs("alpha") == {"reference": "results/eval/alpha/reference.safetensors"}
+    assert merged.merge_outputs() == {"window": "results/checks/merge/{adapter}.logprobs.safetensors"}
+    window = {"reference": "results/checks/merge/alpha.logprobs.safetensors"}
+    assert merged.convert_inputs("alpha") == {"model_dir": "results/merged/alpha", **window}
+    assert merged.check_reference("base") == {} and merged.lora_check_inputs("alpha") == p.lora_check_inputs("alpha")
+    unchecked = plan(merge={"check": False})
+    assert unchecked.merge_check_inputs("alpha") == unchecked.merge_outputs() == unchecked.check_reference("alpha") == {}
+    assert plan(evaluation={"enabled": False}).merge_check_inputs("alpha") == {}  # the merge check runs PEFT itself
     reg = p.register_inputs("alpha", "lora-F16")
     assert reg == {
         "gguf": "results/lora/alpha/alpha-lora-F16.gguf",
@@ -223,22 +232,26 @@ def test_a_jobs_memory_counts_the_model_directories_it_reads(tmp_path):
 
 
 def test_memory_is_sized_from_real_inputs_or_deferred_until_they_exist(models, tmp_path):
-    """A dry run on real tiny models: the merge's and the LoRA conversion's memory come from the base directory's
-    files; the reference's waits for the merged model it reads (Snakemake's <TBD>) and is evaluated when the job is
-    ready (the full runs of tests/test_workflow.py go through that)."""
+    """A dry run on real tiny models: the merge's, the LoRA conversion's and the reference's memory come from the
+    base directory's files; the conversion's waits for the merged model it reads (Snakemake's <TBD>) and is
+    evaluated when the job is ready (the full runs of tests/test_workflow.py go through that)."""
     wf = Workflow(tmp_path / "wf", user_config(models, adapters={"alpha": str(models["alpha"])}))
-    resources, rule = {}, None
+    resources, every, rule = {}, {}, None
     for line in wf.run("-n", "--forceall").stdout.splitlines():
         if line.startswith(("rule ", "localrule ")):
             rule = line.split()[1].rstrip(":")
         elif line.strip().startswith("resources:") and rule:
             resources.setdefault(rule, line)
+            every.setdefault(rule, []).append(line)
     base_mb = inputs_mb(str(models["base"]))
     assert base_mb > 1
     plan_ = Plan(validated(wf.config()))
     assert f"mem_mb={plan_.merge_mem_mb(base_mb)}," in resources["merge_adapter"], resources["merge_adapter"]
     assert f"mem_mb={plan_.bounded_mem_mb(2000 + 3 * base_mb)}," in resources["convert_lora"]  # the base's files
-    assert "mem_mb=<TBD>" in resources["compute_reference"], resources["compute_reference"]  # the merged model
+    reference_mb = inputs_mb(str(models["base"]), str(models["alpha"]), *wf.config()["evaluation"]["texts"].values())
+    assert f"mem_mb={plan_.bounded_mem_mb(2000 + 3 * reference_mb)}," in resources["compute_reference"]
+    # the base's conversion is sized; alpha's waits for its merged model
+    assert sorted("mem_mb=<TBD>" in line for line in every["convert_to_gguf"]) == [False, True], every
 
 
 def test_a_models_evaluations_run_in_turn_one_job_a_group():

@@ -141,7 +141,7 @@ def check_lora(
     is involved, so a LoRA-only revision checks its LoRA GGUF the same way. With ``budget_mb`` a base too large
     for it streams layer by layer.
 
-    With ``reference`` (a LoRA-only revision's evaluation reference: that same PEFT float32 model's log-probs,
+    With ``reference`` (the adapter's evaluation reference: that same PEFT float32 model's log-probs,
     loraforge.evaluation.reference) the check is on its first window and does not run PEFT a second time: at 8B
     that pass is a minute of every revision."""
     from ..checks import check_token_ids, compare_logits, hf_logits
@@ -149,7 +149,9 @@ def check_lora(
     from ..llamacpp.library import GGUFModel
 
     if reference is not None:
-        ids, ref_lp = _reference_window(reference, adapter_dir, weight)
+        from ..evaluation.reference import reference_window
+
+        ids, ref_lp = reference_window(reference, [{"path": adapter_dir, "weight": weight}])
         plan = None
     else:
         from ..models.peft import peft_model
@@ -179,22 +181,6 @@ def check_lora(
     if budget_mb is not None and plan is not None:
         res["memory_plan"] = plan
     return res
-
-
-def _reference_window(reference, adapter_dir, weight: float) -> tuple[list[int], np.ndarray]:
-    """The first window's token ids and PEFT float32 log-probs of a LoRA-only reference of ``adapter_dir``."""
-    from ..evaluation.reference import load_reference
-
-    info, tokens, lps = load_reference(reference)
-    made_of = [(Path(a["path"]).resolve(), float(a["weight"])) for a in info.get("adapters", [])]
-    if made_of != [(Path(adapter_dir).resolve(), float(weight))]:
-        raise PipelineError(
-            f"{reference}: not the PEFT reference of {adapter_dir} at weight {weight:g} "
-            f"(it is of {info.get('adapters') or info.get('model')})"
-        )
-    name = next(iter(tokens))
-    window = tokens[name][0]
-    return window.tolist(), lps[name][0]  # [n_ctx - 1, vocab]: the log-probs of tokens 1..n_ctx-1
 
 
 def lora_artifact(

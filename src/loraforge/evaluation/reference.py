@@ -1,6 +1,7 @@
-"""The reference every artifact of a model is scored against: the merged HF model's float32 log-probabilities
-on the evaluation texts, stored once (float32 with the token ids: float16 would put a KLD floor of ~4e-5 under
-every measurement)."""
+"""The reference every artifact of an adapter is scored against: the model the adapter defines, the base with the
+adapter applied through PEFT, unmerged, in float32; its log-probabilities on the evaluation texts, stored once
+(float32 with the token ids: float16 would put a KLD floor of ~4e-5 under every measurement). The merged model is
+one artifact among the others, measured against it (its KLD is the merge's rounding to the base's dtype)."""
 
 from __future__ import annotations
 
@@ -77,10 +78,41 @@ def load_reference(path) -> tuple[dict, dict[str, np.ndarray], dict[str, np.ndar
     return info, tokens, lps
 
 
+def reference_window(reference, adapters: list[dict]) -> tuple[list[int], np.ndarray]:
+    """The first window's token ids and float32 log-probs ([n - 1, vocab]: of tokens 1..n-1) of the PEFT reference
+    of ``adapters`` ([{path, weight}]); refuses, in one line, a reference of anything else."""
+    info, tokens, lps = load_reference(reference)
+    made_of = [(Path(a["path"]).resolve(), float(a["weight"])) for a in info.get("adapters", [])]
+    wanted = [(Path(a["path"]).resolve(), float(a["weight"])) for a in adapters]
+    if made_of != wanted:
+        shown = ", ".join(f"{p} at weight {w:g}" for p, w in wanted)
+        raise PipelineError(
+            f"{reference}: not the PEFT reference of {shown} (it is of {info.get('adapters') or info.get('model')})"
+        )
+    name = next(iter(tokens))
+    return tokens[name][0].tolist(), lps[name][0]
+
+
+def save_window(out, ids: list[int], logprobs: np.ndarray, info: dict) -> None:
+    """One window's ids and float32 log-probs ([len(ids) - 1, vocab]) in the reference's own format, so that
+    :func:`gguf_against_reference` reads it: the merge check's log-probs of the merged model, which the checks of
+    its GGUFs compare with instead of running it again."""
+    from safetensors.numpy import save_file
+
+    info = {**info, "n_ctx": len(ids), "texts": {"check": {"windows": 1, "scored_tokens": len(ids) - 1}}}
+    tensors = {
+        "tokens.check": np.asarray([ids], dtype=np.int64),
+        "logprobs.check": np.ascontiguousarray(logprobs[None], dtype=np.float32),
+    }
+    with atomic_file(out) as tmp:
+        save_file(tensors, str(tmp), metadata={"loraforge": json.dumps(info)})
+
+
 def gguf_against_reference(gguf, reference, threads: int = 1, model_dir=None) -> tuple[dict, dict]:
-    """llama.cpp's log-probs of ``gguf`` against a stored float32 reference (compute_reference) on its first window:
-    the checks of a merged model's GGUFs, which then run no HF model and no second GGUF (at 8B a streamed HF pass
-    is a minute or more, a BF16 GGUF's pass half that). Log-probs, not logits: a reference stores those, and a
+    """llama.cpp's log-probs of ``gguf`` against a stored float32 window of its HF model (the merge check's,
+    :func:`save_window`; or a reference of that model) on its first window: the checks of a merged model's GGUFs,
+    which then run no HF model and no second GGUF (at 8B a streamed HF pass is a minute or more, a BF16 GGUF's pass
+    half that). Log-probs, not logits: a reference stores those, and a
     constant shift of a row of logits does not change them. ``model_dir``: refuse a reference of another model.
 
     Returns (comparison, GGUF info) from the one load of the GGUF."""
@@ -106,7 +138,7 @@ def gguf_against_reference(gguf, reference, threads: int = 1, model_dir=None) ->
         "max_abs_logprob_diff": float(np.abs(lq - ref).max()),
         "top1_agreement": float((lq.argmax(-1) == ref.argmax(-1)).mean()),
         "mean_kld": float((np.exp(ref) * (ref - lq)).sum(-1).mean()),
-        "reference": "HF model, float32 (its evaluation reference, first window)",
+        "reference": "HF model, float32 (the merge check's window)" if "merge_check" in info else "HF model, float32",
         "reference_file": str(reference),
     }
     return res, ginfo

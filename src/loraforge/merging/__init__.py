@@ -134,14 +134,20 @@ def merge_artifact(
     check_text: str | None = None,
     max_kld: dict | None = None,
     budget_mb: float | None = None,
+    reference=None,
+    window_out=None,
 ) -> dict:
-    """The merge_adapter rule: merge, check against PEFT, then publish the dir and its JSON sidecar (which
-    records the inputs' content fingerprints)."""
+    """The merge_adapter rule: merge, check against PEFT (its stored float32 ``reference`` where evaluation computes
+    one), then publish the dir and its JSON sidecar (which records the inputs' content fingerprints); with
+    ``window_out``, the merged model's float32 log-probs on the checked tokens too (see check_merged)."""
     from ..checks import write_sidecar
 
     if not check:
         log.warning("merge check disabled in config: merged logits will not be compared with PEFT")
-    checking = {"text_file": check_text, "max_kld": max_kld, "budget_mb": budget_mb} if check else None
+    checking = None
+    if check:
+        checking = {"text_file": check_text, "max_kld": max_kld, "budget_mb": budget_mb}
+        checking.update(reference=reference, window_out=window_out)
     summary = _publish(base_dir, adapters, out_dir, method, shard_size_mb, check=checking)
     summary["inputs"] = input_lineage(base_dir, adapters)
     write_sidecar(check_json, summary)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checks import check_token_ids, compare_logits, hf_logits
+from ..checks import check_token_ids, hf_logits
 from ..errors import PipelineError
 from ..evaluation.metrics import log_softmax
 from ..models.peft import peft_model
@@ -38,26 +38,44 @@ def check_merged(
     max_kld: dict | None = None,
     shown_as=None,
     budget_mb: float | None = None,
+    reference=None,
+    window_out=None,
 ) -> dict:
     """Mean KLD and top-1 agreement of the merged model against PEFT's unmerged application, both in float32;
     raises one line naming ``shown_as`` (the output users will see) beyond the dtype's bound.
 
-    With ``budget_mb``, models too large for it stream layer by layer (loraforge.models.streamed), one at a time."""
-    ids = check_token_ids(merged_dir, text_file)
-    model = peft_model(base.path, loaded, merge_all=False, dtype="float32", budget_mb=budget_mb, n_ctx=len(ids))
-    ref, plans = hf_logits(model, ids), {"reference": model.memory_plan}
-    del model  # one model in memory at a time
+    With ``reference`` (the adapter's evaluation reference: PEFT's float32 log-probs, loraforge.evaluation.reference)
+    the check is on its first window and runs only the merged model: at 8B one streamed pass instead of two. Without,
+    PEFT runs here on the check text. ``window_out``: where the merged model's float32 log-probs on the checked tokens
+    are kept, for the checks of its GGUFs (loraforge.evaluation.reference.save_window). With ``budget_mb``, models
+    too large for it stream layer by layer (loraforge.models.streamed), one at a time."""
+    from ..evaluation.reference import reference_window, save_window
+
+    plans = {}
+    if reference is not None:
+        ids, ref = reference_window(reference, [{"path": s.path, "weight": s.weight} for s, _ in loaded])
+        ref, source = ref.astype(np.float64), f"PEFT, adapters applied unmerged, float32 ({reference})"
+    else:
+        ids = check_token_ids(merged_dir, text_file)
+        model = peft_model(base.path, loaded, merge_all=False, dtype="float32", budget_mb=budget_mb, n_ctx=len(ids))
+        ref, plans["reference"] = log_softmax(hf_logits(model, ids)[:-1].astype(np.float64)), model.memory_plan
+        del model  # one model in memory at a time
+        source = "PEFT, adapters applied unmerged, float32"
     model = inference_model(merged_dir, "float32", budget_mb, len(ids))
-    got, plans["merged"] = hf_logits(model, ids), model.memory_plan
+    got, plans["merged"] = log_softmax(hf_logits(model, ids)[: len(ref)].astype(np.float64)), model.memory_plan
     del model
-    res = compare_logits(got, ref)
+    res = {
+        "tokens": len(ids),
+        "max_abs_logprob_diff": float(np.abs(got - ref).max()),
+        "top1_agreement": float((got.argmax(-1) == ref.argmax(-1)).mean()),
+    }
     bound = float({**DEFAULT_MAX_KLD, **(max_kld or {})}[base.dtype])
     res.update(
         mean_kld=mean_kld(ref, got),
         max_mean_kld=bound,
         min_top1=MIN_TOP1,
         dtype=base.dtype,
-        reference="PEFT, adapters applied unmerged, float32",
+        reference=source,
     )
     if budget_mb is not None:
         res["memory_plan"] = plans
@@ -67,4 +85,7 @@ def check_merged(
             f"{res['mean_kld']:.3g} (max {bound:g} for {base.dtype}), top-1 agreement {res['top1_agreement']:.3f} "
             f"(min {MIN_TOP1})"
         )
+    if window_out is not None:
+        info = {"model": str(shown_as or merged_dir), "merge_check": True, "dtype": "float32"}
+        save_window(window_out, ids, got, info)
     return res

@@ -33,16 +33,29 @@ class JobInputs:
         return {"base": self.base, "adapters": [s["path"] for s in self.adapter_specs(adapter)]}
 
     def reference_inputs(self, adapter: str) -> dict:
-        """What the float32 reference of an adapter is computed from: its merged model, or (LoRA-only) the base with
-        the adapter applied through PEFT, unmerged."""
-        if self.merged:
-            return {"model_dir": paths.MERGED.format(adapter=adapter)}
+        """What the float32 reference of an adapter is computed from: the base with the adapter applied through
+        PEFT, unmerged (the model the adapter defines; the merged model is measured against it like every form)."""
         return self.adapter_inputs(adapter)
 
+    def merge_check_inputs(self, adapter: str) -> dict:
+        """What the merge check reads besides the merged model: the adapter's evaluation reference (PEFT's float32
+        log-probs, so that PEFT does not run again), where evaluation computes it."""
+        return {"reference": paths.REFERENCE.format(adapter=adapter)} if self.evaluate and self.merge_check else {}
+
+    def merge_outputs(self) -> dict:
+        """merge_adapter's outputs besides the model and its sidecar: with the merge check on, the merged model's
+        float32 log-probs on the checked tokens, which the checks of its GGUFs compare with."""
+        return {"window": paths.MERGE_WINDOW} if self.merge_check else {}
+
+    @property
+    def merge_check(self) -> bool:
+        return bool(self.merged and self.config["merge"]["check"])
+
     def lora_check_inputs(self, adapter: str) -> dict:
-        """What convert_lora checks the LoRA GGUF against besides running PEFT itself: nothing with a merged form; in
-        a LoRA-only revision the evaluation's reference, which is that PEFT float32 model's log-probs already."""
-        return {} if self.merged else {"reference": paths.REFERENCE.format(adapter=adapter)}
+        """What convert_lora checks the LoRA GGUF against instead of running PEFT itself: the evaluation's reference,
+        which is that PEFT float32 model's log-probs already (a LoRA-only revision computes it even with evaluation
+        off); nothing where no reference is computed."""
+        return {"reference": paths.REFERENCE.format(adapter=adapter)} if self.evaluate or not self.merged else {}
 
     def convert_inputs(self, model: str) -> dict:
         """The HF model a float GGUF is converted from; for an adapter's merged model with evaluation on, also its
@@ -53,11 +66,11 @@ class JobInputs:
         return inputs
 
     def check_reference(self, model: str) -> dict:
-        """The stored float32 reference the checks of ``model``'s GGUFs compare with instead of running its HF model
-        (conversion) or its float GGUF (quantization) again: an adapter's merged model's, where evaluation computes
-        it; none for the base and compressed models, whose evaluation references are other models'."""
-        if self.evaluate and self.merged and model in self.adapters:
-            return {"reference": paths.REFERENCE.format(adapter=model)}
+        """The stored float32 log-probs the checks of ``model``'s GGUFs compare with instead of running its HF model
+        (conversion) or its float GGUF (quantization) again: an adapter's merged model's, which the merge check
+        computed; none for the base and compressed models, or with the merge check off."""
+        if self.merge_check and model in self.adapters:
+            return {"reference": paths.MERGE_WINDOW.format(adapter=model)}
         return {}
 
     def hfq_inputs(self, model: str) -> dict:

@@ -18,6 +18,7 @@ import re
 
 MERGED = "results/merged/{adapter}"
 MERGE_CHECK = "results/checks/merge/{adapter}.json"
+MERGE_WINDOW = "results/checks/merge/{adapter}.logprobs.safetensors"  # the merged model's, float32
 GGUF = "results/gguf/{model}/{model}-{gguf_type}.gguf"
 GGUF_CHECK = GGUF + ".json"
 IMATRIX = "results/imatrix/{model}.imatrix.gguf"
