@@ -1,4 +1,5 @@
-"""Rule merge_adapter: merge, check against PEFT (its stored reference where evaluation computes one), publish (loraforge.merging.merge_artifact)."""
+"""Rule merge_adapter: merge, check against PEFT (its stored reference where evaluation computes one), publish
+(loraforge.merging.merge_artifact)."""
 
 from loraforge.merging import merge_artifact
 from loraforge.rule import run
