@@ -37,7 +37,10 @@ def test_kld_orders_with_precision(demo):
     for a in ("code", "prose"):
         kld = [metrics(demo, a, q)["mean_kld"] for q in GGUFS]
         assert kld[0] < kld[1] < kld[2], kld
-        assert metrics(demo, a, "BF16")["top1_agreement"] >= 0.99
+        # against the adapter through PEFT in float32: the BF16 GGUF carries the merge's rounding to bfloat16
+        # (the merge check's own bound is top-1 0.98); the LoRA GGUF on the base's BF16 GGUF, never merged, does not
+        bf16, lora = metrics(demo, a, "BF16"), metrics(demo, a, "lora-BF16")
+        assert bf16["top1_agreement"] >= 0.98 and lora["mean_kld"] < bf16["mean_kld"], (bf16, lora)
 
 
 def test_each_adapter_is_the_best_model_for_its_own_domain(demo):
