@@ -50,6 +50,23 @@ def test_streamed_model_gives_the_whole_models_logits(tiny, tied):
     assert all(p.is_meta for p in streamed.parameters())
 
 
+@pytest.mark.parametrize("dtype", ["float32", "auto"])
+def test_reading_the_next_unit_ahead_changes_no_logit(tiny, dtype):
+    """The next unit's weights are read while one computes (in the order the first pass ran them, learnt as it
+    ran): every pass gives the logits of a pass that reads one unit at a time, in float32 and in the stored bf16
+    (read straight into the tensor, no cast)."""
+    base, _ = tiny[False]
+    one_at_a_time = streamed_model(base, dtype, prefetch=False)
+    ahead = streamed_model(base, dtype, prefetch=True)
+    want = logits(one_at_a_time)
+    for _ in range(3):  # the first pass guesses the layers' order, the later ones follow the order it ran
+        np.testing.assert_array_equal(logits(ahead), want)
+    learnt = ahead.streamed._next_of
+    assert len(learnt) == len(ahead.streamed.units) - 1  # every unit's successor, the last one's none
+    assert all(p.is_meta for p in ahead.parameters()) and ahead.streamed._ahead is None  # nothing read past a pass
+    ahead.streamed.close()
+
+
 @pytest.mark.parametrize("case", ["lora", "tied", "dora", "weighted stack"])
 def test_peft_on_a_streamed_base_is_peft(tiny, case):
     base, adapter = tiny[case == "tied"]

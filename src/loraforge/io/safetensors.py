@@ -148,6 +148,24 @@ class TensorReader:
         buf = _pread(self.fds[info.file], info.start + r0 * cols * item, (r1 - r0) * cols * item, info.file)
         return np.frombuffer(buf, dtype=STORAGE_NUMPY[info.dtype]).reshape(r1 - r0, cols)
 
+    def readinto(self, info: TensorInfo, r0: int, r1: int, out) -> None:
+        """Rows r0:r1 of a tensor, as stored, into ``out`` (a writable buffer of exactly their bytes): no
+        intermediate copy, for a caller that converts them itself (loraforge.models.streamed)."""
+        _rows, cols = rows_cols(info.shape)
+        item = ITEMSIZE[info.dtype]
+        view = memoryview(out).cast("B")
+        n = (r1 - r0) * cols * item
+        if view.nbytes != n:
+            raise ValueError(f"{info.file}: a buffer of {view.nbytes} bytes for {n} bytes of rows")
+        if info.file not in self.fds:
+            self.fds[info.file] = os.open(info.file, os.O_RDONLY)
+        offset, got = info.start + r0 * cols * item, 0
+        while got < n:
+            k = os.preadv(self.fds[info.file], [view[got:]], offset + got)
+            if not k:
+                raise PipelineError(f"{info.file}: truncated tensor data")
+            got += k
+
     def whole(self, info: TensorInfo) -> np.ndarray:
         return self.rows(info, 0, rows_cols(info.shape)[0]).reshape(info.shape)
 

@@ -32,7 +32,7 @@ def peft_model(
         raise PipelineError("a PEFT merge (merge.method: peft) loads the whole model: it takes no memory budget")
     plan = plan_for(base_dir, dtype, budget_mb, n_ctx)
     streamed = plan["streamed"]
-    model = streamed_model(base_dir, dtype) if streamed else load_hf_model(base_dir)
+    model = streamed_model(base_dir, dtype, plan["read_ahead"]) if streamed else load_hf_model(base_dir)
     for i, (spec, ad) in enumerate(loaded):
         emb = next((k for n, k in ad.replaced.items() if is_embedding(n)), None)
         if emb is not None and ad.tensors[emb].shape[0] != model.get_input_embeddings().weight.shape[0]:

@@ -7,8 +7,9 @@ the whole model's (tested equal), so the checks and references built on it stay 
 arithmetic. PEFT can wrap it (``PeftModel.from_pretrained(..., low_cpu_mem_usage=True)``): the adapter's small
 tensors are loaded for good, the base layers it wraps stream like the others.
 
-Weights are read with plain reads in row blocks straight into a tensor of the compute dtype (float32 for references,
-so a bf16 model is computed and accumulated in float32), not mmap'd: mapped pages would count as resident memory.
+Weights are read with plain reads (not mmap'd: mapped pages would count as resident memory), straight into the tensor
+where it is stored in the compute dtype, else in row blocks cast by torch to the compute dtype (float32 for
+references, so a bf16 model is computed and accumulated in float32).
 """
 
 from __future__ import annotations
@@ -29,6 +30,21 @@ from .hf import load_hf_model
 log = logging.getLogger(__name__)
 
 BLOCK_BYTES = 64 << 20  # rows read and cast per block
+
+
+@functools.cache
+def torch_dtype_of(stored: str):
+    """The torch dtype of a safetensors float dtype, or None (read through the numpy decoder)."""
+    import torch
+
+    return {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}.get(stored)
+
+
+def _bytes_of(t):
+    """A contiguous CPU tensor's memory as a writable byte buffer."""
+    import torch
+
+    return t.view(torch.uint8).numpy()
 
 
 def checkpoint_index(model_dir) -> dict[str, TensorInfo]:
@@ -57,6 +73,15 @@ def parameter_bytes(model_dir, itemsize: int = 4) -> int:
 def largest_unit(model_dir, itemsize: int = 4) -> tuple[str, int]:
     """The streamed unit (a decoder layer, or one tensor outside the layers) that holds the most bytes at a time,
     and those bytes."""
+    return max(_unit_bytes(model_dir, itemsize).items(), key=lambda kv: kv[1])
+
+
+def read_ahead_bytes(model_dir, itemsize: int = 4) -> int:
+    """What a pass that reads the next unit while one computes holds at most: its two largest units."""
+    return sum(sorted(_unit_bytes(model_dir, itemsize).values())[-2:])
+
+
+def _unit_bytes(model_dir, itemsize: int) -> dict[str, int]:
     units: dict[str, int] = {}
     for name, info in checkpoint_index(model_dir).items():
         parts = name.split(".")
@@ -67,7 +92,7 @@ def largest_unit(model_dir, itemsize: int = 4) -> tuple[str, int]:
         )
         unit = ".".join(parts[:cut]) if cut else name
         units[unit] = units.get(unit, 0) + itemsize * math.prod(info.shape)
-    return max(units.items(), key=lambda kv: kv[1])
+    return units
 
 
 def _decoder_layers(model):
@@ -83,7 +108,7 @@ def _decoder_layers(model):
 class StreamedWeights:
     """Hooks that give a meta-device model its weights one unit at a time, from the checkpoint."""
 
-    def __init__(self, model, model_dir, dtype, device: str = "cpu"):
+    def __init__(self, model, model_dir, dtype, device: str = "cpu", prefetch: bool = True):
         self.dir = Path(model_dir)
         self.index = checkpoint_index(model_dir)
         self.dtype, self.device = dtype, device
@@ -116,28 +141,46 @@ class StreamedWeights:
         self.units = list(layers) + [m for m in model.modules() if id(m) in self.keys and id(m) not in in_layers]
         self.handles = []
         self.progress: Progress | None = None  # of the pass through the units now running
+        # the next unit's weights are read by one background thread while this one computes: a pass then takes
+        # about the longer of its reading and its arithmetic, not their sum (two units held at a time)
+        self.prefetch = prefetch
+        self._pool = None
+        self._ahead: tuple[int, object] | None = None  # (id of the unit, the future of its weights)
+        self._next_of: dict[int, object] = {id(a): b for a, b in zip(layers, list(layers)[1:], strict=False)}
+        self._last = None  # the unit loaded before this one, in this pass
         for u in self.units:
             self.handles.append(u.register_forward_pre_hook(self._load))
             self.handles.append(u.register_forward_hook(self._drop))
 
     def tensor(self, key: str):
-        """One checkpoint tensor in the compute dtype, read in row blocks (never the whole stored copy at once)."""
+        """One checkpoint tensor in the compute dtype. Stored in that dtype (a bf16 model computed in bf16), its
+        bytes are read straight into the tensor; else a block of rows at a time is read into a staging tensor of
+        the stored dtype and cast by torch (never the whole stored copy at once)."""
         import torch
 
         info = self.index[key]
         rows, cols = rows_cols(info.shape)
+        stored = torch_dtype_of(info.dtype)
         out = torch.empty((rows, cols), dtype=self.dtype, device=self.device)
-        step = max(1, BLOCK_BYTES // max(1, cols * ITEMSIZE.get(info.dtype, 4)))
+        if stored is None:  # not a float dtype torch reads as such: the numpy decoder's float32
+            block = decode(self.reader.whole(info), info.dtype).reshape(rows, cols)
+            out.copy_(torch.from_numpy(np.ascontiguousarray(block)))
+            return out.reshape(info.shape)
+        if stored == self.dtype and out.device.type == "cpu":
+            self.reader.readinto(info, 0, rows, _bytes_of(out))
+            return out.reshape(info.shape)
+        step = max(1, BLOCK_BYTES // max(1, cols * ITEMSIZE[info.dtype]))
+        staging = torch.empty((min(step, rows), cols), dtype=stored)
         for r0 in range(0, rows, step):
             r1 = min(rows, r0 + step)
-            block = decode(self.reader.rows(info, r0, r1), info.dtype)
-            out[r0:r1] = torch.from_numpy(np.ascontiguousarray(block))
+            raw = staging[: r1 - r0]
+            self.reader.readinto(info, r0, r1, _bytes_of(raw))
+            out[r0:r1].copy_(raw)
         return out.reshape(info.shape)
 
-    def _load(self, unit, *_args, **_kwargs):
-        import torch
-
-        done = []
+    def _read_unit(self, unit) -> list:
+        """(module, parameter name, meta parameter, weights) for every parameter of ``unit`` still on meta."""
+        out = []
         for m in unit.modules():
             for pname, key in self.keys.get(id(m), {}).items():
                 p = m._parameters.get(pname)
@@ -147,15 +190,47 @@ class StreamedWeights:
                             f"{self.dir}: tensor {key} has shape {list(self.index[key].shape)}, the model's "
                             f"parameter {list(p.shape)}"
                         )
-                    m._parameters[pname] = torch.nn.Parameter(self.tensor(key), requires_grad=False)
-                    done.append((m, pname, p))
+                    out.append((m, pname, p, self.tensor(key)))
+        return out
+
+    def _take_ahead(self, unit):
+        """The weights read ahead for ``unit``, or None; a guess for another unit is waited for and dropped (one
+        reader at a time on the shared file descriptors)."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is None:
+            return None
+        weights = ahead[1].result()
+        return weights if ahead[0] == id(unit) else None
+
+    def _load(self, unit, *_args, **_kwargs):
+        import torch
+
+        read = self._take_ahead(unit)
+        if read is None:
+            read = self._read_unit(unit)
+        done = []
+        for m, pname, meta, weights in read:
+            m._parameters[pname] = torch.nn.Parameter(weights, requires_grad=False)
+            done.append((m, pname, meta))
         self.loaded.setdefault(id(unit), []).extend(done)
+        if self._last is not None:  # the order this model's forward runs its units in, learnt as it runs
+            self._next_of[id(self._last)] = unit
+        self._last = unit
         if self.progress is None:  # a forward pass loads every unit once
             self.progress = Progress(f"a pass streaming {self.dir.name}", len(self.units), "units")
         self.progress.update()
-        if self.progress.done >= self.progress.total:
+        last_of_pass = self.progress.done >= self.progress.total
+        if last_of_pass:
             self.progress.close()
             self.progress = None
+            self._last = None  # whether another pass follows is not known here: nothing is read ahead of it
+        nxt = None if last_of_pass else self._next_of.get(id(unit))
+        if self.prefetch and nxt is not None:
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loraforge-read-ahead")
+            self._ahead = (id(nxt), self._pool.submit(self._read_unit, nxt))
 
     def _drop(self, unit, *_args, **_kwargs):
         for m, pname, meta in self.loaded.pop(id(unit), []):
@@ -164,16 +239,23 @@ class StreamedWeights:
     def close(self) -> None:
         for h in self.handles:
             h.remove()
+        if self._ahead is not None:
+            self._ahead[1].cancel() or self._ahead[1].exception()
+            self._ahead = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
         self.reader.close()
 
     def __del__(self):
         self.reader.close()
 
 
-def streamed_model(model_dir, dtype="float32"):
+def streamed_model(model_dir, dtype="float32", prefetch: bool = True):
     """A causal LM from a local directory whose weights are read layer by layer during each forward pass.
 
-    ``dtype``: "float32", "auto" (the config's) or a torch dtype. Inference only (no gradients)."""
+    ``dtype``: "float32", "auto" (the config's) or a torch dtype. Inference only (no gradients). ``prefetch``:
+    read the next unit while one computes (two units held at a time)."""
     import torch
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -194,7 +276,7 @@ def streamed_model(model_dir, dtype="float32"):
     for module in model.modules():  # the buffers (rotary frequencies) are real: they go where the compute goes
         for name, buf in module.named_buffers(recurse=False):
             module._buffers[name] = buf.to(device)
-    model.streamed = StreamedWeights(model, model_dir, dtype, device)
+    model.streamed = StreamedWeights(model, model_dir, dtype, device, prefetch)
     itemsize = torch.finfo(dtype).bits // 8
     unit, held = largest_unit(model_dir, itemsize)
     log.info(
@@ -237,11 +319,16 @@ def plan_memory(model_dir, itemsize: int, budget_mb: float | None, n_ctx: int = 
             f"{model_dir}: memory.budget_mb {budget_mb:g} is too small even streamed: its largest unit ({unit}) "
             f"takes {held / 1e6:.0f} MB and one window of {n_ctx} tokens {per_window / 1e6:.0f} MB"
         )
+    # reading the next unit while one computes holds two; where the budget has no room for that, one at a time
+    ahead = read_ahead_bytes(model_dir, itemsize)
+    prefetch = ahead + per_window <= budget
+    held = ahead if prefetch else held
     return {
         "streamed": True,
         "weights_bytes": held,
         "batch": max(1, int((budget - held) // per_window)),
         "budget_mb": budget_mb,
+        "read_ahead": prefetch,
     }
 
 
@@ -258,7 +345,7 @@ def inference_model(model_dir, dtype="float32", budget_mb: float | None = None, 
 
     plan = plan_for(model_dir, dtype, budget_mb, n_ctx)
     if plan["streamed"]:
-        model = streamed_model(model_dir, dtype)
+        model = streamed_model(model_dir, dtype, plan["read_ahead"])
     else:
         model = load_hf_model(model_dir, dtype=torch.float32 if dtype == "float32" else "auto").eval()
         model.to(torch_device())
