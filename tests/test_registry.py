@@ -215,6 +215,33 @@ def test_link_mode_shares_the_inode(tmp_path):
     assert Path(mv.artifact("Q8_0").store_path).stat().st_ino == a.stat().st_ino
 
 
+def test_a_hard_link_of_bytes_just_hashed_is_not_read_again(tmp_path, monkeypatch):
+    """At 8B registration re-read 29 GB of GGUFs it had just hashed: a link of a file whose cached hash is of it as
+    it is now is kept unread, and both caches learn it under the ctime the link gave it; bytes changed since their
+    hash are read, and refused."""
+    from loraforge.io.hashing import HashCache, sha256_file
+    from loraforge.registry import filestore
+
+    reads = []
+    monkeypatch.setattr(filestore, "sha256_file", lambda p: reads.append(Path(p).name) or sha256_file(p))
+    reg = Registry(tmp_path / "reg.sqlite", store_mode="link")
+    hashes = HashCache(tmp_path / "hashes.json")
+    a = artifact(tmp_path, "a.gguf")
+    sha = hashes.sha256(a)
+    mv = reg.register("code", lineage("r1"), "gguf", "Q8_0", a, sha256=sha, hashes=hashes)[0]
+    stored = Path(mv.artifact("Q8_0").store_path)
+    assert reads == [] and stored.stat().st_ino == a.stat().st_ino
+    assert hashes.current(a) == sha and reg.store.hashes.current(stored) == sha
+    assert [r["status"] for r in reg.verify()] == ["ok"]
+
+    b = artifact(tmp_path, "b.gguf")
+    sha_b = hashes.sha256(b)
+    b.write_bytes(b"edited after its hash")
+    with pytest.raises(PipelineError, match="b.gguf: changed while it was being registered; nothing registered"):
+        reg.register("code", lineage("r2"), "gguf", "Q8_0", b, sha256=sha_b, hashes=hashes)
+    assert len(reads) == 1 and reg.resolve("code").version == 1
+
+
 def test_directories_are_recorded_not_stored(reg, tmp_path):
     d = tmp_path / "merged"
     d.mkdir()

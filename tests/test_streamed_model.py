@@ -169,6 +169,10 @@ def test_the_merge_check_reads_the_adapters_reference_and_keeps_the_merged_model
     assert s["tokens"] == 64 and str(ref) in s["reference"], s
     assert 0 < s["mean_kld"] < s["max_mean_kld"] and s["top1_agreement"] >= 0.98, s
     assert own["mean_kld"] / 10 < s["mean_kld"] < 10 * own["mean_kld"], (s, own)  # other tokens, the same rounding
+    from loraforge.io.hashing import WORKFLOW_HASH_CACHE, HashCache, sha256_file, tree_files
+
+    known = HashCache(WORKFLOW_HASH_CACHE)  # hashed as they were written: registration reads none of them again
+    assert all(known.current(f) == sha256_file(f) for f in tree_files(tmp_path / "m")), list(tree_files(tmp_path / "m"))
     info, tokens, lps = load_reference(window)
     assert info["model"] == str(tmp_path / "m") and tokens["check"].shape == (1, 64) and lps["check"].shape[1] == 63
     conv = convert_artifact(tmp_path / "m", tmp_path / "m.gguf", tmp_path / "m.gguf.json", reference=window)

@@ -61,6 +61,15 @@ class HashCache:
         self._dirty = True
         return digest
 
+    def current(self, path: str | os.PathLike, st: os.stat_result | None = None) -> str | None:
+        """The digest hashed from ``path`` as it is now (or as ``st``, a stat of it, says it is), else None."""
+        p = Path(path).resolve()
+        st = st or p.stat()
+        entry = self._entries.get(str(p))
+        if entry and entry.get("stat") == [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]:
+            return entry["sha256"]
+        return None
+
     def remember(self, path: str | os.PathLike, digest: str) -> None:
         """Record ``digest`` for ``path`` as it is now: for a file this process has just written and hashed (the
         temporary it published by renaming, whose ctime the rename changed: so stat it here, after)."""

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import PipelineError
-from ..io.hashing import WORKFLOW_HASH_CACHE, HashCache, tree_fingerprint
+from ..io.hashing import WORKFLOW_HASH_CACHE, HashCache, sha256_file, tree_files, tree_fingerprint
 from ..io.publish import atomic_dir
 from ..preflight import Adapter, AdapterSpec, BaseModel, as_specs, is_embedding, validate_inputs
 from ..preflight.adapter import tokenizer_source
@@ -50,12 +50,12 @@ def _write_config(base: BaseModel, loaded: list[tuple[AdapterSpec, Adapter]], ou
     (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
-def _merge_into(base: BaseModel, loaded, out: Path, method: str, shard_size_mb: int) -> dict:
+def _merge_into(base: BaseModel, loaded, out: Path, method: str, shard_size_mb: int, on_shard=None) -> dict:
     shard_bytes = int(shard_size_mb) * 1024 * 1024
     if method == "streaming":
         from .streaming import streaming_merge
 
-        stats = streaming_merge(base, loaded, out, shard_bytes)
+        stats = streaming_merge(base, loaded, out, shard_bytes, on_shard)
         _write_config(base, loaded, out)
     elif method == "peft":
         from .peft_reference import peft_merge
@@ -79,18 +79,42 @@ def _check_out_dir(base: BaseModel, out_dir: Path) -> None:
         raise PipelineError(f"{out_dir}: output must not be inside the base model directory")
 
 
-def _publish(base_dir, adapters, out_dir, method: str, shard_size_mb: int, check: dict | None) -> dict:
-    """Validate, merge into a temporary dir, optionally check it, then rename it to ``out_dir``."""
+def _publish(base_dir, adapters, out_dir, method: str, shard_size_mb: int, check: dict | None, hash_cache=None) -> dict:
+    """Validate, merge into a temporary dir, optionally check it, then rename it to ``out_dir``. With
+    ``hash_cache`` every file is hashed by a background thread as soon as it is written (each shard while the
+    next one merges, the rest while the check runs), and the cache learns them under ``out_dir``: registration
+    and the jobs after it need not read the merged model's gigabytes again to fingerprint it."""
+    from concurrent.futures import ThreadPoolExecutor
+
     base, loaded = validate_inputs(base_dir, adapters)
     out_dir = Path(out_dir)
     _check_out_dir(base, out_dir)
-    with atomic_dir(out_dir) as tmp:
-        summary = _merge_into(base, loaded, tmp, method, shard_size_mb)
-        if check is not None:
-            from .check import check_merged
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loraforge-hash") if hash_cache else None
+    digests: dict[str, object] = {}  # path relative to the model directory -> the future of its sha256
+    published = False
+    try:
+        with atomic_dir(out_dir) as tmp:
+            on_shard = (lambda f: digests.setdefault(f.name, pool.submit(sha256_file, f))) if pool else None
+            summary = _merge_into(base, loaded, tmp, method, shard_size_mb, on_shard)
+            if pool:
+                for f in tree_files(tmp):
+                    rel = f.relative_to(tmp).as_posix()
+                    if rel not in digests:
+                        digests[rel] = pool.submit(sha256_file, f)
+            if check is not None:
+                from .check import check_merged
 
-            summary["check"] = check_merged(base, loaded, tmp, **check, shown_as=out_dir)
-            log.info("merge check passed: %s", summary["check"])
+                summary["check"] = check_merged(base, loaded, tmp, **check, shown_as=out_dir)
+                log.info("merge check passed: %s", summary["check"])
+        published = True
+        if pool:
+            cache = HashCache(hash_cache)
+            for rel, digest in digests.items():
+                cache.remember(out_dir / rel, digest.result())
+            cache.save()
+    finally:
+        if pool:
+            pool.shutdown(wait=True, cancel_futures=not published)
     log.info("merged %d adapter(s) into %s: %s", len(loaded), out_dir, summary)
     return summary
 
@@ -148,7 +172,7 @@ def merge_artifact(
     if check:
         checking = {"text_file": check_text, "max_kld": max_kld, "budget_mb": budget_mb}
         checking.update(reference=reference, window_out=window_out)
-    summary = _publish(base_dir, adapters, out_dir, method, shard_size_mb, check=checking)
+    summary = _publish(base_dir, adapters, out_dir, method, shard_size_mb, checking, WORKFLOW_HASH_CACHE)
     summary["inputs"] = input_lineage(base_dir, adapters)
     write_sidecar(check_json, summary)
     return summary

@@ -97,8 +97,11 @@ def write_index(out: Path, tensors: Shapes, weight_map: dict[str, str]) -> None:
     (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
 
 
-def streaming_merge(base: BaseModel, loaded: list[tuple[AdapterSpec, Adapter]], out: Path, shard_bytes: int) -> dict:
-    """Write the merged weights as safetensors shards (+ index) into ``out``; returns counts."""
+def streaming_merge(
+    base: BaseModel, loaded: list[tuple[AdapterSpec, Adapter]], out: Path, shard_bytes: int, on_shard=None
+) -> dict:
+    """Write the merged weights as safetensors shards (+ index) into ``out``; returns counts. ``on_shard``: called
+    with each shard's path once it is written and closed."""
     tensors = merged_shapes(base, loaded)
     touched: dict[str, list] = {}  # base tensor -> the (spec, adapter, module) deltas to add, in order
     for spec, ad in loaded:
@@ -133,6 +136,8 @@ def streaming_merge(base: BaseModel, loaded: list[tuple[AdapterSpec, Adapter]], 
                     deltas = [_delta(reader, ad, module, spec.weight) for spec, ad, module in touched[name]]
                     _merge_tensor(reader, f, name, info.dtype, src, deltas)
                     progress.update(tensor_nbytes(*tensors[name]))
+            if on_shard is not None:
+                on_shard(out / fname)
     if n > 1:
         write_index(out, tensors, weight_map)
     stats["shards"] = n

@@ -249,8 +249,9 @@ def _register(
     reg = Registry(registry, store_mode=store_mode)
     try:
         mv, new_version, new_artifact = reg.register(
-            name, lineage, kind, variant, path, metrics, sha256=sha, settings=artifact_settings
+            name, lineage, kind, variant, path, metrics, sha256=sha, settings=artifact_settings, hashes=hashes
         )
+        hashes.save()
         if merged:
             reg.register(
                 name,

@@ -112,19 +112,21 @@ class Versions:
         sha256: str | None = None,
         store: bool = True,
         settings: dict | None = None,
+        hashes=None,
     ) -> tuple[ModelVersion, bool, bool]:
         """Register one artifact of the revision ``lineage`` describes; returns (version, version created,
         artifact created or replaced). ``store=False`` records a (large) directory by its fingerprint without
         copying it. ``settings``: the artifact's own build settings. Other bytes for an artifact the version has
         replace it when they were built with other settings (the old one goes to the version's history) and are
-        refused when built with the same ones (a rebuild must give the same bytes)."""
+        refused when built with the same ones (a rebuild must give the same bytes). ``hashes``: the HashCache
+        ``sha256`` came from, which lets a hard-linking store keep its link unread (ArtifactStore.put)."""
         p = Path(path)
         if not p.exists():
             raise RegistryError(f"{p}: artifact to register does not exist")
         if sha256 is None:
             sha256 = sha256_file(p)
         size = p.stat().st_size if p.is_file() else sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
-        stored = self.store.relative(self.store.put(p, sha256)) if store else None
+        stored = self.store.relative(self.store.put(p, sha256, hashes)) if store else None
         rev = revision_key(lineage)
         with self.db.write() as c:
             row = c.execute("SELECT id, version FROM versions WHERE name = ? AND revision = ?", (name, rev)).fetchone()
