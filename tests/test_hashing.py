@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from loraforge.io.hashing import HashCache, sha256_file, tree_files, tree_fingerprint
 
@@ -62,3 +65,16 @@ def test_concurrent_hash_cache_writers_do_not_break_each_other(tmp_path):
     cached = json.loads((tmp_path / "cache.json").read_text())  # a whole, valid file
     # and every writer's entries are in it: none lost to a concurrent writer (the last one used to win)
     assert len([k for k in cached if Path(k).name.startswith("f")]) == 8 * 40
+
+
+def test_a_file_hashed_meanwhile_gives_its_sha256_and_a_failing_block_stops_the_hashing(tmp_path):
+    """A new GGUF is hashed by a background thread while its checks read it: the same digest as reading it
+    afterwards; a check that fails stops the hashing and its error is the one raised."""
+    from loraforge.io.hashing import hashed_meanwhile
+
+    f = tmp_path / "model.gguf"
+    f.write_bytes(os.urandom(3 << 20) * 8)  # 24 MB: several chunks
+    with hashed_meanwhile(f) as digest:
+        assert digest() == sha256_file(f) == hashlib.sha256(f.read_bytes()).hexdigest()
+    with pytest.raises(ValueError, match="the check failed"), hashed_meanwhile(f):
+        raise ValueError("the check failed")

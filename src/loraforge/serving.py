@@ -173,36 +173,45 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextlib.contextmanager
-def local_server(
-    cmd: list[str], url: str, what: str, startup_timeout: float, env: dict | None = None
-) -> Iterator[tuple[subprocess.Popen, Path]]:
-    """Run a server (``cmd``, listening on loopback at ``url``) until ``url/health`` answers 200, yield (process,
-    log file), and stop it by its PID (its process group) on exit, also on failure. A server that exits or does not
-    answer within ``startup_timeout`` seconds fails in one line with the tail of its log."""
-    log_file = tempfile.NamedTemporaryFile(prefix="loraforge-server.", suffix=".log", delete=False)
-    log_path = Path(log_file.name)
-    log.info("starting %s", " ".join(cmd))
-    proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+def await_health(
+    proc: subprocess.Popen, url: str, what: str, started: float, startup_timeout: float, log_path: Path
+) -> None:
+    """Until ``url/health`` answers 200; a server that exits first, or is not up ``startup_timeout`` seconds after
+    ``started`` (time.monotonic), fails in one line with the tail of its log."""
 
     def tail() -> str:
         lines = [ln for ln in log_path.read_text(errors="replace").strip().splitlines() if ln.strip()]
         return " | ".join(ln.strip() for ln in lines[-3:])
 
+    while True:
+        if proc.poll() is not None:
+            raise PipelineError(f"{what} exited ({proc.returncode}) while starting: {tail()}")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        if time.monotonic() > started + startup_timeout:
+            raise PipelineError(f"{what} did not answer {url}/health within {startup_timeout:.0f} s: {tail()}")
+        time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def local_server(
+    cmd: list[str], url: str, what: str, startup_timeout: float, env: dict | None = None, wait: bool = True
+) -> Iterator[tuple[subprocess.Popen, Path]]:
+    """Run a server (``cmd``, listening on loopback at ``url``) until ``url/health`` answers 200, yield (process,
+    log file), and stop it by its PID (its process group) on exit, also on failure. A server that exits or does not
+    answer within ``startup_timeout`` seconds fails in one line with the tail of its log. ``wait=False`` yields at
+    once: the caller waits (:func:`await_health`) after other work, while the server loads."""
+    log_file = tempfile.NamedTemporaryFile(prefix="loraforge-server.", suffix=".log", delete=False)
+    log_path = Path(log_file.name)
+    log.info("starting %s", " ".join(cmd))
+    proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     try:
-        deadline = time.monotonic() + startup_timeout
-        while True:
-            if proc.poll() is not None:
-                raise PipelineError(f"{what} exited ({proc.returncode}) while starting: {tail()}")
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                raise PipelineError(f"{what} did not answer {url}/health within {startup_timeout:.0f} s: {tail()}")
-            time.sleep(0.2)
+        if wait:
+            await_health(proc, url, what, time.monotonic(), startup_timeout, log_path)
         yield proc, log_path
     finally:
         with contextlib.suppress(ProcessLookupError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -11,14 +12,14 @@ from pathlib import Path
 
 from ..checks import CHECK_TEXT, check_token_ids, compare_logits, hf_logits, write_sidecar
 from ..errors import PipelineError
-from ..io.hashing import remember_hash, sha256_file
+from ..io.hashing import hashed_meanwhile, remember_hash
 from ..io.publish import atomic_file
 from ..llamacpp.library import FLOAT_TYPES, GGUFModel, gguf_info
 from ..llamacpp.toolchain import locate
 from ..llamacpp.tools import convert_hf_to_gguf
 from ..preflight import inspect_base
 from .converter_input import converter_input
-from .tokenizer_check import check_chat_rendering, check_tokenizer
+from .tokenizer_check import chat_server, check_chat_rendering, check_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -128,32 +129,37 @@ def convert_artifact(
     out_gguf = Path(out_gguf)
     with atomic_file(out_gguf) as tmp:
         summary = _convert_to(model_dir, tmp, outtype, llama_cpp_dir, metadata)
-        if check:
-            texts = {"check": Path(check_text).read_text(encoding="utf-8") if check_text else CHECK_TEXT}
-            summary["tokenizer"] = check_tokenizer(model_dir, tmp, texts, shown_as=out_gguf)
-            summary["tokenizer"].update(check_chat_rendering(model_dir, tmp, llama_cpp_dir, threads, out_gguf))
-            log.info("tokenizer check passed: %s", summary["tokenizer"])
-            if reference is not None:
-                from ..evaluation.reference import gguf_against_reference
+        # the hash reads the new GGUF while the checks run; llama-server maps it while the logits are compared
+        with hashed_meanwhile(tmp) as digest, contextlib.ExitStack() as stack:
+            if check:
+                server = stack.enter_context(chat_server(tmp, llama_cpp_dir, threads))
+                texts = {"check": Path(check_text).read_text(encoding="utf-8") if check_text else CHECK_TEXT}
+                summary["tokenizer"] = check_tokenizer(model_dir, tmp, texts, shown_as=out_gguf)
+                if reference is not None:
+                    from ..evaluation.reference import gguf_against_reference
 
-                res, info = gguf_against_reference(tmp, reference, threads, model_dir)
-                diff = res["max_abs_logprob_diff"]
+                    res, info = gguf_against_reference(tmp, reference, threads, model_dir)
+                    diff = res["max_abs_logprob_diff"]
+                else:
+                    res, info = check_conversion(model_dir, tmp, check_text, threads, budget_mb)
+                    diff = res["max_abs_logit_diff"]
+                chat = check_chat_rendering(model_dir, tmp, llama_cpp_dir, threads, out_gguf, server)
+                summary["tokenizer"].update(chat)
+                log.info("tokenizer check passed: %s", summary["tokenizer"])
+                res.update(min_top1=min_top1, max_abs_logit_diff_allowed=max_abs_logit_diff)
+                summary["check"] = res
+                if res["top1_agreement"] < min_top1 or not diff <= max_abs_logit_diff:
+                    what = "log-prob" if reference is not None else "logit"
+                    raise PipelineError(
+                        f"{out_gguf}: llama.cpp logits disagree with the HF model (top-1 agreement "
+                        f"{res['top1_agreement']:.3f}, min {min_top1}; max abs {what} diff {diff:.4g}, "
+                        f"max {max_abs_logit_diff})"
+                    )
+                log.info("conversion check passed: %s", res)
             else:
-                res, info = check_conversion(model_dir, tmp, check_text, threads, budget_mb)
-                diff = res["max_abs_logit_diff"]
-            res.update(min_top1=min_top1, max_abs_logit_diff_allowed=max_abs_logit_diff)
-            summary["check"] = res
-            if res["top1_agreement"] < min_top1 or not diff <= max_abs_logit_diff:
-                raise PipelineError(
-                    f"{out_gguf}: llama.cpp logits disagree with the HF model (top-1 agreement "
-                    f"{res['top1_agreement']:.3f}, min {min_top1}; max abs "
-                    f"{'log-prob' if reference is not None else 'logit'} diff {diff:.4g}, max {max_abs_logit_diff})"
-                )
-            log.info("conversion check passed: %s", res)
-        else:
-            log.warning("conversion check disabled in config: GGUF logits were not compared with HF")
-            info = gguf_info(tmp)
-        summary.update(info, sha256=sha256_file(tmp))  # what was built: registration refuses other bytes
+                log.warning("conversion check disabled in config: GGUF logits were not compared with HF")
+                info = gguf_info(tmp)
+            summary.update(info, sha256=digest())  # what was built: registration refuses other bytes
     remember_hash(out_gguf, summary["sha256"], hash_cache)
     write_sidecar(check_json, summary)
     return summary

@@ -9,6 +9,7 @@ pre-tokenizer the converter did not recognise, a chat template lost on the way, 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,21 +180,23 @@ def check_tokenizer(model_dir, gguf, texts: dict[str, str] | None = None, shown_
         v.close()
 
 
-def check_chat_rendering(model_dir, gguf, llama_cpp_dir=None, threads: int = 1, shown_as=None) -> dict:
+def check_chat_rendering(model_dir, gguf, llama_cpp_dir=None, threads: int = 1, shown_as=None, server=None) -> dict:
     """The check conversation as llama-server serves it (rendered from the GGUF's own template by llama.cpp's
     jinja engine, then tokenized as the server does, BOS included where the model adds one) must be the token
     sequence HF's template gives, token for token. (The server drops a BOS the template writes as text, since
-    the tokenizer adds it: the texts may differ by that, the tokens may not.)"""
+    the tokenizer adds it: the texts may differ by that, the tokens may not.) ``server``: one already started on
+    ``gguf`` (:func:`chat_server`, loading while other checks ran), else one is started here."""
     from transformers import AutoTokenizer
-
-    from ..llamacpp.server import llama_server
 
     tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     hf = render_chat(tok)
     if hf is None:
         return {"chat_template": None}
     hf_ids = tok(hf, add_special_tokens=False).input_ids
-    with llama_server(gguf, n_ctx=512, threads=threads, llama_cpp_dir=llama_cpp_dir, extra=["--no-warmup"]) as server:
+    with contextlib.ExitStack() as stack:
+        if server is None:
+            server = stack.enter_context(chat_server(gguf, llama_cpp_dir, threads))
+        server.ready()
         served = server.apply_template(CHAT, CHAT_KWARGS)
         served_ids = server.request("/tokenize", {"content": served, "add_special": True, "parse_special": True})[
             "tokens"
@@ -206,3 +209,13 @@ def check_chat_rendering(model_dir, gguf, llama_cpp_dir=None, threads: int = 1, 
             f"prompt text {served[:60]!r}...)"
         )
     return {"chat_template": "served as HF renders it", "chat_tokens": len(hf_ids), "chat_text_identical": served == hf}
+
+
+def chat_server(gguf, llama_cpp_dir=None, threads: int = 1):
+    """llama-server on ``gguf`` for :func:`check_chat_rendering`, started without waiting: it maps the file while
+    the caller runs its other checks (stopped by its PID on exit)."""
+    from ..llamacpp.server import llama_server
+
+    return llama_server(
+        gguf, n_ctx=512, threads=threads, llama_cpp_dir=llama_cpp_dir, extra=["--no-warmup"], wait=False
+    )

@@ -8,6 +8,7 @@ scored on exactly the same tokens (:mod:`.windows`) by a scorer (:mod:`.scorers`
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -235,43 +236,51 @@ def _transformers_generation(scorer, tokenizer_dir, answers, label: str) -> dict
 ANSWER_CTX = 4096
 
 
-def gguf_served(
-    gguf, lora, reference, answers, threads: int = 1, label: str = "", lm_eval: dict | None = None
-) -> tuple[dict | None, dict | None, dict | None]:
-    """What llama-server serves of a GGUF, or of a base GGUF with a LoRA GGUF: the probe (loraforge.serving) when
-    there is a ``reference``, the answers to the generation checks' prompts with the template the GGUF carries
-    (``--jinja``) when there are reference ``answers``, and the user's lm-eval tasks (``lm_eval``: include_path,
-    tasks, limit) through lm-eval's local-chat-completions. One server for all three."""
+@contextlib.contextmanager
+def gguf_server(gguf, lora, reference, answers, threads: int = 1, lm_eval: dict | None = None):
+    """llama-server for what :func:`gguf_served` asks of a GGUF (or a base GGUF with a LoRA GGUF), started without
+    waiting: it maps and loads the file while the caller scores it with llama.cpp's library (one page cache for
+    both); stopped by its PID on exit."""
     from ..llamacpp.server import llama_server
-    from ..llamacpp.toolchain import locate
-    from ..serving import NEW_TOKENS, probe_llama_server, probe_prompt
-    from .generation import generation_record, llama_server_answers, llama_server_tokenizer, load_reference_answers
+    from ..serving import NEW_TOKENS, probe_prompt
 
     prompt = probe_prompt(reference) if reference is not None else None
     n_ctx = len(prompt) + NEW_TOKENS + 16 if prompt else 0
-    if answers is not None:
-        prompts, ref_answers, info = load_reference_answers(answers)
+    if answers is not None or lm_eval:
         n_ctx = max(n_ctx, ANSWER_CTX)
     loras = [lora] if lora else None
+    with llama_server(gguf, loras=loras, n_ctx=n_ctx, threads=threads, extra=["--no-warmup"], wait=False) as server:
+        server.probe_prompt = prompt
+        yield server
+
+
+def gguf_served(
+    server, reference, answers, label: str = "", lm_eval: dict | None = None
+) -> tuple[dict | None, dict | None, dict | None]:
+    """What llama-server (``server``, from :func:`gguf_server`) serves of a GGUF, or of a base GGUF with a LoRA GGUF:
+    the probe (loraforge.serving) when there is a ``reference``, the answers to the generation checks' prompts with
+    the template the GGUF carries (``--jinja``) when there are reference ``answers``, and the user's lm-eval tasks
+    (``lm_eval``: include_path, tasks, limit) through lm-eval's local-chat-completions. One server for all three."""
+    from ..llamacpp.toolchain import locate
+    from ..serving import probe_llama_server
+    from .generation import generation_record, llama_server_answers, llama_server_tokenizer, load_reference_answers
+
+    server.ready()
     engine = f"llama-server ({locate().revision})"
     probe = generation = tasks = None
+    if server.probe_prompt is not None:
+        probe = {**probe_llama_server(server.url, server.probe_prompt), "engine": engine}
+    if answers is not None:
+        prompts, ref_answers, info = load_reference_answers(answers)
+        got = llama_server_answers(server, prompts, info["max_tokens"], label)
+        tokenize = llama_server_tokenizer(server)
+        template = "the GGUF's own chat template (--jinja)"
+        generation = generation_record(prompts, got, ref_answers, tokenize, info, engine, template)
     if lm_eval:
-        n_ctx = max(n_ctx, ANSWER_CTX)
-    with llama_server(gguf, loras=loras, n_ctx=n_ctx, threads=threads, extra=["--no-warmup"]) as server:
-        if prompt is not None:
-            probe = {**probe_llama_server(server.url, prompt), "engine": engine}
-        if answers is not None:
-            got = llama_server_answers(server, prompts, info["max_tokens"], label)
-            tokenize = llama_server_tokenizer(server)
-            template = "the GGUF's own chat template (--jinja)"
-            generation = generation_record(prompts, got, ref_answers, tokenize, info, engine, template)
-        if lm_eval:
-            from ..lmeval import run_tasks
+        from ..lmeval import run_tasks
 
-            tasks = run_tasks(
-                server.url, "llama-server", lm_eval["include_path"], lm_eval["tasks"], lm_eval.get("limit")
-            )
-            tasks["server"] = engine
+        tasks = run_tasks(server.url, "llama-server", lm_eval["include_path"], lm_eval["tasks"], lm_eval.get("limit"))
+        tasks["server"] = engine
     return probe, generation, tasks
 
 
@@ -304,27 +313,35 @@ def evaluate_artifact(
         if sidecar:
             hashes[key] = verify_built(kwargs[key], sidecar, cache)
     cache.save()
-    result = dataclasses.replace(evaluate(label=label, _hashes=hashes, **kwargs), gates=gates or {})
-    if served is not None:
-        through_vllm = dict(served(result))
-        result = dataclasses.replace(result, served=through_vllm, probe=through_vllm.pop("probe", None))
-    if kwargs.get("answers") is not None and form(kwargs["kind"]).answers_through == "vllm":
-        if answered is None:
-            raise PipelineError(f"{label}: answering through vLLM needs loraforge.vllm.generation.vllm_answered")
-        result = dataclasses.replace(result, **answer_summary(answered()))
-    elif form(kwargs["kind"]).llama_cpp and (kwargs.get("reference") or kwargs.get("answers") or lm_eval):
-        probe, generation, tasks = gguf_served(
-            kwargs["path"],
-            kwargs.get("lora"),
-            kwargs.get("reference"),
-            kwargs.get("answers"),
-            kwargs.get("threads", 1),
-            label,
-            lm_eval,
-        )
-        result = dataclasses.replace(result, probe=probe, lm_eval=tasks)
-        if generation is not None:
-            result = dataclasses.replace(result, **answer_summary(generation))
+    through_vllm = kwargs.get("answers") is not None and form(kwargs["kind"]).answers_through == "vllm"
+    if through_vllm and answered is None:
+        raise PipelineError(f"{label}: answering through vLLM needs loraforge.vllm.generation.vllm_answered")
+    serve_gguf = form(kwargs["kind"]).llama_cpp and (kwargs.get("reference") or kwargs.get("answers") or lm_eval)
+    with contextlib.ExitStack() as stack:
+        server = None
+        if serve_gguf and not through_vllm:  # llama-server loads the GGUF while the library scores it
+            server = stack.enter_context(
+                gguf_server(
+                    kwargs["path"],
+                    kwargs.get("lora"),
+                    kwargs.get("reference"),
+                    kwargs.get("answers"),
+                    kwargs.get("threads", 1),
+                    lm_eval,
+                )
+            )
+        result = dataclasses.replace(evaluate(label=label, _hashes=hashes, **kwargs), gates=gates or {})
+        if served is not None:
+            vllm_numbers = dict(served(result))
+            result = dataclasses.replace(result, served=vllm_numbers, probe=vllm_numbers.pop("probe", None))
+        if through_vllm:
+            result = dataclasses.replace(result, **answer_summary(answered()))
+        elif server is not None:
+            reference, answers = kwargs.get("reference"), kwargs.get("answers")
+            probe, generation, tasks = gguf_served(server, reference, answers, label, lm_eval)
+            result = dataclasses.replace(result, probe=probe, lm_eval=tasks)
+            if generation is not None:
+                result = dataclasses.replace(result, **answer_summary(generation))
     log.info("evaluation of %s: %s", label, json.dumps(result.to_json(), indent=1))
     failures = check_gates(result, gates, label)
     if failures:

@@ -9,10 +9,13 @@ re-hashed on an ordinary run.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .publish import write_text_atomic
@@ -24,12 +27,32 @@ _CHUNK = 8 * 1024 * 1024
 WORKFLOW_HASH_CACHE = ".snakemake/loraforge/hashes.json"
 
 
-def sha256_file(path: str | os.PathLike) -> str:
+def sha256_file(path: str | os.PathLike, stop: threading.Event | None = None) -> str:
+    """``path``'s sha256 (``stop``: a reason to give up between chunks, and return "")."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
+            if stop is not None and stop.is_set():
+                return ""
             h.update(chunk)
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def hashed_meanwhile(path: str | os.PathLike) -> Iterator[Callable[[], str]]:
+    """Hash ``path`` in a background thread while the block runs (a new GGUF's checks, which only read it: the
+    hash reads it from the page cache on the other core); yields the function that waits for the digest. A block
+    that fails stops the hashing."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    stop = threading.Event()
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loraforge-hash")
+    digest = pool.submit(sha256_file, path, stop)
+    try:
+        yield digest.result
+    finally:
+        stop.set()
+        pool.shutdown(wait=True)
 
 
 class HashCache:

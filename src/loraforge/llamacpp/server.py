@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import PipelineError
-from ..serving import free_port, local_server
+from ..serving import await_health, free_port, local_server
 from .toolchain import locate
 
 log = logging.getLogger(__name__)
@@ -21,8 +23,16 @@ log = logging.getLogger(__name__)
 class Server:
     """A running llama-server: ``url``, and small JSON helpers for its HTTP API."""
 
-    def __init__(self, url: str, proc: subprocess.Popen, log_path: Path):
+    def __init__(self, url: str, proc: subprocess.Popen, log_path: Path, ready=None):
         self.url, self.proc, self.log_path = url, proc, log_path
+        self._ready = ready  # started without waiting (llama_server(wait=False)): what waits for its health
+
+    def ready(self) -> Server:
+        """Wait until it answers (a server started with ``wait=False`` loads while its caller works)."""
+        if self._ready is not None:
+            self._ready()
+            self._ready = None
+        return self
 
     def request(self, path: str, body: dict | list | None = None, timeout: float = 120) -> dict | list:
         data = None if body is None else json.dumps(body).encode()
@@ -48,8 +58,10 @@ def llama_server(
     extra: list[str] | None = None,
     llama_cpp_dir=None,
     startup_timeout: float = 120,
+    wait: bool = True,
 ) -> Iterator[Server]:
-    """Start llama-server for ``gguf`` (and LoRA GGUFs) on 127.0.0.1; stop it by PID on exit."""
+    """Start llama-server for ``gguf`` (and LoRA GGUFs) on 127.0.0.1; stop it by PID on exit. ``wait=False``:
+    yield while it loads; ``Server.ready()`` waits for it."""
     exe = locate(llama_cpp_dir).tool("llama-server")
     port = free_port()
     cmd = [
@@ -73,5 +85,7 @@ def llama_server(
         cmd += ["--lora", str(lora)]
     cmd += extra or []
     url = f"http://127.0.0.1:{port}"
-    with local_server(cmd, url, f"llama-server ({gguf})", startup_timeout) as (proc, log_path):
-        yield Server(url, proc, log_path)
+    what, started = f"llama-server ({gguf})", time.monotonic()
+    with local_server(cmd, url, what, startup_timeout, wait=wait) as (proc, log_path):
+        ready = None if wait else functools.partial(await_health, proc, url, what, started, startup_timeout, log_path)
+        yield Server(url, proc, log_path, ready)

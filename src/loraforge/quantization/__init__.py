@@ -10,7 +10,7 @@ import numpy as np
 
 from ..checks import CHECK_TEXT, compare_logits, write_sidecar
 from ..errors import PipelineError
-from ..io.hashing import remember_hash, sha256_file
+from ..io.hashing import hashed_meanwhile, remember_hash
 from ..io.publish import atomic_file
 from ..llamacpp.library import FLOAT_TYPES, GGUFModel, file_types
 from ..llamacpp.toolchain import locate
@@ -106,8 +106,9 @@ def quantize_artifact(
     out_gguf = Path(out_gguf)
     with atomic_file(out_gguf) as tmp:
         summary = _quantize_to(src_gguf, tmp, qtype, threads, llama_cpp_dir, imatrix)
-        summary["check"], info = check_quantized(src_gguf, tmp, threads, reference)
-        summary.update(info, sha256=sha256_file(tmp))  # what was built: registration refuses other bytes
+        with hashed_meanwhile(tmp) as digest:  # the hash reads the new GGUF while the check runs
+            summary["check"], info = check_quantized(src_gguf, tmp, threads, reference)
+            summary.update(info, sha256=digest())  # what was built: registration refuses other bytes
         log.info("quantized %s: %s", out_gguf, summary)
     remember_hash(out_gguf, summary["sha256"], hash_cache)
     write_sidecar(check_json, summary)
