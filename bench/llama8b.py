@@ -395,6 +395,7 @@ def run_benchmark(
     }
     if "chain" in parts:
         chain = work / "chain"
+        shutil.rmtree(chain, ignore_errors=True)  # every job runs: a rerun would otherwise keep an earlier reference
         _write_config(chain, workflow_config(base, adapter, text, budget_mb))
         rc, wall = _snakemake(chain, cores)
         jobs = job_resources(chain)
