@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import PipelineError
 from ..forms import Kind, form
-from ..io.hashing import WORKFLOW_HASH_CACHE, HashCache, sha256_file, tree_fingerprint
+from ..io.hashing import WORKFLOW_HASH_CACHE, HashCache, hashed_meanwhile, sha256_file, tree_fingerprint
 from ..io.publish import write_text_atomic
 from ..progress import Progress
 from .metrics import GATES, Metrics, TextScorer, check_gates, kld_stats
@@ -308,11 +308,38 @@ def evaluate_artifact(
 
     With ``check_json`` (a GGUF's build sidecar; ``lora_check_json`` the LoRA GGUF's), the file must still be the
     bytes that were built (hashed once per file state: ``hash_cache``, the workflow's, keyed by its stat)."""
-    hashes, cache = {}, HashCache(hash_cache)
-    for key, sidecar in (("path", check_json), ("lora", lora_check_json)):
-        if sidecar:
-            hashes[key] = verify_built(kwargs[key], sidecar, cache)
-    cache.save()
+    hashes, cache, pending = {}, HashCache(hash_cache), {}
+    with contextlib.ExitStack() as meanwhile:
+        for key, sidecar in (("path", check_json), ("lora", lora_check_json)):
+            if not sidecar:
+                continue
+            built = json.loads(Path(sidecar).read_text()).get("sha256")
+            if built and Path(kwargs[key]).is_file() and cache.current(kwargs[key]) is None:
+                # not hashed as it is now (Snakemake touches every output after its job): hashed by a background
+                # thread while it is scored, and refused before anything is written if it is not what was built
+                pending[key] = (meanwhile.enter_context(hashed_meanwhile(kwargs[key])), built, sidecar)
+                hashes[key] = built
+            else:
+                hashes[key] = verify_built(kwargs[key], sidecar, cache)
+        cache.save()
+        result = _measure(label, gates, hashes, served, lm_eval, answered, kwargs)
+        for key, (digest, built, sidecar) in pending.items():
+            if digest() != built:
+                raise PipelineError(changed_since_built(kwargs[key], sidecar))
+            cache.remember(kwargs[key], built)
+        cache.save()
+    log.info("evaluation of %s: %s", label, json.dumps(result.to_json(), indent=1))
+    failures = check_gates(result, gates, label)
+    if failures:
+        for f in failures[1:]:
+            log.error("%s", f)
+        raise PipelineError(failures[0] + (f" (+{len(failures) - 1} more)" if len(failures) > 1 else ""))
+    write_text_atomic(out_json, json.dumps(result.to_json(), indent=2, sort_keys=True) + "\n")
+    return result
+
+
+def _measure(label, gates, hashes, served, lm_eval, answered, kwargs) -> Metrics:
+    """:func:`evaluate_artifact`'s measuring: the engines' numbers, its served forms' and its answers."""
     through_vllm = kwargs.get("answers") is not None and form(kwargs["kind"]).answers_through == "vllm"
     if through_vllm and answered is None:
         raise PipelineError(f"{label}: answering through vLLM needs loraforge.vllm.generation.vllm_answered")
@@ -342,13 +369,6 @@ def evaluate_artifact(
             result = dataclasses.replace(result, probe=probe, lm_eval=tasks)
             if generation is not None:
                 result = dataclasses.replace(result, **answer_summary(generation))
-    log.info("evaluation of %s: %s", label, json.dumps(result.to_json(), indent=1))
-    failures = check_gates(result, gates, label)
-    if failures:
-        for f in failures[1:]:
-            log.error("%s", f)
-        raise PipelineError(failures[0] + (f" (+{len(failures) - 1} more)" if len(failures) > 1 else ""))
-    write_text_atomic(out_json, json.dumps(result.to_json(), indent=2, sort_keys=True) + "\n")
     return result
 
 
