@@ -14,6 +14,7 @@ references, so a bf16 model is computed and accumulated in float32).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -251,6 +252,20 @@ class StreamedWeights:
         self.reader.close()
 
 
+@functools.cache
+def _freed_memory_goes_back() -> None:
+    """glibc keeps freed blocks under its dynamic mmap threshold (up to 32 MB) in per-thread arenas: a layer's
+    weights, read by the read-ahead thread and freed by the compute thread, would stay resident. A fixed 1 MB
+    threshold maps every larger block on its own, so freeing a unit returns its memory to the system."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(name).mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+
+
 def streamed_model(model_dir, dtype="float32", prefetch: bool = True):
     """A causal LM from a local directory whose weights are read layer by layer during each forward pass.
 
@@ -276,6 +291,7 @@ def streamed_model(model_dir, dtype="float32", prefetch: bool = True):
     for module in model.modules():  # the buffers (rotary frequencies) are real: they go where the compute goes
         for name, buf in module.named_buffers(recurse=False):
             module._buffers[name] = buf.to(device)
+    _freed_memory_goes_back()
     model.streamed = StreamedWeights(model, model_dir, dtype, device, prefetch)
     itemsize = torch.finfo(dtype).bits // 8
     unit, held = largest_unit(model_dir, itemsize)
