@@ -4,6 +4,7 @@ real template in llama-server. The numbers asserted here are ones a user would n
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -47,12 +48,18 @@ def test_each_adapter_is_the_best_model_for_its_own_domain(demo):
     """Both domains are Python, so each adapter helps both; but on its own domain each adapter beats the base by
     more than 5% and beats the other adapter."""
     base = json.loads((demo.root / "results" / "base" / "eval.json").read_text())["texts"]
-    ppl = {a: metrics(demo, a, "adapter")["texts"] for a in ("code", "prose")}
+    # each adapter's reference (through PEFT, float32), as its every evaluation measured it: the report's row
+    ppl = {a: {t: m["ref_ppl"] for t, m in metrics(demo, a, "merged")["texts"].items()} for a in ("code", "prose")}
     for a, other in (("code", "prose"), ("prose", "code")):
-        assert ppl[a][a]["ppl"] < 0.95 * base[a]["ppl"], (a, ppl[a][a]["ppl"], base[a]["ppl"])
-        assert ppl[a][a]["ppl"] < ppl[other][a]["ppl"], (a, ppl[a][a]["ppl"], ppl[other][a]["ppl"])
+        assert ppl[a][a] < 0.95 * base[a]["ppl"], (a, ppl[a][a], base[a]["ppl"])
+        assert ppl[a][a] < ppl[other][a], (a, ppl[a][a], ppl[other][a])
         merged = metrics(demo, a, "merged")
-        assert abs(merged["texts"][a]["ppl"] - ppl[a][a]["ppl"]) < 0.01 * ppl[a][a]["ppl"]
+        assert abs(merged["texts"][a]["ppl"] - ppl[a][a]) < 0.01 * ppl[a][a]
+    with open(demo.root / "results" / "report" / "metrics.tsv") as f:
+        rows = {(r["adapter"], r["artifact"]): r for r in csv.DictReader(f, delimiter="\t")}
+    for a in ("code", "prose"):
+        assert (a, "adapter") not in rows  # the adapter through PEFT in bfloat16 is not evaluated by default
+        assert float(rows[(a, "reference")][f"ppl:{a}"]) == pytest.approx(ppl[a][a], rel=1e-9)
 
 
 def test_merge_fidelity_is_measured(demo):
@@ -153,6 +160,8 @@ def test_deploy_bundle_points_at_the_files_and_reports_measured_numbers(demo):
     assert front["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and front["license"] == "apache-2.0"
     q4 = metrics(demo, "code", "Q4_K_M")
     assert f"{q4['mean_kld']:.2e}" in card and "lora-Q4_K_M" in card
+    ref = q4["texts"]["code"]["ref_ppl"]  # what every row is against, and its own perplexity
+    assert f"through PEFT (unmerged) in float32 (its own PPL: code {ref:.3f}," in card
 
 
 def test_the_shipped_forms_answer_the_demo_prompts_through_their_own_servers(demo):
@@ -222,9 +231,9 @@ def test_report_renders_table_and_plots(demo, tmp_path):
     for name in ("metrics.html", "size_vs_kld.svg", "ppl_by_domain.svg"):
         assert name in page
     table = (demo.root / "results" / "report" / "metrics.html").read_text()
-    # header, base, 2 adapters x 10 artifacts: PEFT, merged, BF16, Q8_0, Q4_K_M, Q4_K_M-imat, and the same four
-    # GGUF types as base + LoRA GGUF (a compressed model's rows are make demo-compress's, the GPU-serving forms
-    # make demo-vllm's)
+    # header, base, 2 adapters x 10 rows: the reference (the adapter through PEFT, float32), merged, BF16, Q8_0,
+    # Q4_K_M, Q4_K_M-imat, and the same four GGUF types as base + LoRA GGUF (a compressed model's rows are make
+    # demo-compress's, the GPU-serving forms make demo-vllm's)
     rows = 1 + 1 + 2 * 10
     assert table.count("<tr>") == rows
     assert "base GGUF + LoRA GGUF" in table

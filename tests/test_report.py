@@ -66,6 +66,35 @@ def test_report_of_base_and_artifacts(tmp_path):
     assert out["html"].read_text().count("<tr>") == 4 and "Q4_K_M" in out["svg2"].read_text()
 
 
+def test_each_adapter_gets_its_references_row_above_its_artifacts(tmp_path):
+    """The reference's own perplexity (every evaluation of the adapter measured it from the reference's log-probs) is
+    the row the others are relative to; evaluations scored against different references give no row."""
+
+    def scored(label, ppl, ref_ppl):
+        m = metrics(label, ppl, 0.01)
+        m["texts"]["general"]["ref_ppl"] = ref_ppl
+        return m
+
+    files = []
+    scores = (("code/merged", 6.58, 6.5712345), ("code/Q4_K_M", 7.03, 6.5712345), ("prose/F16", 9.1, 9.0))
+    for label, ppl, ref in scores:
+        files.append(tmp_path / f"{label.replace('/', '-')}.json")
+        files[-1].write_text(json.dumps(scored(label, ppl, ref)))
+    out = [tmp_path / f"out.{k}" for k in ("html", "tsv", "svg1", "svg2")]
+    rows = report_quality(None, files, *out)
+    assert [(r["adapter"], r["artifact"]) for r in rows] == [
+        ("code", "reference"),
+        ("code", "merged"),
+        ("code", "Q4_K_M"),
+        ("prose", "reference"),
+        ("prose", "F16"),
+    ]
+    assert rows[0]["ppl:general"] == 6.5712345 and "mean_kld" not in rows[0]  # no KLD against itself
+    assert "the adapter through PEFT, float32" in out[0].read_text()
+    files[1].write_text(json.dumps(scored("code/Q4_K_M", 7.03, 6.9)))
+    assert [r["artifact"] for r in report_quality(None, files, *out)][:2] == ["merged", "Q4_K_M"]
+
+
 def test_a_form_vllm_scored_gets_its_own_row_and_one_it_could_not_says_why(tmp_path):
     served = {
         "engine": "vLLM 0.32.0",

@@ -51,7 +51,9 @@ def test_default_targets_of_two_adapters():
         + ["results/report/metrics.html", "results/dashboard/index.html"]
         + [f"results/registry/{a}/{t}.json" for a in ("alpha", "beta") for t in ("F16", "Q8_0", "lora-F16")]
     )
-    assert p.artifacts_of("alpha") == ["adapter", "merged", "F16", "Q8_0", "lora-F16", "lora-Q8_0"]
+    # the adapter through PEFT is the reference (float32): not evaluated again unless asked for
+    assert p.artifacts_of("alpha") == ["merged", "F16", "Q8_0", "lora-F16", "lora-Q8_0"]
+    assert plan(evaluation={"texts": {"t": "/t"}, "skip": []}).artifacts_of("alpha")[0] == "adapter"
 
 
 def test_switches_remove_their_targets():
@@ -104,11 +106,15 @@ def test_a_lora_only_revision_builds_no_merged_form():
     # the skip list of a merged build serves its LoRA-only revision (--config 'merge={enabled: false}')
     lora_only = plan(merge={"enabled": False}, evaluation={"texts": {"general": "/t"}, "skip": ["adapter", "merged"]})
     assert lora_only.artifacts_of("alpha") == ["lora-F16", "lora-Q8_0"]
-    # the adapter through PEFT is its reference (float32): by default not evaluated again; skip: [] evaluates it
+    # the adapter through PEFT is its reference (float32): by default not evaluated again; skip: [] evaluates it,
+    # and so does naming it where it must be evaluated (a gate, the answering forms)
     assert p.artifacts_of("alpha") == ["lora-F16", "lora-Q8_0"]
     both = plan(merge={"enabled": False}, evaluation={"texts": {"general": "/t"}, "skip": []})
     assert both.artifacts_of("alpha") == ["adapter", "lora-F16", "lora-Q8_0"]
-    assert plan().artifacts_of("alpha")[0] == "adapter"  # with a merged form, nothing is skipped by default
+    gated = plan(evaluation={"texts": {"general": "/t"}, "gates": {"adapter": {"min_top1": 0.9}}})
+    assert gated.artifacts_of("alpha")[0] == "adapter" and plan().artifacts_of("alpha")[0] == "merged"
+    answering = plan(evaluation={"texts": {"general": "/t"}, "prompts": "/p.jsonl", "answer_forms": ["adapter"]})
+    assert answering.artifacts_of("alpha")[0] == "adapter"
     assert not any("merged" in path for path in p.evaluations())
     # the reference is the adapter through PEFT; registration and deploy name no merged model
     assert p.reference_inputs("alpha") == {"base": "/models/base", "adapters": ["/adapters/alpha"]}
@@ -259,7 +265,7 @@ def test_a_models_evaluations_run_in_turn_one_job_a_group():
     """Every evaluated artifact of a model is evaluated by exactly one job: its group's (GGUFs, LoRA pairs, the
     two torch forms: one job a model) or evaluate_artifact's; a group's n-th artifact reads what it would alone."""
     evaluation = config()["evaluation"]
-    p = plan(evaluation={**evaluation, "gates": {"Q8_0": {"max_mean_kld": 0.01}}})
+    p = plan(evaluation={**evaluation, "skip": [], "gates": {"Q8_0": {"max_mean_kld": 0.01}}})
     assert [p.in_turn(g) for g in p.IN_TURN] == [["F16", "Q8_0"], ["lora-F16", "lora-Q8_0"], ["adapter", "merged"]]
     assert sorted(p.in_turn_all()) == sorted(p.artifacts_of("alpha"))
     inputs = p.in_turn_inputs("alpha", "ggufs")
@@ -272,7 +278,7 @@ def test_a_models_evaluations_run_in_turn_one_job_a_group():
     assert [(e["artifact"], e["kind"]) for e in torch_each] == [("adapter", "peft"), ("merged", "hf")]
     assert [e["gates"] for e in p.in_turn_each("alpha", "ggufs")] == [{}, {"max_mean_kld": 0.01}]
     # a skipped form leaves its group; a LoRA-only revision has no merged GGUFs and no merged model
-    assert plan(evaluation={**evaluation, "skip": ["adapter"]}).in_turn("torch") == ["merged"]
+    assert plan(evaluation=evaluation).in_turn("torch") == ["merged"]
     lora_only = plan(merge={"enabled": False})
     assert lora_only.in_turn("ggufs") == [] and lora_only.in_turn("torch") in ([], ["adapter"])
 
@@ -429,11 +435,13 @@ def test_the_shipped_configs_plan(tmp_path, llmcompressor_env):
     demo = validated(demo)
     p = Plan(demo, produced=lambda path: path.startswith("results/"))
     assert p.evaluated == ["code", "prose"] and "Q4_K_M-imat" in p.gguf_types
-    assert len(p.evaluations()) == 10 + 10  # as the demo test counts the report's rows
+    assert (
+        len(p.evaluations()) == 9 + 9
+    )  # the adapter through PEFT skipped by default; as the demo test counts the report's rows
     extras = {n: yaml.safe_load((REPO / "config" / f"demo-{n}.yaml").read_text()) for n in ("compress", "vllm")}
     # make demo-compress: code-drop20, pruned, distilled and its four GGUF types
     # make demo-vllm: code's four checkpoints and four multi-LoRA forms; prose's four multi-LoRA forms
-    for layers, count in (("compress", 10 + 10 + 6), ("vllm", 10 + 10 + 12), ("compress vllm", 10 + 10 + 12 + 6)):
+    for layers, count in (("compress", 9 + 9 + 6), ("vllm", 9 + 9 + 12), ("compress vllm", 9 + 9 + 12 + 6)):
         full = copy.deepcopy(demo)
         for n in layers.split():  # as Snakemake layers --configfile files: nested keys merge
             update_config(full, copy.deepcopy(extras[n]))
@@ -647,7 +655,8 @@ def test_a_lora_only_revision_refuses_what_has_no_lora_form(models, tmp_path):
 
 def test_every_evaluated_artifact_is_of_exactly_one_form(llmcompressor_env):
     """loraforge.forms: each artifact name a plan evaluates is owned by one form, every form occurs in a config that
-    builds everything, and each form's evaluation reads only paths the workflow builds or the config names."""
+    builds everything (the adapter through PEFT included: evaluation.skip []), and each form's evaluation reads only
+    paths the workflow builds or the config names."""
     from loraforge.forms import FORMS, Kind, form
     from loraforge.hfquant import SCHEMES
 
@@ -655,6 +664,7 @@ def test_every_evaluated_artifact_is_of_exactly_one_form(llmcompressor_env):
         quantize={"types": ["Q8_0", "Q4_K_M"], "imatrix": {"text": "/texts/cal.txt", "types": ["Q4_K_M"]}},
         compress={"text": "/texts/cal.txt", "specs": {"d": {"drop_layers": 1, "distill": {"steps": 4}}}},
         hf_quant={**HFQ, "models": ["alpha"]},
+        evaluation={"texts": {"general": "/texts/general.txt"}, "skip": []},
     )
     kinds = set()
     for model in p.evaluated:

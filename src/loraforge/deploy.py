@@ -212,6 +212,10 @@ def model_card(
         for artifact, m in metrics.items()
         if m.generation
     ]
+    reference: dict[str, float] = {}  # the reference's own perplexity, as the evaluations measured it
+    for m in metrics.values():
+        reference.update({t: tm.ref_ppl for t, tm in m.texts.items() if tm.ref_ppl is not None and t not in reference})
+    reference_ppl = ", ".join(f"{t} {number(v, '.3f')}" for t, v in sorted(reference.items())) or None
     base_ppl = None
     if base_metrics:
         base_ppl = ", ".join(f"{t} {number(m.ppl, '.3f')}" for t, m in sorted(base_metrics.texts.items()))
@@ -227,6 +231,7 @@ def model_card(
         rows=rows,
         answers=answers,
         base_ppl=base_ppl,
+        reference_ppl=reference_ppl,
         merged=merged,
         vllm=vllm or [],
         ollama_adapter_last=OLLAMA_ADAPTER_LAST,

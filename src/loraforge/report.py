@@ -69,7 +69,10 @@ def _rows(base_json, metric_jsons, benchmarks: dict | None = None) -> tuple[list
         m = Metrics.from_json(json.loads(Path(p).read_text()))
         adapter, artifact = m.label.split("/", 1)
         entries.append((adapter, artifact, m))
+    references = _reference_rows(entries)
     for adapter, artifact, m in entries:
+        if adapter in references:  # above the adapter's first artifact: what its rows are measured against
+            rows.append(references.pop(adapter))
         row = {"adapter": adapter, "artifact": artifact, "form": _form(m.kind, artifact)}
         if m.size_bytes is not None:
             row["size_mb"] = m.size_bytes / 1e6
@@ -92,6 +95,30 @@ def _rows(base_json, metric_jsons, benchmarks: dict | None = None) -> tuple[list
         if m.served:
             rows.append(_served_row(row, m.served))
     return rows, texts
+
+
+REFERENCE_FORM = "the adapter through PEFT, float32: what each row below is measured against"
+
+
+def _reference_rows(entries) -> dict[str, dict]:
+    """Per adapter, its reference's own perplexity on each text (measured by every evaluation of the adapter, from
+    the reference's log-probs): the fine-tune's quality, the row each artifact's KLD and top-1 are relative to.
+    An adapter whose evaluations disagree on it (they were scored against different references) gets none."""
+    seen: dict[str, dict[str, list[float]]] = {}
+    for adapter, artifact, m in entries:
+        if artifact == "base":
+            continue
+        for t, tm in m.texts.items():
+            if tm.ref_ppl is not None:
+                seen.setdefault(adapter, {}).setdefault(t, []).append(tm.ref_ppl)
+    out = {}
+    for adapter, texts in seen.items():
+        if any(max(v) - min(v) > 1e-6 * min(v) for v in texts.values()):
+            log.warning("%s: its evaluations were scored against different references: no reference row", adapter)
+            continue
+        out[adapter] = {"adapter": adapter, "artifact": "reference", "form": REFERENCE_FORM}
+        out[adapter].update({f"ppl:{t}": v[0] for t, v in texts.items()})
+    return out
 
 
 def _served_row(row: dict, served: dict) -> dict:

@@ -123,8 +123,9 @@ class Plan(Targets, JobInputs, Settings):
                 "evaluation.texts", "no text named: name at least one text file, or set evaluation.enabled: false"
             )
         skip = evaluation["skip"]
-        if skip is None:  # a LoRA-only revision's reference is the adapter through PEFT (float32): not again
-            skip = [] if self.merged else ["adapter"]
+        if skip is None:  # the reference is the adapter through PEFT in float32: in bfloat16 only when named
+            named = set(evaluation["gates"]) | set(evaluation["answer_forms"] or [])
+            skip = [] if "adapter" in named else ["adapter"]
         self.skipped = set(skip) if self.evaluate else set()
         check_evaluation(self, evaluation)
         self.evaluate_base = self.evaluate and "base" not in self.skipped
