@@ -24,5 +24,6 @@ if __name__ == "__main__":
         metadata=dict(p.metadata),
         budget_mb=p.budget_mb,
         reference=sm.input.get("reference"),
+        evaluation_reference=sm.input.get("evaluation_reference"),
         hash_cache=WORKFLOW_HASH_CACHE,  # the evaluation and registration after it need not hash the GGUF again
     )

@@ -17,5 +17,6 @@ if __name__ == "__main__":
         imatrix=sm.input.get("imatrix"),
         llama_cpp_dir=sm.params.llama_cpp_dir,
         reference=sm.input.get("reference"),
+        evaluation_reference=sm.input.get("evaluation_reference"),
         hash_cache=WORKFLOW_HASH_CACHE,  # the evaluation and registration after it need not hash the GGUF again
     )

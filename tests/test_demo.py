@@ -32,6 +32,11 @@ def test_demo_builds_every_gguf_with_the_real_tokenizer_checked(demo):
         assert tok["special_ids"]["eos"] == 2 and tok["stop_ids"] == [2]  # <|im_end|> ends a turn
         for q in GGUFS:
             assert all(t["llama_cpp_tokens_agree"] for t in metrics(demo, a, q)["texts"].values())
+        # the merged model's GGUFs: the first window their build checks scored is counted in, not scored twice
+        first = next(iter(metrics(demo, a, "BF16")["texts"]))
+        for q in ("BF16", "Q8_0", "Q4_K_M", "Q4_K_M-imat"):
+            assert metrics(demo, a, q)["from_check"] == {"text": first, "windows": 1}, q
+        assert "from_check" not in metrics(demo, a, "lora-BF16")
 
 
 def test_kld_orders_with_precision(demo):

@@ -96,3 +96,24 @@ def test_a_failing_gate_writes_nothing(f16_gguf, reference, tmp_path):
     with pytest.raises(PipelineError, match=r"x/F16: quality gate failed: mean_kld = [\d.e-]+, max_mean_kld = 1e-12"):
         evaluate_artifact(out, "x/F16", {"max_mean_kld": 1e-12}, kind="gguf", path=f16_gguf, reference=reference)
     assert not out.exists()
+
+
+def test_a_gguf_evaluation_counts_in_the_window_its_build_check_scored(f16_gguf, reference):
+    """A merged model's GGUF checks score the evaluation reference's first window (window_scores, kept in the GGUF's
+    sidecar); its evaluation counts that window in instead of scoring it again, to the same numbers, and only where
+    the check scored against this very reference."""
+    from loraforge.evaluation.reference import gguf_against_reference
+
+    res, _ = gguf_against_reference(f16_gguf, reference, evaluation_reference=reference)
+    window = res["evaluation_window"]
+    assert window["text"] == "general" and window["windows"] == 1 and len(window["kld"]) == 63
+    full = evaluate("gguf", f16_gguf, reference=reference, label="base/F16")
+    counted = evaluate("gguf", f16_gguf, reference=reference, label="base/F16", checked=window)
+    assert full.from_check is None and counted.from_check == {"text": "general", "windows": 1}
+    assert counted.scored_tokens == full.scored_tokens == 16 * 63
+    for key in ("mean_kld", "median_kld", "p99_kld", "top1_agreement", "max_delta_ppl"):
+        assert getattr(counted, key) == pytest.approx(getattr(full, key), rel=1e-6, abs=1e-9), key
+    assert counted.texts["general"].ppl == pytest.approx(full.texts["general"].ppl, rel=1e-9)
+    assert counted.texts["general"].ref_ppl == pytest.approx(full.texts["general"].ref_ppl, rel=1e-9)
+    elsewhere = evaluate("gguf", f16_gguf, reference=reference, checked={**window, "reference_sha256": "0" * 64})
+    assert elsewhere.from_check is None and elsewhere.mean_kld == pytest.approx(full.mean_kld, rel=1e-6)

@@ -122,8 +122,14 @@ def test_a_lora_only_revision_builds_no_merged_form():
     assert merged.reference_inputs("alpha") == p.reference_inputs("alpha")
     assert merged.merge_check_inputs("alpha") == {"reference": "results/eval/alpha/reference.safetensors"}
     assert merged.merge_outputs() == {"window": "results/checks/merge/{adapter}.logprobs.safetensors"}
-    window = {"reference": "results/checks/merge/alpha.logprobs.safetensors"}
+    # the GGUFs' checks also score the evaluation reference's first window for their evaluations
+    window = {
+        "reference": "results/checks/merge/alpha.logprobs.safetensors",
+        "evaluation_reference": "results/eval/alpha/reference.safetensors",
+    }
     assert merged.convert_inputs("alpha") == {"model_dir": "results/merged/alpha", **window}
+    assert merged.quantize_inputs("alpha", "Q8_0") == {"gguf": "results/gguf/alpha/alpha-F16.gguf", **window}
+    assert plan(evaluation={"enabled": False}).check_reference("alpha") == {"reference": window["reference"]}
     assert merged.check_reference("base") == {} and merged.lora_check_inputs("alpha") == p.lora_check_inputs("alpha")
     unchecked = plan(merge={"check": False})
     assert unchecked.merge_check_inputs("alpha") == unchecked.merge_outputs() == {}

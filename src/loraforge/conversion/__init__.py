@@ -120,13 +120,16 @@ def convert_artifact(
     budget_mb: float | None = None,
     reference=None,
     hash_cache=None,
+    evaluation_reference=None,
 ) -> dict:
     """The convert_to_gguf rule: convert; check the GGUF's tokenizer and chat template against the HF tokenizer
     and its logits against the HF model (or, given ``reference``, against that model's stored float32 log-probs:
     see loraforge.evaluation.reference.gguf_against_reference); publish GGUF and sidecar. ``max_abs_logit_diff``
     bounds the log-probs' largest difference where a reference is compared. ``hash_cache``: where the workflow's
-    jobs look up file hashes (None: nowhere), seeded with the GGUF's."""
+    jobs look up file hashes (None: nowhere), seeded with the GGUF's. ``evaluation_reference``: the reference its
+    evaluation uses, whose first window the check scores too (loraforge.evaluation.reference.window_scores)."""
     out_gguf = Path(out_gguf)
+    window = None
     with atomic_file(out_gguf) as tmp:
         summary = _convert_to(model_dir, tmp, outtype, llama_cpp_dir, metadata)
         # the hash reads the new GGUF while the checks run; llama-server maps it while the logits are compared
@@ -138,7 +141,8 @@ def convert_artifact(
                 if reference is not None:
                     from ..evaluation.reference import gguf_against_reference
 
-                    res, info = gguf_against_reference(tmp, reference, threads, model_dir)
+                    res, info = gguf_against_reference(tmp, reference, threads, model_dir, evaluation_reference)
+                    window = res.pop("evaluation_window", None)
                     diff = res["max_abs_logprob_diff"]
                 else:
                     res, info = check_conversion(model_dir, tmp, check_text, threads, budget_mb)
@@ -160,6 +164,8 @@ def convert_artifact(
                 log.warning("conversion check disabled in config: GGUF logits were not compared with HF")
                 info = gguf_info(tmp)
             summary.update(info, sha256=digest())  # what was built: registration refuses other bytes
+    if window:  # the evaluation's scores of the checked window: it scores the others only
+        summary["evaluation_window"] = window
     remember_hash(out_gguf, summary["sha256"], hash_cache)
     write_sidecar(check_json, summary)
     return summary

@@ -109,6 +109,7 @@ def evaluate(
     lora=None,
     budget_mb: float | None = None,
     answers=None,
+    checked: dict | None = None,
     _hashes: dict | None = None,
 ) -> Metrics:
     """Score one artifact. ``kind``: gguf (a GGUF file), lora (the base GGUF ``path`` with the LoRA GGUF ``lora``
@@ -120,6 +121,9 @@ def evaluate(
     verified against their build sidecars (a GGUF is hashed once per evaluation, not twice). ``answers``: the
     adapter's reference answers (:func:`.generation.reference_answers`): an HF or PEFT form answers the same prompts
     through transformers, on the model just scored (a GGUF answers through llama-server: :func:`evaluate_artifact`).
+    ``checked``: a GGUF's scores of the reference's first window from its build check
+    (:func:`.reference.window_scores`, the same bytes: :func:`evaluate_artifact` verifies them), counted in instead
+    of scored again where they are of this reference.
     """
     hashes = _hashes or {}
     kind = form(kind).kind  # an unknown kind fails here, before anything loads
@@ -133,18 +137,23 @@ def evaluate(
         tok_dir = path if kind is Kind.HF else base_dir
         tokens = {n: token_windows(tok_dir, p, n_ctx, max_tokens) for n, p in texts.items()}
         lps = {n: None for n in tokens}
+    reused = _checked_window(checked, reference, info) if checked and kind is Kind.GGUF and reference else None
     scorer = _scorer(kind, path, n_ctx, threads, base_dir, adapters, batch, lora, budget_mb)
     load_s = time.time() - t_load
     t0 = time.time()
     per_text, all_kld = {}, []
-    progress = Progress(f"evaluating {label or path}", sum(w.size for w in tokens.values()), "tokens")
+    skip = {reused["text"]: reused["windows"]} if reused else {}
+    todo = sum(w[skip.get(n, 0) :].size for n, w in tokens.items())
+    progress = Progress(f"evaluating {label or path}", todo, "tokens")
     try:
         for name, windows in tokens.items():
             extra = {}
             if form(kind).llama_cpp and reference is not None:
                 extra["llama_cpp_tokens_agree"] = _same_tokens(scorer, info["texts"][name]["file"], windows, path)
             acc = TextScorer(windows, lps[name])
-            for logits in scorer.logits(windows):
+            if name in skip:
+                acc.add_scores({k: np.asarray(reused[k])[None] for k in ("nll", "ref_nll", "kld", "top1")})
+            for logits in scorer.logits(windows[skip.get(name, 0) :]):
                 acc.add(logits)
                 progress.update(logits.shape[0] * logits.shape[1])
             per_text[name] = acc.result(**extra)
@@ -197,9 +206,22 @@ def evaluate(
         scored_tokens=n,
         eval_seconds=round(eval_s, 3),
         load_seconds=round(load_s, 3),
-        tokens_per_second=round(n / eval_s, 1) if eval_s > 0 else None,
+        tokens_per_second=round(todo / eval_s, 1) if eval_s > 0 else None,
+        from_check={"text": reused["text"], "windows": reused["windows"]} if reused else None,
         **summary,
     )
+
+
+def _checked_window(checked: dict, reference, info: dict) -> dict | None:
+    """A build check's scores of the reference's first window (:func:`.reference.window_scores`), where they are of
+    this reference and its windows; else None (the window is scored here)."""
+    first = next(iter(info["texts"]))
+    if checked.get("text") != first or checked.get("n_ctx") != info["n_ctx"]:
+        return None
+    if checked.get("reference_sha256") != sha256_file(reference):
+        log.info("%s: not the reference the build check scored against; its first window is scored here", reference)
+        return None
+    return checked
 
 
 def answer_summary(generation: dict) -> dict:
@@ -313,7 +335,10 @@ def evaluate_artifact(
         for key, sidecar in (("path", check_json), ("lora", lora_check_json)):
             if not sidecar:
                 continue
-            built = json.loads(Path(sidecar).read_text()).get("sha256")
+            record = json.loads(Path(sidecar).read_text())
+            built = record.get("sha256")
+            if key == "path" and record.get("evaluation_window") and not kwargs.get("lora"):
+                kwargs["checked"] = record["evaluation_window"]  # of these bytes: verified below, as the hash is
             if built and Path(kwargs[key]).is_file() and cache.current(kwargs[key]) is None:
                 # not hashed as it is now (Snakemake touches every output after its job): hashed by a background
                 # thread while it is scored, and refused before anything is written if it is not what was built

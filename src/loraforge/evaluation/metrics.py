@@ -65,6 +65,9 @@ class Metrics:
     answer_accuracy: float | None = None
     generation: dict | None = None  # how each was measured, and the answers
     lm_eval: dict | None = None  # a user's lm-eval tasks against it as served (evaluation.lm_eval; loraforge.lmeval)
+    # a GGUF's windows its build check scored already, the same bytes against the same reference (their count, the
+    # text, the sidecar): counted in, not scored twice (loraforge.evaluation.reference.window_scores)
+    from_check: dict | None = None
     gates: dict = field(default_factory=dict)
 
     def ppl(self) -> dict[str, float]:
@@ -77,7 +80,8 @@ class Metrics:
             "probe",
             "generation",
             "lm_eval",
-        ):  # only the forms scored through a server (or answering) have them
+            "from_check",
+        ):  # only the forms scored through a server (or answering, or checked at build) have them
             if out[key] is None:
                 del out[key]
         return out
@@ -131,6 +135,22 @@ def kld_stats(k: np.ndarray) -> dict:
     return {"mean_kld": float(k.mean()), "median_kld": float(np.median(k)), "p99_kld": float(np.quantile(k, 0.99))}
 
 
+def token_scores(logits: np.ndarray, targets: np.ndarray, ref: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Each next token's scores [windows, n_ctx - 1] from the logits [windows, n_ctx, vocab] of windows whose next
+    tokens are ``targets``: its NLL, and against ``ref`` (the reference's log-probs) the reference's NLL, the KLD
+    and whether the top-1 tokens agree."""
+    lp = log_softmax(logits[:, :-1].astype(np.float32))
+    tgt = targets[..., None].astype(np.int64)
+    out = {"nll": -np.take_along_axis(lp, tgt, -1)[..., 0]}
+    if ref is not None:
+        v = min(ref.shape[-1], lp.shape[-1])
+        lp, ref = lp[..., :v], ref[..., :v]
+        out["kld"] = np.maximum((np.exp(ref) * (ref - lp)).sum(-1), 0)
+        out["top1"] = ref.argmax(-1) == lp.argmax(-1)
+        out["ref_nll"] = -np.take_along_axis(ref, tgt, -1)[..., 0]
+    return out
+
+
 class TextScorer:
     """Accumulates one text's scores from batches of logits: NLL, and against the reference KLD and top-1."""
 
@@ -143,18 +163,18 @@ class TextScorer:
     def add(self, logits: np.ndarray) -> None:
         """Logits [batch, n_ctx, vocab] of the next windows."""
         b = logits.shape[0]
-        lp = log_softmax(logits[:, :-1].astype(np.float32))
-        tgt = self.targets[self.row : self.row + b, :, None]
+        ref = self.ref_lp[self.row : self.row + b] if self.ref_lp is not None else None
+        self.add_scores(token_scores(logits, self.targets[self.row : self.row + b], ref))
+
+    def add_scores(self, scores: dict[str, np.ndarray]) -> None:
+        """The next windows' :func:`token_scores` (computed here, or by a GGUF's build check on the same tokens)."""
         if self.ref_lp is not None:
-            ref = self.ref_lp[self.row : self.row + b]
-            v = min(ref.shape[-1], lp.shape[-1])
-            lp, ref = lp[..., :v], ref[..., :v]
-            self.klds.append(np.maximum((np.exp(ref) * (ref - lp)).sum(-1), 0).ravel())
-            self.agree += int((ref.argmax(-1) == lp.argmax(-1)).sum())
-            self.ref_nll -= float(np.take_along_axis(ref, tgt, -1).sum(dtype=np.float64))
-        self.nll -= float(np.take_along_axis(lp, tgt, -1).sum(dtype=np.float64))
-        self.n += tgt.size
-        self.row += b
+            self.klds.append(np.asarray(scores["kld"], dtype=np.float32).ravel())
+            self.agree += int(np.sum(scores["top1"]))
+            self.ref_nll += float(np.sum(scores["ref_nll"], dtype=np.float64))
+        self.nll += float(np.sum(scores["nll"], dtype=np.float64))
+        self.n += np.size(scores["nll"])
+        self.row += np.shape(scores["nll"])[0]
 
     def kld(self) -> np.ndarray | None:
         return np.concatenate(self.klds).astype(np.float64) if self.klds else None

@@ -108,12 +108,40 @@ def save_window(out, ids: list[int], logprobs: np.ndarray, info: dict) -> None:
         save_file(tensors, str(tmp), metadata={"loraforge": json.dumps(info)})
 
 
-def gguf_against_reference(gguf, reference, threads: int = 1, model_dir=None) -> tuple[dict, dict]:
+def window_scores(logits: np.ndarray, ids: list[int], evaluation_reference) -> dict | None:
+    """The scores the evaluation would compute on its reference's first window (:func:`.metrics.token_scores`),
+    from a GGUF's ``logits`` on the tokens ``ids`` that its build check ran anyway: stored in the GGUF's sidecar,
+    so that its evaluation scores the other windows only (at 8B, a window of a BF16 GGUF is 20 s). None where the
+    check's tokens are not that window's."""
+    from ..io.hashing import sha256_file
+    from .metrics import token_scores
+
+    info, tokens, lps = load_reference(evaluation_reference)
+    name = next(iter(tokens))
+    if tokens[name][0].tolist() != list(ids):
+        log.info("%s: the check's tokens are not its first window; the evaluation scores it", evaluation_reference)
+        return None
+    scores = token_scores(logits[None], np.asarray([ids])[:, 1:], lps[name][:1])
+    return {
+        "text": name,
+        "windows": 1,
+        "n_ctx": int(info["n_ctx"]),
+        "reference_sha256": sha256_file(evaluation_reference),
+        **{k: v[0].tolist() for k, v in scores.items()},  # of the one window
+    }
+
+
+def gguf_against_reference(
+    gguf, reference, threads: int = 1, model_dir=None, evaluation_reference=None
+) -> tuple[dict, dict]:
     """llama.cpp's log-probs of ``gguf`` against a stored float32 window of its HF model (the merge check's,
     :func:`save_window`; or a reference of that model) on its first window: the checks of a merged model's GGUFs,
     which then run no HF model and no second GGUF (at 8B a streamed HF pass is a minute or more, a BF16 GGUF's pass
     half that). Log-probs, not logits: a reference stores those, and a
     constant shift of a row of logits does not change them. ``model_dir``: refuse a reference of another model.
+
+    With ``evaluation_reference`` (the adapter's, which its GGUFs are evaluated against) the comparison also holds,
+    under ``evaluation_window``, the evaluation's scores of these logits (:func:`window_scores`).
 
     Returns (comparison, GGUF info) from the one load of the GGUF."""
     from ..llamacpp.library import GGUFModel
@@ -141,4 +169,6 @@ def gguf_against_reference(gguf, reference, threads: int = 1, model_dir=None) ->
         "reference": "HF model, float32 (the merge check's window)" if "merge_check" in info else "HF model, float32",
         "reference_file": str(reference),
     }
+    if evaluation_reference is not None and finite:
+        res["evaluation_window"] = window_scores(got, ids, evaluation_reference)
     return res, ginfo

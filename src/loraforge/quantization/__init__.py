@@ -66,16 +66,19 @@ def quantize(
         return _quantize_to(src_gguf, tmp, qtype, threads, llama_cpp_dir, imatrix)
 
 
-def check_quantized(src_gguf, gguf, threads: int = 1, reference=None) -> tuple[dict, dict]:
+def check_quantized(src_gguf, gguf, threads: int = 1, reference=None, evaluation_reference=None) -> tuple[dict, dict]:
     """The quantized model loads, its logits are finite; agreement with the float GGUF is recorded, or with
     ``reference``, the float32 log-probs of the HF model the float GGUF was converted from (a merged model's
     evaluation reference: the float GGUF need not run again, a pass of a 16 GB file at 8B).
+
+    With ``evaluation_reference`` the check also records its evaluation's scores of the checked window
+    (loraforge.evaluation.reference.window_scores) under ``evaluation_window``.
 
     Returns (check, GGUF info) from the one load of the quantized GGUF."""
     if reference is not None:
         from ..evaluation.reference import gguf_against_reference
 
-        res, info = gguf_against_reference(gguf, reference, threads)
+        res, info = gguf_against_reference(gguf, reference, threads, evaluation_reference=evaluation_reference)
         if not res["finite_logits"]:
             raise PipelineError(f"{gguf}: llama.cpp produced non-finite logits")
         return res, info
@@ -99,6 +102,7 @@ def quantize_artifact(
     llama_cpp_dir=None,
     hash_cache=None,
     reference=None,
+    evaluation_reference=None,
 ) -> dict:
     """The quantize_gguf rule: quantize, load and check (against ``reference``, where given: see check_quantized),
     publish GGUF and sidecar (and seed ``hash_cache``, where the workflow's jobs look up file hashes, with the
@@ -107,9 +111,12 @@ def quantize_artifact(
     with atomic_file(out_gguf) as tmp:
         summary = _quantize_to(src_gguf, tmp, qtype, threads, llama_cpp_dir, imatrix)
         with hashed_meanwhile(tmp) as digest:  # the hash reads the new GGUF while the check runs
-            summary["check"], info = check_quantized(src_gguf, tmp, threads, reference)
+            summary["check"], info = check_quantized(src_gguf, tmp, threads, reference, evaluation_reference)
             summary.update(info, sha256=digest())  # what was built: registration refuses other bytes
+        window = summary["check"].pop("evaluation_window", None)
         log.info("quantized %s: %s", out_gguf, summary)
+        if window:  # the evaluation's scores of the checked window: it scores the others only
+            summary["evaluation_window"] = window
     remember_hash(out_gguf, summary["sha256"], hash_cache)
     write_sidecar(check_json, summary)
     return summary

@@ -68,9 +68,14 @@ class JobInputs:
     def check_reference(self, model: str) -> dict:
         """The stored float32 log-probs the checks of ``model``'s GGUFs compare with instead of running its HF model
         (conversion) or its float GGUF (quantization) again: an adapter's merged model's, which the merge check
-        computed; none for the base and compressed models, or with the merge check off."""
+        computed; none for the base and compressed models, or with the merge check off. With evaluation on, also
+        the adapter's evaluation reference: the checks score its first window for the evaluation, which then scores
+        the other windows only."""
         if self.merge_check and model in self.adapters:
-            return {"reference": paths.MERGE_WINDOW.format(adapter=model)}
+            window = {"reference": paths.MERGE_WINDOW.format(adapter=model)}
+            return (
+                {**window, "evaluation_reference": paths.REFERENCE.format(adapter=model)} if self.evaluate else window
+            )
         return {}
 
     def hfq_inputs(self, model: str) -> dict:
