@@ -39,10 +39,23 @@ except WorkflowError as e:  # one line naming the key, not a schema dump
 config.update(fill_defaults(dict(config), load_schema()))
 
 
+# set by check_inputs(): from then on, which paths are produced here is fixed
+ALL_RULES_KNOWN = False
+
+
 def produced_here(path):
     """Whether this workflow builds ``path`` itself (the demo's inputs). Then the job that makes it checks it, and
     Snakemake tracks it like any other output."""
+    return _produced_known(path) if ALL_RULES_KNOWN else _produced(path)
+
+
+def _produced(path):
     return any(r.is_producer(path) for r in workflow.rules)
+
+
+@functools.cache  # every adapter's jobs ask about the same base and texts
+def _produced_known(path):
+    return _produced(path)
 
 
 try:
@@ -63,6 +76,8 @@ wildcard_constraints:
 
 def check_inputs():
     """Bad input fails here, in a second, before any job runs (called once every rule is known)."""
+    global ALL_RULES_KNOWN
+    ALL_RULES_KNOWN = True
     try:
         plan.check_inputs()
     except PipelineError as e:

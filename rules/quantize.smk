@@ -49,7 +49,6 @@ rule quantize_gguf:
         mem_mb=lambda w, input: int(1000 + 2 * inputs_mb(input)),
         runtime=60,
     params:
-        qtype=lambda w: w.gguf_type.removesuffix("-imat"),
         llama_cpp_dir=config["llama_cpp_dir"],
         version=loraforge.__version__,
     script:

@@ -13,7 +13,7 @@ if __name__ == "__main__":
         src_gguf=sm.input.gguf,
         out_gguf=sm.output.gguf,
         check_json=sm.output.check,
-        qtype=sm.params.qtype,
+        qtype=sm.wildcards.gguf_type.removesuffix("-imat"),  # <type>-imat: <type> with the importance matrix
         imatrix=sm.input.get("imatrix"),
         llama_cpp_dir=sm.params.llama_cpp_dir,
         reference=sm.input.get("reference"),

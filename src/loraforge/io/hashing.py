@@ -149,8 +149,14 @@ def tree_fingerprint(root: str | os.PathLike, cache: HashCache | None = None) ->
     root = Path(root)
     cache = cache or HashCache(None)
     files = tree_files(root)
-    with ThreadPoolExecutor(max_workers=max(1, min(len(files), os.cpu_count() or 1))) as pool:
-        digests = list(pool.map(cache.sha256, files))  # hashlib and file reads release the GIL
+    digests = [cache.current(f) for f in files]
+    todo = [f for f, d in zip(files, digests, strict=True) if d is None]
+    if len(todo) > 1:  # a pool only for files to read: a thousand cached adapters plan without a thread each
+        with ThreadPoolExecutor(max_workers=min(len(todo), os.cpu_count() or 1)) as pool:
+            hashed = dict(zip(todo, pool.map(cache.sha256, todo), strict=True))  # reads and hashlib release the GIL
+    else:
+        hashed = {f: cache.sha256(f) for f in todo}
+    digests = [d or hashed[f] for f, d in zip(files, digests, strict=True)]
     h = hashlib.sha256()
     for f, digest in zip(files, digests, strict=True):
         h.update(f.relative_to(root).as_posix().encode())
