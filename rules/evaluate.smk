@@ -81,10 +81,21 @@ rule evaluate_artifact:
         batch=config["evaluation"]["batch"],
         budget_mb=plan.budget_mb,
         vllm=lambda w: plan.served_by_vllm(w.model, w.artifact),
-        lm_eval=lambda w: plan.lm_eval if w.artifact in plan.answering else None,
-        lm_eval_tasks=lambda w: (
-            fingerprint(plan.lm_eval["include_path"])
-            if plan.lm_eval and w.artifact in plan.answering
+        # a function per job only where lm-eval runs (each one costs a thousand adapters' plan)
+        lm_eval=(
+            (lambda w: plan.lm_eval if w.artifact in plan.answering else None)
+            if plan.lm_eval
+            else None
+        ),
+        lm_eval_tasks=(
+            (
+                lambda w: (
+                    fingerprint(plan.lm_eval["include_path"])
+                    if w.artifact in plan.answering
+                    else None
+                )
+            )
+            if plan.lm_eval
             else None
         ),
     script:
@@ -92,11 +103,12 @@ rule evaluate_artifact:
 
 
 # Some evaluations of a model in turn, one job per model (they share the reference, and a team's thousand
-# adapters plan and submit one job each instead of one per artifact): evaluate_ggufs, the merged (or compressed)
-# model's float GGUF and each quantized type; evaluate_lora, an adapter's LoRA GGUF on each base GGUF type;
-# evaluate_torch, the adapter through PEFT and its merged model (loraforge.workflow.jobs: Plan.IN_TURN).
+# adapters plan and submit one job each instead of one per artifact): evaluate_adapter, an adapter's merged GGUFs
+# (the float one, each quantized type) and its merged model (and the adapter through PEFT where not skipped);
+# evaluate_lora, its LoRA GGUF on each base GGUF type; evaluate_ggufs, a compressed model's GGUFs
+# (loraforge.workflow.jobs: Plan.IN_TURN).
 for group in plan.IN_TURN:
-    if plan.in_turn(group):
+    if plan.in_turn(group) and plan.in_turn_models(group):
 
         rule:
             name:
@@ -125,8 +137,10 @@ for group in plan.IN_TURN:
                 runtime=60 * len(plan.in_turn(group)),  # minutes: an evaluation's, for each in turn
             params:
                 each=lambda w, group=group: plan.in_turn_each(w.model, group),
-                lm_eval_tasks=lambda w, group=group: (  # per job: hashed after check_inputs() has read them
-                    fingerprint(plan.lm_eval["include_path"])
+                lm_eval_tasks=(
+                    (  # per job: hashed after check_inputs() has read them
+                        lambda w: fingerprint(plan.lm_eval["include_path"])
+                    )
                     if plan.lm_eval and set(plan.in_turn(group)) & set(plan.answering)
                     else None
                 ),

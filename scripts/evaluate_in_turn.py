@@ -1,4 +1,4 @@
-"""Rules evaluate_ggufs, evaluate_lora and evaluate_torch: several artifacts of one model in turn, PPL / KLD / top-1
+"""Rules evaluate_adapter, evaluate_lora and evaluate_ggufs: several artifacts of one model in turn, PPL / KLD / top-1
 and gates for each (loraforge.measure.evaluate_in_turn). Input ``<key>_<n>`` is the n-th artifact's ``<key>``."""
 
 from loraforge.measure import evaluate_in_turn

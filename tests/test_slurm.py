@@ -42,8 +42,7 @@ def slurm_run(wf, cluster, *args, check=True):
             "convert_to_gguf",
             "compute_reference",
             "evaluate_artifact",
-            "evaluate_torch",
-            "evaluate_ggufs",
+            "evaluate_adapter",
             "evaluate_lora",
             "evaluate_base",
             "quantize_gguf",
@@ -95,8 +94,8 @@ def test_workflow_on_slurm_matches_local_run(cluster, tiny_build, postgres, tmp_
     shutil.copytree(local.root.parent / "models", root / "models")
     config = local.config()
     config["adapters"] = {"alpha": config["adapters"]["alpha"]}
-    # every GGUF evaluation still runs (evaluate_ggufs on the merged model's, evaluate_lora on the LoRA pairs), not
-    # the two torch evaluations (evaluate_torch)
+    # every GGUF evaluation still runs (evaluate_adapter on the merged model's, evaluate_lora on the LoRA pairs), not
+    # the two torch evaluations
     config["evaluation"]["skip"] = ["adapter", "merged"]
     url = postgres.new_database()
     config["registry"] = {"path": url, "store_dir": str(root / "store")}

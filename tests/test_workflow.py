@@ -47,8 +47,7 @@ def test_dry_run_lists_every_job_and_writes_nothing(built):
     rules = sorted(r for r, _ in dry if r != "all")
     per_adapter = (
         ["merge_adapter", "convert_to_gguf", "quantize_gguf", "compute_reference", "convert_lora", "deploy_bundle"]
-        + ["evaluate_torch"]  # the adapter through PEFT, then the merged model
-        + ["evaluate_ggufs"]  # the merged model's F16 and Q8_0, in turn
+        + ["evaluate_adapter"]  # the merged model's F16 and Q8_0, the adapter through PEFT, the merged model
         + ["evaluate_lora"]  # the LoRA GGUF on the base's F16 and Q8_0
         + ["register_ggufs", "register_model"]  # F16 and Q8_0 in one job; the LoRA GGUF
     )
@@ -190,12 +189,13 @@ def test_adding_a_quant_type_builds_only_the_new_files(built_copy):
     wf.write_config(cfg)
     jobs = [(r, name_of(w), type_of(w)) for r, w in wf.planned()]
     # the new type of each merged model and of the base (for the LoRA form), evaluated both ways; the bundles and
-    # the report list it. A model's GGUFs are evaluated in one job: every type again, the new one with them
+    # the report list it. An adapter's GGUFs and merged model are evaluated in one job: all again, the new type
+    # with them
     assert sorted(j for j in jobs if j[0] != "all") == [
         ("deploy_bundle", "alpha", None),
         ("deploy_bundle", "beta", None),
-        ("evaluate_ggufs", "alpha", None),
-        ("evaluate_ggufs", "beta", None),
+        ("evaluate_adapter", "alpha", None),
+        ("evaluate_adapter", "beta", None),
         ("evaluate_lora", "alpha", None),  # the LoRA GGUF on every base type again, the new one with them
         ("evaluate_lora", "beta", None),
         ("quantize_gguf", "alpha", "Q4_K_M"),
@@ -248,9 +248,8 @@ def test_changing_one_adapter_rebuilds_only_its_chain(built_copy):
         ("convert_lora", "alpha"),
         ("convert_to_gguf", "alpha"),
         ("deploy_bundle", "alpha"),
-        ("evaluate_ggufs", "alpha"),
+        ("evaluate_adapter", "alpha"),
         ("evaluate_lora", "alpha"),
-        ("evaluate_torch", "alpha"),
         ("merge_adapter", "alpha"),
         ("quantize_gguf", "alpha"),
         ("register_ggufs", "alpha"),
@@ -313,15 +312,15 @@ def test_failing_quality_gate_names_artifact_metric_threshold_value(built_copy):
     wf.write_config(cfg)
     proc = wf.run("results/eval/alpha/Q8_0.json", check=False)
     assert proc.returncode != 0
-    log = (wf.root / "logs" / "evaluate_ggufs" / "alpha.log").read_text()
+    log = (wf.root / "logs" / "evaluate_adapter" / "alpha.log").read_text()
     line = next(ln for ln in log.splitlines() if "quality gate failed" in ln)
     assert "alpha/Q8_0" in line and "mean_kld = " in line and "max_mean_kld = 1e-12" in line
-    # a model's GGUFs are evaluated in one job and registered together: none of their numbers stays (the F16's,
-    # measured first in the same job, neither); what other jobs measured does not rerun
+    # an adapter's GGUFs and merged model are evaluated in one job (its GGUFs registered together): none of its
+    # numbers stays (the F16's, measured first in the same job, neither); what other jobs measured does not rerun
     assert "evaluation of alpha/F16" in log
-    assert not (wf.root / "results" / "eval" / "alpha" / "Q8_0.json").exists()
-    assert not (wf.root / "results" / "eval" / "alpha" / "F16.json").exists()
-    assert wf.planned("results/eval/alpha/merged.json") == []
+    for artifact in ("Q8_0", "F16", "merged"):
+        assert not (wf.root / "results" / "eval" / "alpha" / f"{artifact}.json").exists()
+    assert wf.planned("results/eval/alpha/lora-Q8_0.json") == []
 
 
 def test_configfile_replaces_the_demo_config(workflow, models, tmp_path):
@@ -347,7 +346,7 @@ def test_a_gguf_changed_after_its_build_is_refused_not_registered(built_copy):
         f.write(b"\x01\x02\x03\x04")
     proc = wf.run(check=False)
     assert proc.returncode != 0
-    log = (wf.root / "logs" / "evaluate_ggufs" / "alpha.log").read_text()
+    log = (wf.root / "logs" / "evaluate_adapter" / "alpha.log").read_text()
     assert f"{gguf.relative_to(wf.root)}: content changed since it was built" in log
     reg = Registry(wf.root / "registry.sqlite")
     assert [len(v.artifacts) for v in reg.versions("alpha")] == [4]  # F16, Q8_0, LoRA, merged: nothing new

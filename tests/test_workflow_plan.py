@@ -268,25 +268,33 @@ def test_memory_is_sized_from_real_inputs_or_deferred_until_they_exist(models, t
 
 
 def test_a_models_evaluations_run_in_turn_one_job_a_group():
-    """Every evaluated artifact of a model is evaluated by exactly one job: its group's (GGUFs, LoRA pairs, the
-    two torch forms: one job a model) or evaluate_artifact's; a group's n-th artifact reads what it would alone."""
+    """Every evaluated artifact of a model is evaluated by exactly one job: its group's (an adapter's GGUFs and
+    torch forms, its LoRA pairs: two jobs an adapter) or evaluate_artifact's; a group's n-th artifact reads what it
+    would alone."""
     evaluation = config()["evaluation"]
     p = plan(evaluation={**evaluation, "skip": [], "gates": {"Q8_0": {"max_mean_kld": 0.01}}})
-    assert [p.in_turn(g) for g in p.IN_TURN] == [["F16", "Q8_0"], ["lora-F16", "lora-Q8_0"], ["adapter", "merged"]]
-    assert sorted(p.in_turn_all()) == sorted(p.artifacts_of("alpha"))
-    inputs = p.in_turn_inputs("alpha", "ggufs")
+    assert [p.in_turn(g) for g in p.IN_TURN] == [
+        ["F16", "Q8_0", "adapter", "merged"],  # the GGUFs first: at 8B the last written are still in memory
+        ["lora-F16", "lora-Q8_0"],
+        ["F16", "Q8_0"],  # a compressed model's GGUFs: none here
+    ]
+    assert [p.in_turn_models(g) for g in p.IN_TURN] == [["alpha", "beta"], ["alpha", "beta"], []]
+    assert sorted(set(p.in_turn_all())) == sorted(p.artifacts_of("alpha"))
+    inputs = p.in_turn_inputs("alpha", "adapter")
     assert inputs == {
-        f"{k}_{n}": v for n, a in enumerate(["F16", "Q8_0"]) for k, v in p.evaluation_inputs("alpha", a).items()
+        f"{k}_{n}": v
+        for n, a in enumerate(["F16", "Q8_0", "adapter", "merged"])
+        for k, v in p.evaluation_inputs("alpha", a).items()
     }
     assert inputs["artifact_1"] == "results/gguf/alpha/alpha-Q8_0.gguf"
-    assert inputs["reference_0"] == inputs["reference_1"] == "results/eval/alpha/reference.safetensors"
-    torch_each = p.in_turn_each("alpha", "torch")
-    assert [(e["artifact"], e["kind"]) for e in torch_each] == [("adapter", "peft"), ("merged", "hf")]
-    assert [e["gates"] for e in p.in_turn_each("alpha", "ggufs")] == [{}, {"max_mean_kld": 0.01}]
+    assert inputs["reference_0"] == inputs["reference_3"] == "results/eval/alpha/reference.safetensors"
+    each = p.in_turn_each("alpha", "adapter")
+    assert [(e["artifact"], e["kind"]) for e in each[2:]] == [("adapter", "peft"), ("merged", "hf")]
+    assert [e["gates"] for e in each] == [{}, {"max_mean_kld": 0.01}, {}, {}]
     # a skipped form leaves its group; a LoRA-only revision has no merged GGUFs and no merged model
-    assert plan(evaluation=evaluation).in_turn("torch") == ["merged"]
+    assert plan(evaluation=evaluation).in_turn("adapter") == ["F16", "Q8_0", "merged"]
     lora_only = plan(merge={"enabled": False})
-    assert lora_only.in_turn("ggufs") == [] and lora_only.in_turn("torch") in ([], ["adapter"])
+    assert lora_only.in_turn("adapter") in ([], ["adapter"]) and lora_only.in_turn("ggufs") == []
 
 
 def test_memory_of_a_torch_job_is_bounded_by_the_budget():

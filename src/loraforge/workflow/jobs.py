@@ -104,7 +104,7 @@ class JobInputs:
 
     def gguf_evaluated(self) -> list[str]:
         """The GGUF types of a merged (or compressed) model that are evaluated (its float GGUF and each quantized
-        type not skipped), all in one evaluate_ggufs job."""
+        type not skipped): in an adapter's evaluate_adapter job, a compressed model's evaluate_ggufs."""
         return [t for t in self.gguf_types if self.merged and self.evaluated_form(t)]
 
     def torch_evaluated(self) -> list[str]:
@@ -112,21 +112,26 @@ class JobInputs:
         return [a for a in ("adapter", *(["merged"] if self.merged else [])) if self.evaluated_form(a)]
 
     # Some evaluations of a model run in turn, one job per model and group (each group's artifacts share the
-    # reference, and a team's thousand adapters plan and submit one job each instead of one per artifact): its
-    # merged model's GGUFs, its LoRA GGUF on each base GGUF type, and its two transformers evaluations
-    IN_TURN = ("ggufs", "lora", "torch")
+    # reference, and a team's thousand adapters plan and submit one job each instead of one per artifact): an
+    # adapter's merged GGUFs and then its transformers forms (the merged model; the adapter through PEFT where not
+    # skipped); its LoRA GGUF on each base GGUF type (apart: an adapter whose LoRA form is refused has none); a
+    # compressed model's GGUFs
+    IN_TURN = ("adapter", "lora", "ggufs")
 
     def in_turn(self, group: str) -> list[str]:
-        """The artifacts one evaluate_<group> job evaluates, in order."""
-        return {"ggufs": self.gguf_evaluated, "lora": self.lora_evaluated, "torch": self.torch_evaluated}[group]()
+        """The artifacts one evaluate_<group> job evaluates, in order. An adapter's GGUFs come before its merged
+        model: at 8B the last GGUFs written are still in the page cache, and the merged model is read once, last."""
+        if group == "adapter":
+            return self.gguf_evaluated() + self.torch_evaluated()
+        return {"ggufs": self.gguf_evaluated, "lora": self.lora_evaluated}[group]()
 
     def in_turn_all(self) -> list[str]:
         return [a for g in self.IN_TURN for a in self.in_turn(g)]
 
     def in_turn_models(self, group: str) -> list[str]:
-        """The ``{model}`` of evaluate_<group>: every model with a merged form's GGUFs, every adapter with the LoRA
-        GGUF form, every adapter."""
-        return {"ggufs": list(self.evaluated), "lora": self.lora_adapters(), "torch": list(self.adapters)}[group]
+        """The ``{model}`` of evaluate_<group>: every adapter, every adapter with the LoRA GGUF form, every
+        compressed model."""
+        return {"adapter": list(self.adapters), "lora": self.lora_adapters(), "ggufs": list(self.compressed)}[group]
 
     def in_turn_inputs(self, model: str, group: str) -> dict:
         """What evaluate_<group> reads: the n-th artifact's evaluation inputs (:meth:`evaluation_inputs`) as
