@@ -28,4 +28,4 @@ check_inputs()  # every external input, from headers and JSON only, before any j
 rule all:
     default_target: True
     input:
-        plan.targets(),
+        plan.all_targets(),
