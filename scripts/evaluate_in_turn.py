@@ -1,5 +1,6 @@
 """Rules evaluate_adapter, evaluate_lora and evaluate_ggufs: several artifacts of one model in turn, PPL / KLD / top-1
-and gates for each (loraforge.measure.evaluate_in_turn). Input ``<key>_<n>`` is the n-th artifact's ``<key>``."""
+and gates for each (loraforge.measure.evaluate_in_turn). Input ``<key>_<n>`` is the n-th artifact's ``<key>``; an
+input ``<key>`` without a number is every artifact's."""
 
 from loraforge.measure import evaluate_in_turn
 from loraforge.rule import run
@@ -10,7 +11,9 @@ if __name__ == "__main__":
     inputs = [{} for _ in p.each]
     for key, value in i.items():
         name, _, n = key.rpartition("_")
-        inputs[int(n)][name] = value if isinstance(value, str) else list(value)
+        value = value if isinstance(value, str) else list(value)
+        for one in [inputs[int(n)]] if n.isdigit() else inputs:
+            one[name if n.isdigit() else key] = value
     each = [
         {
             "out_json": out,

@@ -290,13 +290,16 @@ def test_a_models_evaluations_run_in_turn_one_job_a_group():
     assert [p.in_turn_models(g) for g in p.IN_TURN] == [["alpha", "beta"], ["alpha", "beta"], []]
     assert sorted(set(p.in_turn_all())) == sorted(p.artifacts_of("alpha"))
     inputs = p.in_turn_inputs("alpha", "adapter")
-    assert inputs == {
+    # an input every artifact reads (the reference) is named once; each other as <key>_<n>, the n-th artifact's
+    assert inputs == {"reference": "results/eval/alpha/reference.safetensors"} | {
         f"{k}_{n}": v
         for n, a in enumerate(["F16", "Q8_0", "adapter", "merged"])
         for k, v in p.evaluation_inputs("alpha", a).items()
+        if k != "reference"
     }
     assert inputs["artifact_1"] == "results/gguf/alpha/alpha-Q8_0.gguf"
-    assert inputs["reference_0"] == inputs["reference_3"] == "results/eval/alpha/reference.safetensors"
+    lora = p.in_turn_inputs("alpha", "lora")  # 7 names, not 10: the reference and the LoRA GGUF once
+    assert sorted(lora) == ["artifact_0", "artifact_1", "check_0", "check_1", "lora", "lora_check", "reference"]
     each = p.in_turn_each("alpha", "adapter")
     assert [(e["artifact"], e["kind"]) for e in each[2:]] == [("adapter", "peft"), ("merged", "hf")]
     assert [e["gates"] for e in each] == [{}, {"max_mean_kld": 0.01}, {}, {}]

@@ -135,12 +135,12 @@ class JobInputs:
 
     def in_turn_inputs(self, model: str, group: str) -> dict:
         """What evaluate_<group> reads: the n-th artifact's evaluation inputs (:meth:`evaluation_inputs`) as
-        ``<key>_<n>``."""
-        return {
-            f"{key}_{n}": value
-            for n, a in enumerate(self.in_turn(group))
-            for key, value in self.evaluation_inputs(model, a).items()
-        }
+        ``<key>_<n>``, and an input every artifact reads alike (the reference, the LoRA GGUF) once, as ``<key>``.
+        Each name is a dependency Snakemake resolves and prints at every invocation: a thousand adapters' plan is
+        as slow as their names are many."""
+        each = [self.evaluation_inputs(model, a) for a in self.in_turn(group)]
+        shared = {k: v for k, v in each[0].items() if all(e.get(k) == v for e in each)} if each else {}
+        return shared | {f"{k}_{n}": v for n, e in enumerate(each) for k, v in e.items() if k not in shared}
 
     def in_turn_each(self, model: str, group: str) -> list[dict]:
         """evaluate_<group>'s settings for each artifact, in turn (loraforge.measure.evaluate_one's)."""
