@@ -8,34 +8,48 @@
 # promotion and comparison score two GGUFs with llama.cpp there too. With PostgreSQL they may run on any node.
 
 
-rule register_ggufs:
-    input:
-        unpack(lambda w: plan.register_ggufs_inputs(w.model)),
-    output:
-        receipts=[paths.fill(paths.RECEIPT, variant=t) for t in plan.gguf_types],
-    log:
-        paths.log("register_ggufs", "{model}"),
-    wildcard_constraints:
-        model=one_of(plan.gguf_registered()),
-    localrule: plan.registry_local
-    conda:
-        "../envs/loraforge.yaml"
-    threads: 1
-    resources:
-        mem_mb=500,
-        runtime=10 * len(plan.gguf_types),  # minutes: a registration's, for each GGUF in turn
-    params:
-        registry=config["registry"]["path"],
-        store_mode=config["registry"]["store"],
-        types=plan.gguf_types,
-        measured=plan.measured_ggufs(),
-        settings=lambda w: plan.lineage_settings(w.model),
-        artifact_settings=lambda w: {
-            t: plan.artifact_settings(w.model, t) for t in plan.gguf_types
-        },
-        merged_settings=plan.artifact_settings("", "merged"),
-    script:
-        "../scripts/register_ggufs.py"
+# A model's GGUFs register in one job; an adapter's LoRA GGUF with them where it has that form (register_ggufs_lora:
+# a rule's outputs are the same for every model, and an adapter whose LoRA form is refused has none). A revision's
+# GGUFs enter the registry together, and a team's thousand adapters plan one registration job each.
+for lora in (False, True):
+    if plan.gguf_registered_with(lora):
+
+        rule:
+            name:
+                "register_ggufs_lora" if lora else "register_ggufs"
+            input:
+                unpack(lambda w: plan.register_ggufs_inputs(w.model)),
+            output:
+                receipts=[
+                    paths.fill(paths.RECEIPT, variant=v)
+                    for v in plan.gguf_variants(lora)
+                ],
+            log:
+                paths.log(
+                    "register_ggufs_lora" if lora else "register_ggufs", "{model}"
+                ),
+            wildcard_constraints:
+                model=one_of(plan.gguf_registered_with(lora)),
+            localrule: plan.registry_local
+            conda:
+                "../envs/loraforge.yaml"
+            threads: 1
+            resources:
+                mem_mb=500,
+                runtime=10 * len(plan.gguf_variants(lora)),  # minutes: a registration's, for each in turn
+            params:
+                registry=config["registry"]["path"],
+                store_mode=config["registry"]["store"],
+                variants=plan.gguf_variants(lora),
+                measured=plan.measured_ggufs(),
+                settings=lambda w: plan.lineage_settings(w.model),
+                artifact_settings=lambda w, lora=lora: {
+                    v: plan.artifact_settings(w.model, v)
+                    for v in plan.gguf_variants(lora)
+                },
+                merged_settings=plan.artifact_settings("", "merged"),
+            script:
+                "../scripts/register_ggufs.py"
 
 
 rule register_model:

@@ -1,5 +1,5 @@
 """Rule register_model: one artifact into the registry with lineage and metrics (loraforge.registry.register): a
-GGUF, or a GPU-serving checkpoint / vLLM multi-LoRA adapter."""
+LoRA-only revision's LoRA GGUF, or a GPU-serving checkpoint / vLLM multi-LoRA adapter."""
 
 from loraforge.registry.register import register_artifact, register_checkpoint
 from loraforge.rule import run

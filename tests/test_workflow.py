@@ -49,7 +49,7 @@ def test_dry_run_lists_every_job_and_writes_nothing(built):
         ["merge_adapter", "convert_to_gguf", "quantize_gguf", "compute_reference", "convert_lora", "deploy_bundle"]
         + ["evaluate_adapter"]  # the merged model's F16 and Q8_0, the adapter through PEFT, the merged model
         + ["evaluate_lora"]  # the LoRA GGUF on the base's F16 and Q8_0
-        + ["register_ggufs", "register_model"]  # F16 and Q8_0 in one job; the LoRA GGUF
+        + ["register_ggufs_lora"]  # F16, Q8_0 and the LoRA GGUF in one job
     )
     base_gguf = ["convert_to_gguf", "quantize_gguf"]  # the base's own GGUFs, shared by the LoRA GGUF form
     assert rules == sorted(per_adapter * 2 + base_gguf + ["evaluate_base", "report_quality", "render_dashboard"])
@@ -201,10 +201,10 @@ def test_adding_a_quant_type_builds_only_the_new_files(built_copy):
         ("quantize_gguf", "alpha", "Q4_K_M"),
         ("quantize_gguf", "base", "Q4_K_M"),
         ("quantize_gguf", "beta", "Q4_K_M"),
-        ("register_ggufs", "alpha", None),  # the new GGUF beside its siblings (registered again as they are)
-        ("register_ggufs", "beta", None),
-        ("register_model", "alpha", "lora-F16"),  # the LoRA GGUF takes its numbers on the new base type
-        ("register_model", "beta", "lora-F16"),
+        # the new GGUF beside its siblings (registered again as they are), and the LoRA GGUF, which takes its
+        # numbers on the new base type
+        ("register_ggufs_lora", "alpha", None),
+        ("register_ggufs_lora", "beta", None),
         ("render_dashboard", None, None),
         ("report_quality", None, None),
     ]
@@ -252,8 +252,7 @@ def test_changing_one_adapter_rebuilds_only_its_chain(built_copy):
         ("evaluate_lora", "alpha"),
         ("merge_adapter", "alpha"),
         ("quantize_gguf", "alpha"),
-        ("register_ggufs", "alpha"),
-        ("register_model", "alpha"),
+        ("register_ggufs_lora", "alpha"),
         ("render_dashboard", None),
         ("report_quality", None),
     ]

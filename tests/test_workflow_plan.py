@@ -90,7 +90,13 @@ def test_skipped_forms_are_not_evaluated_reported_or_registered_with_numbers():
     ]
     # registration waits for the numbers it records, and records none of a skipped form
     assert p.register_inputs("alpha", "Q8_0")["metrics"] == "results/eval/alpha/Q8_0.json"
-    assert p.register_inputs("alpha", "lora-F16")["lora_metrics"] == ["results/eval/alpha/lora-Q8_0.json"]
+    # a revision's LoRA GGUF registers with its merged GGUFs, in one job (one rule for the adapters with that form)
+    assert p.gguf_registered_with(lora=True) == ["alpha", "beta"] and p.gguf_registered_with(lora=False) == []
+    assert p.gguf_variants(lora=True) == ["F16", "Q8_0", "lora-F16"] and "lora-F16" not in p.registered_variants()
+    both = p.register_ggufs_inputs("alpha")
+    assert both["metrics"] == ["results/eval/alpha/F16.json", "results/eval/alpha/Q8_0.json"]
+    assert both["lora_gguf"] == "results/lora/alpha/alpha-lora-F16.gguf" and both["lora_check"].endswith(".gguf.json")
+    assert both["lora_metrics"] == ["results/eval/alpha/lora-Q8_0.json"]
     # the targets are the same files: skipping evaluations removes no artifact
     assert sorted(p.targets()) == sorted(plan().targets())
     assert plan().report_inputs()["base"] == "results/base/eval.json"

@@ -120,29 +120,29 @@ def register_ggufs(
     metrics_jsons: dict | None = None,
     store_mode: str = "copy",
     merged_settings: dict | None = None,
+    lora: dict | None = None,
 ) -> list[dict]:
     """Register every GGUF of one model's revision, in the order given (one job of the workflow, one receipt each):
     :func:`register_artifact` for each, which is idempotent, so a new type re-registers its siblings as they are.
-    ``metrics_jsons``: type -> its evaluation, for the types evaluated; ``artifact_settings``: type -> its own."""
+    ``metrics_jsons``: type -> its evaluation, for the types evaluated; ``artifact_settings``: type -> its own.
+    ``lora``: the revision's LoRA GGUF, registered after them (:func:`register_artifact`'s ``gguf``, ``gguf_type``,
+    ``check_json``, ``receipt``, ``artifact_settings``, ``lora_metrics_json``)."""
     metrics_jsons = metrics_jsons or {}
-    return [
+    common = dict(registry=registry, name=name, merge_json=merge_json, merged_dir=merged_dir, settings=settings)
+    common |= dict(store_mode=store_mode, merged_settings=merged_settings)
+    done = [
         register_artifact(
-            registry=registry,
-            name=name,
+            **common,
             gguf=gguf,
             gguf_type=t,
             check_json=check,
-            merge_json=merge_json,
-            merged_dir=merged_dir,
             receipt=receipt,
-            settings=settings,
             metrics_json=metrics_jsons.get(t),
-            store_mode=store_mode,
             artifact_settings=dict(artifact_settings[t]),
-            merged_settings=merged_settings,
         )
         for gguf, t, check, receipt in zip(ggufs, gguf_types, check_jsons, receipts, strict=True)
     ]
+    return done + ([register_artifact(**common, **lora)] if lora else [])
 
 
 def register_checkpoint(

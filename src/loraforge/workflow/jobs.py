@@ -173,7 +173,8 @@ class JobInputs:
     def register_ggufs_inputs(self, model: str) -> dict:
         """Every GGUF of one model (a merged or compressed one), registered in one job: the GGUFs and their build
         checks in the order of ``gguf_types``, the evaluations of those measured (:meth:`measured_ggufs`), the
-        revision's merge check and merged model."""
+        revision's merge check and merged model; an adapter's LoRA GGUF too where it has that form
+        (:meth:`lora_registration_inputs`, its keys prefixed ``lora_``)."""
         inputs = {
             "ggufs": [self.gguf(model, t) for t in self.gguf_types],
             "checks": [self.gguf_check(model, t) for t in self.gguf_types],
@@ -181,6 +182,18 @@ class JobInputs:
         }
         if self.measured_ggufs():
             inputs["metrics"] = [self.metrics(model, t) for t in self.measured_ggufs()]
+        if self.lora_form(model):
+            inputs |= {f"lora_{k}": v for k, v in self.lora_registration_inputs(model).items()}
+        return inputs
+
+    def lora_registration_inputs(self, adapter: str) -> dict:
+        """An adapter's LoRA GGUF, its build check and (with evaluation) the evaluations of the pairs it was
+        measured in: one per base GGUF type."""
+        lora = self.lora_gguf_of(adapter)
+        inputs = {"gguf": lora, "check": f"{lora}.json"}
+        measured = [f"{LORA}{t}" for t in self.gguf_types if self.evaluated_form(f"{LORA}{t}")]
+        if measured:
+            inputs["metrics"] = [self.metrics(adapter, art) for art in measured]
         return inputs
 
     def measured_ggufs(self) -> list[str]:
@@ -189,18 +202,16 @@ class JobInputs:
         return [t for t in self.gguf_types if self.evaluated_form(t)]
 
     def register_inputs(self, model: str, variant: str) -> dict:
-        """register_model's inputs (the LoRA GGUF, a GPU-serving form; a model's GGUFs: :meth:`register_ggufs_inputs`):
+        """register_model's inputs (a GPU-serving form, a LoRA-only revision's LoRA GGUF; a model's GGUFs:
+        :meth:`register_ggufs_inputs`):
         the registered file, its build check, the merge check and model dir of its revision, and (with evaluation)
         its metrics: registration waits for them, so a failing quality gate blocks it."""
         common = self._revision_inputs(model)  # the merged model is registered with the version
-        if variant == self.lora_variant:  # the adapter's LoRA GGUF, an artifact of the same revision
-            lora = self.lora_gguf_of(model)
-            inputs = {"gguf": lora, "check": f"{lora}.json", **common}
-            # its numbers are the pairs': one evaluation per base GGUF type it was measured on
-            measured = [f"{LORA}{t}" for t in self.gguf_types if self.evaluated_form(f"{LORA}{t}")]
-            if measured:
-                inputs["lora_metrics"] = [self.metrics(model, art) for art in measured]
-            return inputs
+        if variant == self.lora_variant:  # a LoRA-only revision's LoRA GGUF
+            inputs = self.lora_registration_inputs(model)
+            if "metrics" in inputs:  # its numbers are the pairs'
+                inputs["lora_metrics"] = inputs.pop("metrics")
+            return {**inputs, **common}
         if variant.startswith(VLLM_LORA):  # the adapter's PEFT directory, served on the base's checkpoint
             scheme = variant.removeprefix(VLLM_LORA)
             inputs = {**common, **self.adapter_inputs(model)}

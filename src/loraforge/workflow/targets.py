@@ -52,15 +52,25 @@ class Targets:
         return out + [paths.RECEIPT.format(model=a, variant=v) for a in self.vllm_lora_adapters() for v in vllm]
 
     def registered_variants(self) -> list[str]:
-        """Every ``{variant}`` register_model takes: the LoRA GGUF and the GPU-serving forms (a model's GGUFs are
-        registered together, by register_ggufs)."""
+        """Every ``{variant}`` register_model takes: the GPU-serving forms, and a LoRA-only revision's LoRA GGUF (a
+        model's GGUFs are registered together, the LoRA GGUF of a revision with merged GGUFs with them:
+        register_ggufs, register_ggufs_lora)."""
         vllm = [f"{VLLM_LORA}{s}" for s in self.hfq_schemes]
-        return [self.lora_variant, *self.hfq_schemes, *vllm]
+        return [*([] if self.merged else [self.lora_variant]), *self.hfq_schemes, *vllm]
 
     def gguf_registered(self) -> list[str]:
-        """The models whose GGUFs are registered (register_ggufs' ``{model}``): with a merged form, every adapter's
-        merged model and every compressed model."""
+        """The models whose GGUFs are registered: with a merged form, every adapter's merged model and every
+        compressed model."""
         return list(self.evaluated) if self.register and self.merged else []
+
+    def gguf_registered_with(self, lora: bool) -> list[str]:
+        """register_ggufs_lora's ``{model}`` (``lora``: the adapters whose LoRA GGUF registers with their merged
+        GGUFs) or register_ggufs' (every other model whose GGUFs are registered)."""
+        return [m for m in self.gguf_registered() if self.lora_form(m) == lora]
+
+    def gguf_variants(self, lora: bool) -> list[str]:
+        """The variants one register_ggufs(_lora) job registers, in order: each GGUF type, then the LoRA GGUF."""
+        return [*self.gguf_types, *([self.lora_variant] if lora else [])]
 
     def promotions(self) -> list[str]:
         return [paths.PROMOTION.format(adapter=a) for a in self.adapters] if self.promote else []
