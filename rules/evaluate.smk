@@ -103,10 +103,10 @@ rule evaluate_artifact:
 
 
 # Some evaluations of a model in turn, one job per model (they share the reference, and a team's thousand
-# adapters plan and submit one job each instead of one per artifact): evaluate_adapter, an adapter's merged GGUFs
-# (the float one, each quantized type) and its merged model (and the adapter through PEFT where not skipped);
-# evaluate_lora, its LoRA GGUF on each base GGUF type; evaluate_ggufs, a compressed model's GGUFs
-# (loraforge.workflow.jobs: Plan.IN_TURN).
+# adapters plan and submit one job each instead of one per artifact): evaluate_adapter_lora, an adapter's merged
+# GGUFs (the float one, each quantized type), its LoRA GGUF on each base GGUF type, and its merged model (and the
+# adapter through PEFT where not skipped); evaluate_adapter, the same for an adapter without the LoRA form;
+# evaluate_ggufs, a compressed model's GGUFs (loraforge.workflow.jobs: Plan.IN_TURN).
 for group in plan.IN_TURN:
     if plan.in_turn(group) and plan.in_turn_models(group):
 

@@ -1,6 +1,6 @@
-"""Rules evaluate_adapter, evaluate_lora and evaluate_ggufs: several artifacts of one model in turn, PPL / KLD / top-1
-and gates for each (loraforge.measure.evaluate_in_turn). Input ``<key>_<n>`` is the n-th artifact's ``<key>``; an
-input ``<key>`` without a number is every artifact's."""
+"""Rules evaluate_adapter_lora, evaluate_adapter and evaluate_ggufs: several artifacts of one model in turn, PPL /
+KLD / top-1 and gates for each (loraforge.measure.evaluate_in_turn). Input ``<key>_<n>[_<m>...]`` is the n-th (m-th,
+...) artifact's ``<key>``; an input ``<key>`` without a number is every artifact's."""
 
 from loraforge.measure import evaluate_in_turn
 from loraforge.rule import run
@@ -10,10 +10,11 @@ if __name__ == "__main__":
     p, w, i = sm.params, sm.wildcards, sm.input
     inputs = [{} for _ in p.each]
     for key, value in i.items():
-        name, _, n = key.rpartition("_")
-        value = value if isinstance(value, str) else list(value)
-        for one in [inputs[int(n)]] if n.isdigit() else inputs:
-            one[name if n.isdigit() else key] = value
+        name, readers = key.split("_"), []
+        while name[-1].isdigit():
+            readers.insert(0, int(name.pop()))
+        for n in readers or range(len(inputs)):
+            inputs[n]["_".join(name)] = value if isinstance(value, str) else list(value)
     each = [
         {
             "out_json": out,

@@ -42,8 +42,7 @@ def slurm_run(wf, cluster, *args, check=True):
             "convert_to_gguf",
             "compute_reference",
             "evaluate_artifact",
-            "evaluate_adapter",
-            "evaluate_lora",
+            "evaluate_adapter_lora",
             "evaluate_base",
             "quantize_gguf",
             "convert_lora",
@@ -94,8 +93,8 @@ def test_workflow_on_slurm_matches_local_run(cluster, tiny_build, postgres, tmp_
     shutil.copytree(local.root.parent / "models", root / "models")
     config = local.config()
     config["adapters"] = {"alpha": config["adapters"]["alpha"]}
-    # every GGUF evaluation still runs (evaluate_adapter on the merged model's, evaluate_lora on the LoRA pairs), not
-    # the two torch evaluations
+    # every GGUF evaluation still runs (evaluate_adapter_lora: the merged model's GGUFs, the LoRA pairs), not the
+    # two torch evaluations
     config["evaluation"]["skip"] = ["adapter", "merged"]
     url = postgres.new_database()
     config["registry"] = {"path": url, "store_dir": str(root / "store")}

@@ -47,8 +47,9 @@ def test_dry_run_lists_every_job_and_writes_nothing(built):
     rules = sorted(r for r, _ in dry if r != "all")
     per_adapter = (
         ["merge_adapter", "convert_to_gguf", "quantize_gguf", "compute_reference", "convert_lora", "deploy_bundle"]
-        + ["evaluate_adapter"]  # the merged model's F16 and Q8_0, the adapter through PEFT, the merged model
-        + ["evaluate_lora"]  # the LoRA GGUF on the base's F16 and Q8_0
+        # the merged model's F16 and Q8_0, the LoRA GGUF on the base's F16 and Q8_0, the adapter through PEFT, the
+        # merged model
+        + ["evaluate_adapter_lora"]
         + ["register_ggufs_lora"]  # F16, Q8_0 and the LoRA GGUF in one job
     )
     base_gguf = ["convert_to_gguf", "quantize_gguf"]  # the base's own GGUFs, shared by the LoRA GGUF form
@@ -189,15 +190,12 @@ def test_adding_a_quant_type_builds_only_the_new_files(built_copy):
     wf.write_config(cfg)
     jobs = [(r, name_of(w), type_of(w)) for r, w in wf.planned()]
     # the new type of each merged model and of the base (for the LoRA form), evaluated both ways; the bundles and
-    # the report list it. An adapter's GGUFs and merged model are evaluated in one job: all again, the new type
-    # with them
+    # the report list it. Every form of an adapter is evaluated in one job: all again, the new type with them
     assert sorted(j for j in jobs if j[0] != "all") == [
         ("deploy_bundle", "alpha", None),
         ("deploy_bundle", "beta", None),
-        ("evaluate_adapter", "alpha", None),
-        ("evaluate_adapter", "beta", None),
-        ("evaluate_lora", "alpha", None),  # the LoRA GGUF on every base type again, the new one with them
-        ("evaluate_lora", "beta", None),
+        ("evaluate_adapter_lora", "alpha", None),  # the LoRA GGUF on every base type again too
+        ("evaluate_adapter_lora", "beta", None),
         ("quantize_gguf", "alpha", "Q4_K_M"),
         ("quantize_gguf", "base", "Q4_K_M"),
         ("quantize_gguf", "beta", "Q4_K_M"),
@@ -248,8 +246,7 @@ def test_changing_one_adapter_rebuilds_only_its_chain(built_copy):
         ("convert_lora", "alpha"),
         ("convert_to_gguf", "alpha"),
         ("deploy_bundle", "alpha"),
-        ("evaluate_adapter", "alpha"),
-        ("evaluate_lora", "alpha"),
+        ("evaluate_adapter_lora", "alpha"),
         ("merge_adapter", "alpha"),
         ("quantize_gguf", "alpha"),
         ("register_ggufs_lora", "alpha"),
@@ -311,15 +308,15 @@ def test_failing_quality_gate_names_artifact_metric_threshold_value(built_copy):
     wf.write_config(cfg)
     proc = wf.run("results/eval/alpha/Q8_0.json", check=False)
     assert proc.returncode != 0
-    log = (wf.root / "logs" / "evaluate_adapter" / "alpha.log").read_text()
+    log = (wf.root / "logs" / "evaluate_adapter_lora" / "alpha.log").read_text()
     line = next(ln for ln in log.splitlines() if "quality gate failed" in ln)
     assert "alpha/Q8_0" in line and "mean_kld = " in line and "max_mean_kld = 1e-12" in line
-    # an adapter's GGUFs and merged model are evaluated in one job (its GGUFs registered together): none of its
-    # numbers stays (the F16's, measured first in the same job, neither); what other jobs measured does not rerun
+    # every form of an adapter is evaluated in one job (its GGUFs registered together): none of its numbers stays
+    # (the F16's, measured first in the same job, neither: the log has them), and the job runs again for any one
     assert "evaluation of alpha/F16" in log
-    for artifact in ("Q8_0", "F16", "merged"):
+    for artifact in ("Q8_0", "F16", "lora-Q8_0", "merged"):
         assert not (wf.root / "results" / "eval" / "alpha" / f"{artifact}.json").exists()
-    assert wf.planned("results/eval/alpha/lora-Q8_0.json") == []
+    assert [r for r, _ in wf.planned("results/eval/alpha/lora-Q8_0.json")] == ["evaluate_adapter_lora"]
 
 
 def test_configfile_replaces_the_demo_config(workflow, models, tmp_path):
@@ -345,7 +342,7 @@ def test_a_gguf_changed_after_its_build_is_refused_not_registered(built_copy):
         f.write(b"\x01\x02\x03\x04")
     proc = wf.run(check=False)
     assert proc.returncode != 0
-    log = (wf.root / "logs" / "evaluate_adapter" / "alpha.log").read_text()
+    log = (wf.root / "logs" / "evaluate_adapter_lora" / "alpha.log").read_text()
     assert f"{gguf.relative_to(wf.root)}: content changed since it was built" in log
     reg = Registry(wf.root / "registry.sqlite")
     assert [len(v.artifacts) for v in reg.versions("alpha")] == [4]  # F16, Q8_0, LoRA, merged: nothing new
@@ -432,7 +429,7 @@ def test_a_lora_only_revision_builds_checks_evaluates_and_registers_no_merged_fo
         ("compute_reference", "alpha"),
         ("convert_lora", "alpha"),
         ("deploy_bundle", "alpha"),
-        ("evaluate_lora", "alpha"),
+        ("evaluate_adapter_lora", "alpha"),  # its LoRA GGUF's pairs: no merged form
         ("register_model", "alpha"),
         ("render_dashboard", None),
         ("report_quality", None),

@@ -283,36 +283,47 @@ def test_memory_is_sized_from_real_inputs_or_deferred_until_they_exist(models, t
 
 
 def test_a_models_evaluations_run_in_turn_one_job_a_group():
-    """Every evaluated artifact of a model is evaluated by exactly one job: its group's (an adapter's GGUFs and
-    torch forms, its LoRA pairs: two jobs an adapter) or evaluate_artifact's; a group's n-th artifact reads what it
-    would alone."""
+    """Every evaluated artifact of a model is evaluated by exactly one job: its group's (every form of an adapter,
+    its LoRA pairs with them where it has that form) or evaluate_artifact's; a group's n-th artifact reads what it
+    would alone, each file named once."""
     evaluation = config()["evaluation"]
     p = plan(evaluation={**evaluation, "skip": [], "gates": {"Q8_0": {"max_mean_kld": 0.01}}})
+    # the merged GGUFs first (at 8B the last written are still in memory), the merged model last
     assert [p.in_turn(g) for g in p.IN_TURN] == [
-        ["F16", "Q8_0", "adapter", "merged"],  # the GGUFs first: at 8B the last written are still in memory
-        ["lora-F16", "lora-Q8_0"],
+        ["F16", "Q8_0", "adapter", "merged"],  # an adapter without the LoRA form: none here
+        ["F16", "Q8_0", "lora-F16", "lora-Q8_0", "adapter", "merged"],
         ["F16", "Q8_0"],  # a compressed model's GGUFs: none here
     ]
-    assert [p.in_turn_models(g) for g in p.IN_TURN] == [["alpha", "beta"], ["alpha", "beta"], []]
-    assert sorted(set(p.in_turn_all())) == sorted(p.artifacts_of("alpha"))
-    inputs = p.in_turn_inputs("alpha", "adapter")
-    # an input every artifact reads (the reference) is named once; each other as <key>_<n>, the n-th artifact's
-    assert inputs == {"reference": "results/eval/alpha/reference.safetensors"} | {
-        f"{k}_{n}": v
-        for n, a in enumerate(["F16", "Q8_0", "adapter", "merged"])
-        for k, v in p.evaluation_inputs("alpha", a).items()
-        if k != "reference"
+    assert [p.in_turn_models(g) for g in p.IN_TURN] == [[], ["alpha", "beta"], []]
+    assert set(p.in_turn_all()) == set(p.artifacts_of("alpha"))
+    inputs = p.in_turn_inputs("alpha", "adapter_lora")
+    # what every artifact reads (the reference) is named once; what some read, once, with the numbers of those
+    assert inputs == {
+        "reference": "results/eval/alpha/reference.safetensors",
+        "artifact_0": "results/gguf/alpha/alpha-F16.gguf",
+        "check_0": "results/gguf/alpha/alpha-F16.gguf.json",
+        "artifact_1": "results/gguf/alpha/alpha-Q8_0.gguf",
+        "check_1": "results/gguf/alpha/alpha-Q8_0.gguf.json",
+        "artifact_2": "results/gguf/base/base-F16.gguf",
+        "check_2": "results/gguf/base/base-F16.gguf.json",
+        "lora_2_3": "results/lora/alpha/alpha-lora-F16.gguf",
+        "lora_check_2_3": "results/lora/alpha/alpha-lora-F16.gguf.json",
+        "artifact_3": "results/gguf/base/base-Q8_0.gguf",
+        "check_3": "results/gguf/base/base-Q8_0.gguf.json",
+        "base_4": p.base,  # the adapter through PEFT: the base and the adapter stack, read by it alone
+        "adapters_4": p.adapter_inputs("alpha")["adapters"],
+        "artifact_5": "results/merged/alpha",
     }
-    assert inputs["artifact_1"] == "results/gguf/alpha/alpha-Q8_0.gguf"
-    lora = p.in_turn_inputs("alpha", "lora")  # 7 names, not 10: the reference and the LoRA GGUF once
-    assert sorted(lora) == ["artifact_0", "artifact_1", "check_0", "check_1", "lora", "lora_check", "reference"]
-    each = p.in_turn_each("alpha", "adapter")
-    assert [(e["artifact"], e["kind"]) for e in each[2:]] == [("adapter", "peft"), ("merged", "hf")]
-    assert [e["gates"] for e in each] == [{}, {"max_mean_kld": 0.01}, {}, {}]
+    each = p.in_turn_each("alpha", "adapter_lora")
+    assert [(e["artifact"], e["kind"]) for e in each[4:]] == [("adapter", "peft"), ("merged", "hf")]
+    assert [e["gates"] for e in each] == [{}, {"max_mean_kld": 0.01}, {}, {}, {}, {}]
     # a skipped form leaves its group; a LoRA-only revision has no merged GGUFs and no merged model
-    assert plan(evaluation=evaluation).in_turn("adapter") == ["F16", "Q8_0", "merged"]
+    assert plan(evaluation=evaluation).in_turn("adapter_lora") == ["F16", "Q8_0", "lora-F16", "lora-Q8_0", "merged"]
     lora_only = plan(merge={"enabled": False})
-    assert lora_only.in_turn("adapter") in ([], ["adapter"]) and lora_only.in_turn("ggufs") == []
+    assert lora_only.in_turn("adapter_lora") in (["lora-F16", "lora-Q8_0"], ["lora-F16", "lora-Q8_0", "adapter"])
+    assert lora_only.in_turn("ggufs") == []
+    no_lora = plan(lora={"enabled": False})
+    assert no_lora.in_turn_models("adapter") == ["alpha", "beta"] and no_lora.in_turn_models("adapter_lora") == []
 
 
 def test_memory_of_a_torch_job_is_bounded_by_the_budget():

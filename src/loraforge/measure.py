@@ -59,8 +59,8 @@ def evaluate_one(
 
 
 def evaluate_in_turn(each: list[dict], threads: int = 1, **common) -> list[Metrics]:
-    """The evaluate_adapter, evaluate_lora and evaluate_ggufs rules: several artifacts of one model one after another
-    in one job (an adapter's GGUFs and merged model; its LoRA GGUF on each base GGUF; a compressed model's GGUFs), each
+    """The evaluate_adapter(_lora) and evaluate_ggufs rules: several artifacts of one model one after another in one
+    job (an adapter's GGUFs, its LoRA GGUF on each base GGUF and its merged model; a compressed model's GGUFs), each
     ``each`` item the keyword arguments of :func:`evaluate_one`, with its own gates. A failing one fails the job:
     none of their files stays (Snakemake removes a failed job's outputs)."""
     return [evaluate_one(threads=threads, **common, **one) for one in each]

@@ -96,51 +96,61 @@ class JobInputs:
         return {**inputs, **self.form(artifact).evaluation_inputs(self, model, artifact)}
 
     def lora_evaluated(self) -> list[str]:
-        """The ``lora-<type>`` pairs an adapter's LoRA GGUF is evaluated on (every base GGUF type not skipped), all
-        in one evaluate_lora job."""
+        """The ``lora-<type>`` pairs an adapter's LoRA GGUF is evaluated on (every base GGUF type not skipped), in its
+        evaluate_adapter_lora job."""
         if not self.lora:
             return []
         return [a for a in (f"{LORA}{t}" for t in self.gguf_types) if self.evaluated_form(a)]
 
     def gguf_evaluated(self) -> list[str]:
         """The GGUF types of a merged (or compressed) model that are evaluated (its float GGUF and each quantized
-        type not skipped): in an adapter's evaluate_adapter job, a compressed model's evaluate_ggufs."""
+        type not skipped): in an adapter's evaluate_adapter(_lora) job, a compressed model's evaluate_ggufs."""
         return [t for t in self.gguf_types if self.merged and self.evaluated_form(t)]
 
     def torch_evaluated(self) -> list[str]:
         """An adapter's transformers evaluations that are not skipped: the adapter through PEFT, its merged model."""
         return [a for a in ("adapter", *(["merged"] if self.merged else [])) if self.evaluated_form(a)]
 
-    # Some evaluations of a model run in turn, one job per model and group (each group's artifacts share the
-    # reference, and a team's thousand adapters plan and submit one job each instead of one per artifact): an
-    # adapter's merged GGUFs and then its transformers forms (the merged model; the adapter through PEFT where not
-    # skipped); its LoRA GGUF on each base GGUF type (apart: an adapter whose LoRA form is refused has none); a
-    # compressed model's GGUFs
-    IN_TURN = ("adapter", "lora", "ggufs")
+    # Some evaluations of a model run in turn, one job per model (they share the reference, and a team's thousand
+    # adapters plan and submit one job each instead of one per artifact): every evaluated form of an adapter, its
+    # merged GGUFs, then its LoRA GGUF on each base GGUF type, then its transformers forms (the merged model; the
+    # adapter through PEFT where not skipped); a compressed model's GGUFs. A rule's outputs are the same for every
+    # model it builds, so an adapter whose LoRA form is refused (or off) has a group of its own
+    IN_TURN = ("adapter", "adapter_lora", "ggufs")
 
     def in_turn(self, group: str) -> list[str]:
-        """The artifacts one evaluate_<group> job evaluates, in order. An adapter's GGUFs come before its merged
-        model: at 8B the last GGUFs written are still in the page cache, and the merged model is read once, last."""
-        if group == "adapter":
-            return self.gguf_evaluated() + self.torch_evaluated()
-        return {"ggufs": self.gguf_evaluated, "lora": self.lora_evaluated}[group]()
+        """The artifacts one evaluate_<group> job evaluates, in order. An adapter's merged GGUFs come first and its
+        merged model last: at 8B the last GGUFs written are still in the page cache, and the merged model is read
+        once, at the end."""
+        if group == "ggufs":
+            return self.gguf_evaluated()
+        pairs = self.lora_evaluated() if group == "adapter_lora" else []
+        return self.gguf_evaluated() + pairs + self.torch_evaluated()
 
     def in_turn_all(self) -> list[str]:
         return [a for g in self.IN_TURN for a in self.in_turn(g)]
 
     def in_turn_models(self, group: str) -> list[str]:
-        """The ``{model}`` of evaluate_<group>: every adapter, every adapter with the LoRA GGUF form, every
-        compressed model."""
-        return {"adapter": list(self.adapters), "lora": self.lora_adapters(), "ggufs": list(self.compressed)}[group]
+        """The ``{model}`` of evaluate_<group>: the adapters without and with the LoRA GGUF form, the compressed
+        models."""
+        if group == "ggufs":
+            return list(self.compressed)
+        return [a for a in self.adapters if self.lora_form(a) == (group == "adapter_lora")]
 
     def in_turn_inputs(self, model: str, group: str) -> dict:
-        """What evaluate_<group> reads: the n-th artifact's evaluation inputs (:meth:`evaluation_inputs`) as
-        ``<key>_<n>``, and an input every artifact reads alike (the reference, the LoRA GGUF) once, as ``<key>``.
-        Each name is a dependency Snakemake resolves and prints at every invocation: a thousand adapters' plan is
-        as slow as their names are many."""
+        """What evaluate_<group> reads (each artifact's :meth:`evaluation_inputs`), each file named once: ``<key>``
+        where every artifact reads it (the reference), ``<key>_<n>[_<m>...]`` where the n-th (m-th, ...) does (an
+        artifact; the LoRA GGUF, which each pair reads). Each name is a dependency Snakemake resolves and prints at
+        every invocation: a thousand adapters' plan is as slow as their names are many."""
         each = [self.evaluation_inputs(model, a) for a in self.in_turn(group)]
-        shared = {k: v for k, v in each[0].items() if all(e.get(k) == v for e in each)} if each else {}
-        return shared | {f"{k}_{n}": v for n, e in enumerate(each) for k, v in e.items() if k not in shared}
+        readers: dict[tuple[str, str], tuple[object, list[int]]] = {}  # (key, file) -> (file, the artifacts)
+        for n, inputs in enumerate(each):
+            for key, value in inputs.items():
+                readers.setdefault((key, repr(value)), (value, []))[1].append(n)
+        return {
+            key if len(ns) == len(each) else "_".join([key, *map(str, ns)]): value
+            for (key, _), (value, ns) in readers.items()
+        }
 
     def in_turn_each(self, model: str, group: str) -> list[dict]:
         """evaluate_<group>'s settings for each artifact, in turn (loraforge.measure.evaluate_one's)."""
