@@ -143,7 +143,7 @@ rule compare_versions:
 
 rule render_dashboard:
     input:
-        receipts=plan.receipts(),
+        receipts=plan.dashboard_receipts(),
         decisions=plan.promotions(),
     output:
         html=paths.DASHBOARD,

@@ -54,6 +54,8 @@ def test_default_targets_of_two_adapters():
     # the adapter through PEFT is the reference (float32): not evaluated again unless asked for
     assert p.artifacts_of("alpha") == ["merged", "F16", "Q8_0", "lora-F16", "lora-Q8_0"]
     assert plan(evaluation={"texts": {"t": "/t"}, "skip": []}).artifacts_of("alpha")[0] == "adapter"
+    # the dashboard waits for every registration job through one receipt of each (each writes its three together)
+    assert p.dashboard_receipts() == ["results/registry/alpha/F16.json", "results/registry/beta/F16.json"]
     # rule all names only what no registration asks for (the dashboard asks for every one): the same jobs, one
     # name an adapter instead of 13 for Snakemake to resolve (tests/test_workflow.py's dry run lists every job)
     assert sorted(p.all_targets()) == sorted(

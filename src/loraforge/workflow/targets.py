@@ -51,6 +51,17 @@ class Targets:
         vllm = [f"{VLLM_LORA}{s}" for s in self.hfq_schemes]
         return out + [paths.RECEIPT.format(model=a, variant=v) for a in self.vllm_lora_adapters() for v in vllm]
 
+    def dashboard_receipts(self) -> list[str]:
+        """What the dashboard waits for: one receipt of each registration job (a register_ggufs(_lora) job writes
+        all of a model's: its first GGUF type's stands for them). It reads the registry, not the receipts, and a
+        thousand adapters' dashboard is a thousand dependencies for Snakemake to resolve, not five thousand."""
+        per_job = set(self.receipts()) - {
+            paths.RECEIPT.format(model=m, variant=v)
+            for m in self.gguf_registered()
+            for v in self.gguf_variants(self.lora_form(m))[1:]
+        }
+        return [r for r in self.receipts() if r in per_job]
+
     def registered_variants(self) -> list[str]:
         """Every ``{variant}`` register_model takes: the GPU-serving forms, and a LoRA-only revision's LoRA GGUF (a
         model's GGUFs are registered together, the LoRA GGUF of a revision with merged GGUFs with them:
