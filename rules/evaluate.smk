@@ -80,7 +80,7 @@ rule evaluate_artifact:
         gates=lambda w: config["evaluation"]["gates"].get(w.artifact, {}),
         batch=config["evaluation"]["batch"],
         budget_mb=plan.budget_mb,
-        vllm=lambda w: plan.served_by_vllm(w.model, w.artifact),
+        vllm=lambda w: plan.vllm_settings(w.model, w.artifact),
         # a function per job only where lm-eval runs (each one costs a thousand adapters' plan)
         lm_eval=(
             (lambda w: plan.lm_eval if w.artifact in plan.answering else None)

@@ -363,6 +363,52 @@ def test_vllm_scores_the_w8a8_schemes_and_says_which_lora_this_build_cannot_serv
         }
 
 
+def test_an_fp8_form_too_slow_for_this_machines_vllm_is_reported_not_scored_with_the_measured_rate(
+    models, w8a8, references, tmp_path
+):
+    """Before vLLM loads an FP8 checkpoint, one FP8 product is timed in its environment and the scoring projected:
+    over hf_quant.vllm_max_minutes (0 here, so any projection is over) the form is recorded as not scored, naming
+    the rate, the tokens and the limit, and is not answered through vLLM either; an int8 checkpoint is never held
+    to it. (On a Sapphire Rapids Xeon that product runs at 0.1 GFLOP/s and the demo's FP8 form would take hours.)"""
+    import json
+    import re
+
+    from safetensors import safe_open
+
+    from loraforge.evaluation import evaluate
+    from loraforge.evaluation.generation import reference_answers
+    from loraforge.vllm import served_check
+    from loraforge.vllm.generation import vllm_answers
+    from loraforge.vllm.scoring import fp8_refusal, fp8_weights, scored_tokens
+
+    fp8, _ = w8a8["FP8-DYNAMIC"]
+    int8, _ = w8a8["W8A8-INT8"]
+    with safe_open(str(models["base"] / "model.safetensors"), "pt") as f:
+        linears = sum(f.get_slice(k).get_shape()[0] * f.get_slice(k).get_shape()[1] for k in f.keys() if "proj" in k)
+    assert fp8_weights(fp8) == linears and fp8_weights(int8) == 0
+    assert fp8_refusal(int8, 10**9, 0, "scoring") is None
+    assert fp8_refusal(fp8, 10**9, None, "scoring") is None  # no limit
+
+    alpha = [{"path": str(models["alpha"]), "weight": 1.0}]
+    standin = evaluate("hfq-lora", fp8, reference=references["alpha"], adapters=alpha)
+    record = served_check(fp8, alpha, references["alpha"], max_minutes=0)(standin)
+    tokens = scored_tokens(references["alpha"], lora=True)
+    assert tokens > 3 * 1000  # the windows with the adapter, and twice without it (the base check)
+    assert set(record) == {"engine", "not_scored"}
+    assert re.fullmatch(
+        rf"vLLM's FP8 matrix product runs at [0-9.e+-]+ GFLOP/s on this CPU \(torch._scaled_mm, timed\): scoring "
+        rf"{tokens:,} tokens through {linears / 1e6:.1f}M FP8 weights would take at least [0-9.e+-]+ (s|minutes|hours),"
+        r" over hf_quant.vllm_max_minutes \(0\)",
+        record["not_scored"],
+    ), record["not_scored"]
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"messages": [{"role": "user", "content": "Say hello."}]}) + "\n")
+    answers = tmp_path / "answers.json"
+    reference_answers(models["base"], alpha, prompts, answers, max_tokens=8)
+    assert vllm_answers(fp8, alpha, answers, label="alpha/vllm-lora-FP8-DYNAMIC", max_minutes=0) is None
+
+
 @pytest.mark.slow  # a vLLM server started twice: a minute, outside make check's five
 def test_vllm_serves_the_checkpoint_and_its_adapters_to_the_openai_client_and_verify_served_tells_them_apart(
     models, checkpoints, references, tmp_path

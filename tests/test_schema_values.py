@@ -60,6 +60,7 @@ def test_a_section_that_may_be_null_takes_its_defaults_from_the_schema():
         "seq_len": 512,
         "multi_lora": True,
         "vllm": False,
+        "vllm_max_minutes": 30,
     }
 
 
@@ -74,7 +75,10 @@ def test_no_default_is_written_in_code_that_the_schema_does_not_give():
 
     assert sorted(defaults(SCHEMA)) == sorted(
         [".properties.quantize.properties.imatrix.properties." + k for k in ("n_ctx", "chunks")]
-        + [".properties.hf_quant.properties." + k for k in ("group_size", "samples", "seq_len", "multi_lora", "vllm")]
+        + [
+            ".properties.hf_quant.properties." + k
+            for k in ("group_size", "samples", "seq_len", "multi_lora", "vllm", "vllm_max_minutes")
+        ]
         + [".properties.compress.properties." + k for k in ("n_ctx", "max_tokens")]
         + [".properties.evaluation.properties.lm_eval.properties.limit"]
     )

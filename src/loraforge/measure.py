@@ -15,7 +15,7 @@ def evaluate_one(
     inputs: dict,
     gates: dict | None = None,
     weights: list[float] | None = None,
-    vllm: bool = False,
+    vllm: dict | None = None,
     lm_eval: dict | None = None,
     threads: int = 1,
     **common,
@@ -23,8 +23,8 @@ def evaluate_one(
     """One artifact's evaluation as a rule runs it (loraforge.evaluation.evaluate_artifact): ``inputs`` are the
     files its form reads (loraforge.forms: ``artifact``, ``check``, ``lora``, ``lora_check``, ``base``,
     ``adapters``) with the ``reference`` and the reference ``answers``; ``weights`` the adapter stack's, for a form
-    that applies the adapters; with ``vllm`` also scored (and, where its form answers through vLLM, answering)
-    through vLLM."""
+    that applies the adapters; with ``vllm`` (hf_quant's ``max_minutes`` for it: loraforge.vllm.scoring.fp8_refusal)
+    also scored (and, where its form answers through vLLM, answering) through vLLM."""
     adapters = None
     if form(kind).takes_adapters:
         adapters = [{"path": a, "weight": w} for a, w in zip(inputs["adapters"], weights or [], strict=True)]
@@ -32,11 +32,12 @@ def evaluate_one(
     if vllm:  # also through vLLM itself, cross-checked with the stand-in
         from .vllm import served_check
 
-        served = served_check(inputs["artifact"], adapters, inputs["reference"], threads)
+        limit = vllm["max_minutes"]
+        served = served_check(inputs["artifact"], adapters, inputs["reference"], threads, limit)
         if inputs.get("answers") and form(kind).answers_through == "vllm":  # the generation checks, vLLM's chat API
             from .vllm.generation import vllm_answered
 
-            answered = vllm_answered(inputs["artifact"], adapters, inputs["answers"], threads, label)
+            answered = vllm_answered(inputs["artifact"], adapters, inputs["answers"], threads, label, limit)
     return evaluate_artifact(
         out_json,
         label,

@@ -326,7 +326,8 @@ def evaluate_artifact(
     ``loraforge-registry verify-served`` later compares a running server with. With ``answers`` (the adapter's
     reference answers) the artifact also answers the generation checks' prompts through its own serving path; with
     ``lm_eval`` a GGUF also runs the user's lm-eval tasks through the same llama-server. A vLLM form answers
-    through ``answered``, a function that returns its generation record (loraforge.vllm.generation.vllm_answered).
+    through ``answered``, a function that returns its generation record (loraforge.vllm.generation.vllm_answered),
+    or None where this machine's vLLM cannot answer (a gate on the answers then fails as not measured).
 
     With ``check_json`` (a GGUF's build sidecar; ``lora_check_json`` the LoRA GGUF's), the file must still be the
     bytes that were built (hashed once per file state: ``hash_cache``, the workflow's, keyed by its stat)."""
@@ -386,8 +387,8 @@ def _measure(label, gates, hashes, served, lm_eval, answered, kwargs) -> Metrics
         if served is not None:
             vllm_numbers = dict(served(result))
             result = dataclasses.replace(result, served=vllm_numbers, probe=vllm_numbers.pop("probe", None))
-        if through_vllm:
-            result = dataclasses.replace(result, **answer_summary(answered()))
+        if through_vllm and (generation := answered()) is not None:  # None: vLLM cannot answer here (it said why)
+            result = dataclasses.replace(result, **answer_summary(generation))
         elif server is not None:
             reference, answers = kwargs.get("reference"), kwargs.get("answers")
             probe, generation, tasks = gguf_served(server, reference, answers, label, lm_eval)

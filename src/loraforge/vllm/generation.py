@@ -12,15 +12,24 @@ from ..evaluation.generation import REQUEST_TIMEOUT_S, Answer, generation_record
 from ..progress import Progress
 from ..serving import post_json
 from .environment import tool_python, tool_versions
+from .scoring import fp8_refusal
 from .server import vllm_server
 
 log = logging.getLogger(__name__)
 
 
-def vllm_answers(model_dir, adapters, answers, threads: int = 1, label: str = "") -> dict:
+def vllm_answers(
+    model_dir, adapters, answers, threads: int = 1, label: str = "", max_minutes: float | None = None
+) -> dict | None:
     """The ``generation`` record of ``model_dir`` (a compressed-tensors checkpoint; with the one adapter of
-    ``adapters`` served as vLLM's LoRA) on the prompts of the reference ``answers``."""
+    ``adapters`` served as vLLM's LoRA) on the prompts of the reference ``answers``; None, with a warning, where
+    this machine's vLLM cannot answer them within ``max_minutes`` (an FP8 checkpoint on a CPU whose FP8 product is
+    too slow: loraforge.vllm.scoring.fp8_refusal, counting the answers' longest length)."""
     prompts, reference, info = load_reference_answers(answers)
+    tokens = len(prompts) * int(info["max_tokens"])
+    if why := fp8_refusal(model_dir, tokens, max_minutes, "answering with up to", threads):
+        log.warning("%s: not answered through vLLM: %s", label, why)
+        return None
     lora = None
     if adapters:
         if len(adapters) != 1 or float(adapters[0].get("weight", 1.0)) != 1.0:
@@ -51,6 +60,6 @@ def vllm_answers(model_dir, adapters, answers, threads: int = 1, label: str = ""
         return generation_record(prompts, out, reference, tokenize, info, f"vLLM {version}", template)
 
 
-def vllm_answered(model_dir, adapters, answers, threads: int = 1, label: str = ""):
+def vllm_answered(model_dir, adapters, answers, threads: int = 1, label: str = "", max_minutes: float | None = None):
     """What the evaluate rule calls after the scores: :func:`vllm_answers` of this form."""
-    return lambda: vllm_answers(model_dir, adapters, answers, threads, label)
+    return lambda: vllm_answers(model_dir, adapters, answers, threads, label, max_minutes)

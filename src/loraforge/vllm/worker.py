@@ -12,6 +12,12 @@ With ``probe`` (token ids), ``result`` also has the greedy continuation of ``pro
 top-2 log-probs (loraforge.serving). With ``check_base`` and a LoRA, the windows are also scored with no adapter on
 the LoRA-enabled engine and on a plain one (``base_with_lora``, ``base_without_lora`` in ``out``). Errors exit 2
 with one line on stderr.
+
+    <vLLM python> worker.py --fp8-gflops
+
+prints, as JSON, the rate of the FP8 matrix product vLLM's CPU backend runs for an FP8 checkpoint
+(``torch._scaled_mm`` of float8_e4m3 operands to float32, as its channel-wise FP8 kernel calls it), timed on this
+machine, or ``null`` where torch sees a GPU (vLLM's CUDA build runs its own kernels there).
 """
 
 from __future__ import annotations
@@ -123,6 +129,29 @@ def main(request_file: str) -> int:
     return 0
 
 
+def fp8_gflops() -> float | None:
+    """GFLOP/s of one FP8 product of a 32-token batch through a 768 x 768 weight, the call vLLM's CPU FP8 linear
+    makes (vllm.model_executor.kernels.linear.scaled_mm.pytorch), after one small call that loads its kernel."""
+    import torch
+
+    if torch.cuda.is_available():
+        return None
+    one = torch.ones(1)
+
+    def product(m: int, k: int, n: int) -> None:
+        a = torch.randn(m, k).to(torch.float8_e4m3fn)
+        b = torch.randn(n, k).to(torch.float8_e4m3fn).t()
+        torch._scaled_mm(a, b, scale_a=one, scale_b=one, out_dtype=torch.float32)
+
+    product(1, 64, 64)
+    m, k, n = 32, 768, 768
+    calls, t0 = 0, time.perf_counter()
+    while calls < 2 or time.perf_counter() - t0 < 0.2:  # a fast kernel takes microseconds: time a few
+        product(m, k, n)
+        calls += 1
+    return 2.0 * m * k * n * calls / (time.perf_counter() - t0) / 1e9
+
+
 def _token_logprobs(windows, outs, np):
     """Each window's next-token log-probs from vLLM's prompt log-probs."""
     lp = np.zeros((len(windows), len(windows[0]) - 1), dtype=np.float32)
@@ -133,6 +162,9 @@ def _token_logprobs(windows, outs, np):
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--fp8-gflops"]:
+        print(json.dumps(fp8_gflops()))
+        sys.exit(0)
     try:
         sys.exit(main(sys.argv[1]))
     except Exception as e:  # one line for the caller; the traceback is in the log above it

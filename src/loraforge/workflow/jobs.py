@@ -161,7 +161,7 @@ class JobInputs:
                 "kind": self.artifact_kind(a),
                 "gates": gates.get(a, {}),
                 "weights": self.adapter_weights(model),
-                "vllm": self.served_by_vllm(model, a),
+                "vllm": self.vllm_settings(model, a),
                 "lm_eval": self.lm_eval if a in self.answering else None,
             }
             for a in self.in_turn(group)

@@ -246,6 +246,13 @@ class Plan(Targets, JobInputs, Settings):
         checkpoint form, or the merged model of an adapter that hf_quant.models sends to vLLM)."""
         return self.vllm_scored and self.form(artifact).served_by_vllm(self, model, artifact)
 
+    def vllm_settings(self, model: str, artifact: str) -> dict | None:
+        """How the evaluation of ``model``'s ``artifact`` goes through vLLM (loraforge.measure.evaluate_one's
+        ``vllm``); None where it does not."""
+        if not self.served_by_vllm(model, artifact):
+            return None
+        return {"max_minutes": self.hfq["vllm_max_minutes"]}
+
     @classmethod
     def artifact_kind(cls, artifact: str) -> str:
         """How an evaluated artifact is scored (loraforge.forms.Kind): the evaluate rule's ``kind``."""
