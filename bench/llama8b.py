@@ -17,7 +17,9 @@ Then, in one run, so that the ratios are measured side by side on the same (nois
    (loraforge.rule's ``job resources`` log line: this process and its children, and the anonymous part).
 2. **The bare tools beside it**, each a child process on the same inputs: the streaming merge without its check,
    llama.cpp's ``convert_hf_to_gguf.py`` on the merged model, ``llama-quantize`` Q8_0 and Q4_K_M of the BF16 GGUF.
-   Each job's time over its bare tool's, and the chain's over the bare tools' sum.
+   Each job's time over its bare tool's, and the chain's over the bare tools' sum. (The merge job computes the
+   adapter's float32 reference first, since 2026-12-07: its own ratio includes that pass; the chain's is what to
+   compare.)
 3. **A LoRA-only revision** (``merge.enabled: false``): the base's GGUFs and the first revision are built, then
    the adapter's bytes change and the rerun, from the change to the registered LoRA GGUF, is timed.
 

@@ -1,32 +1,36 @@
 # Measured quality: reference log-probs once per adapter, then PPL / KLD / top-1 for every artifact.
 
 
-rule compute_reference:
-    input:
-        unpack(lambda w: with_external(plan.reference_inputs(w.adapter))),
-        texts=list(plan.texts.values()),
-    output:
-        reference=paths.REFERENCE,
-    log:
-        paths.log("compute_reference", "{adapter}"),
-    benchmark:
-        paths.benchmark("compute_reference", "{adapter}")
-    conda:
-        "../envs/loraforge.yaml"
-    threads: plan.threads
-    resources:
-        mem_mb=lambda w, input: plan.bounded_mem_mb(2000 + 3 * inputs_mb(input)),
-        runtime=60,
-    params:
-        weights=lambda w: plan.adapter_weights(w.adapter),
-        fingerprints=input_fingerprints,
-        names=list(plan.texts),
-        n_ctx=config["evaluation"]["n_ctx"],
-        max_tokens=config["evaluation"]["max_tokens"],
-        batch=config["evaluation"]["batch"],
-        budget_mb=plan.budget_mb,
-    script:
-        "../scripts/compute_reference.py"
+# An adapter's reference where its merge job does not compute it (plan.reference_in_merge): a LoRA-only
+# revision, a merge without its check.
+if not plan.reference_in_merge:
+
+    rule compute_reference:
+        input:
+            unpack(lambda w: with_external(plan.reference_inputs(w.adapter))),
+            texts=list(plan.texts.values()),
+        output:
+            reference=paths.REFERENCE,
+        log:
+            paths.log("compute_reference", "{adapter}"),
+        benchmark:
+            paths.benchmark("compute_reference", "{adapter}")
+        conda:
+            "../envs/loraforge.yaml"
+        threads: plan.threads
+        resources:
+            mem_mb=lambda w, input: plan.bounded_mem_mb(2000 + 3 * inputs_mb(input)),
+            runtime=60,
+        params:
+            weights=lambda w: plan.adapter_weights(w.adapter),
+            fingerprints=input_fingerprints,
+            names=list(plan.texts),
+            n_ctx=config["evaluation"]["n_ctx"],
+            max_tokens=config["evaluation"]["max_tokens"],
+            batch=config["evaluation"]["batch"],
+            budget_mb=plan.budget_mb,
+        script:
+            "../scripts/compute_reference.py"
 
 
 rule reference_answers:

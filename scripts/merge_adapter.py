@@ -1,5 +1,5 @@
-"""Rule merge_adapter: merge, check against PEFT (its stored reference where evaluation computes one), publish
-(loraforge.merging.merge_artifact)."""
+"""Rule merge_adapter: the adapter's float32 reference where evaluation is on, then merge, check against it (else
+against PEFT run here), publish (loraforge.merging.merge_artifact)."""
 
 from loraforge.merging import merge_artifact
 from loraforge.rule import run
@@ -24,4 +24,10 @@ if __name__ == "__main__":
         budget_mb=p.budget_mb,
         reference=sm.input.get("reference"),
         window_out=sm.output.get("window"),
+        # the adapter's reference, where this job computes it first (loraforge.workflow's Plan.reference_in_merge)
+        reference_out=sm.output.get("reference"),
+        texts=dict(zip(p.get("names") or [], sm.input.get("texts") or [], strict=True)),
+        n_ctx=p.get("n_ctx", 128),
+        max_tokens=p.get("max_tokens", 4096),
+        batch=p.get("batch", 8),
     )

@@ -46,7 +46,8 @@ def test_dry_run_lists_every_job_and_writes_nothing(built):
     wf, _m, _before, dry = built
     rules = sorted(r for r, _ in dry if r != "all")
     per_adapter = (
-        ["merge_adapter", "convert_to_gguf", "quantize_gguf", "compute_reference", "convert_lora", "deploy_bundle"]
+        # the merge job computes the adapter's reference first
+        ["merge_adapter", "convert_to_gguf", "quantize_gguf", "convert_lora", "deploy_bundle"]
         # the merged model's F16 and Q8_0, the LoRA GGUF on the base's F16 and Q8_0, the adapter through PEFT, the
         # merged model
         + ["evaluate_adapter_lora"]
@@ -242,7 +243,6 @@ def test_changing_one_adapter_rebuilds_only_its_chain(built_copy):
     jobs = [(r, name_of(w)) for r, w in wf.planned() if r != "all"]
     # alpha's chain, both forms (its LoRA GGUF too; the base's GGUFs stay), its bundle, the report and dashboard
     assert sorted(jobs) == [
-        ("compute_reference", "alpha"),
         ("convert_lora", "alpha"),
         ("convert_to_gguf", "alpha"),
         ("deploy_bundle", "alpha"),

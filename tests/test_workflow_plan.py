@@ -137,8 +137,16 @@ def test_a_lora_only_revision_builds_no_merged_form():
     assert p.reference_inputs("alpha") == {"base": "/models/base", "adapters": ["/adapters/alpha"]}
     merged = plan()  # one reference either way: the merge check reads it, the GGUFs' checks read the merge check's
     assert merged.reference_inputs("alpha") == p.reference_inputs("alpha")
-    assert merged.merge_check_inputs("alpha") == {"reference": "results/eval/alpha/reference.safetensors"}
-    assert merged.merge_outputs() == {"window": "results/checks/merge/{adapter}.logprobs.safetensors"}
+    # a merged build's merge job computes it first, from the evaluation texts; a LoRA-only one has compute_reference
+    assert merged.reference_in_merge and not p.reference_in_merge
+    assert merged.merge_check_inputs("alpha") == {"texts": list(merged.texts.values())}
+    assert merged.merge_outputs() == {
+        "window": "results/checks/merge/{adapter}.logprobs.safetensors",
+        "reference": "results/eval/{adapter}/reference.safetensors",
+    }
+    unchecked = plan(merge={"check": False})  # nothing of the merge job reads it: compute_reference computes it
+    assert not unchecked.reference_in_merge and unchecked.merge_outputs() == {}
+    assert not plan(evaluation={"enabled": False}).reference_in_merge
     # the GGUFs' checks also score the evaluation reference's first window for their evaluations
     window = {
         "reference": "results/checks/merge/alpha.logprobs.safetensors",
@@ -262,9 +270,10 @@ def test_a_jobs_memory_counts_the_model_directories_it_reads(tmp_path):
 
 
 def test_memory_is_sized_from_real_inputs_or_deferred_until_they_exist(models, tmp_path):
-    """A dry run on real tiny models: the merge's, the LoRA conversion's and the reference's memory come from the
-    base directory's files; the conversion's waits for the merged model it reads (Snakemake's <TBD>) and is
-    evaluated when the job is ready (the full runs of tests/test_workflow.py go through that)."""
+    """A dry run on real tiny models: the merge's (with the adapter's reference, which it computes first) and the
+    LoRA conversion's memory come from the base directory's files; the conversion's waits for the merged model it
+    reads (Snakemake's <TBD>) and is evaluated when the job is ready (the full runs of tests/test_workflow.py go
+    through that)."""
     wf = Workflow(tmp_path / "wf", user_config(models, adapters={"alpha": str(models["alpha"])}))
     resources, every, rule = {}, {}, None
     for line in wf.run("-n", "--forceall").stdout.splitlines():
@@ -276,10 +285,12 @@ def test_memory_is_sized_from_real_inputs_or_deferred_until_they_exist(models, t
     base_mb = inputs_mb(str(models["base"]))
     assert base_mb > 1
     plan_ = Plan(validated(wf.config()))
-    assert f"mem_mb={plan_.merge_mem_mb(base_mb)}," in resources["merge_adapter"], resources["merge_adapter"]
-    assert f"mem_mb={plan_.bounded_mem_mb(2000 + 3 * base_mb)}," in resources["convert_lora"]  # the base's files
+    # the merge job computes the adapter's reference first: sized for both, from all its inputs
     reference_mb = inputs_mb(str(models["base"]), str(models["alpha"]), *wf.config()["evaluation"]["texts"].values())
-    assert f"mem_mb={plan_.bounded_mem_mb(2000 + 3 * reference_mb)}," in resources["compute_reference"]
+    merge_mb = plan_.merge_mem_mb(base_mb, reference_mb)
+    assert merge_mb == max(plan_.bounded_mem_mb(1500 + 3 * base_mb), plan_.bounded_mem_mb(2000 + 3 * reference_mb))
+    assert f"mem_mb={merge_mb}," in resources["merge_adapter"], resources["merge_adapter"]
+    assert f"mem_mb={plan_.bounded_mem_mb(2000 + 3 * base_mb)}," in resources["convert_lora"]  # the base's files
     # the base's conversion is sized; alpha's waits for its merged model
     assert sorted("mem_mb=<TBD>" in line for line in every["convert_to_gguf"]) == [False, True], every
 

@@ -160,12 +160,29 @@ def merge_artifact(
     budget_mb: float | None = None,
     reference=None,
     window_out=None,
+    reference_out=None,
+    texts: dict[str, str] | None = None,
+    n_ctx: int = 128,
+    max_tokens: int = 4096,
+    batch: int = 8,
 ) -> dict:
     """The merge_adapter rule: merge, check against PEFT (its stored float32 ``reference`` where evaluation computes
     one), then publish the dir and its JSON sidecar (which records the inputs' content fingerprints); with
-    ``window_out``, the merged model's float32 log-probs on the checked tokens too (see check_merged)."""
+    ``window_out``, the merged model's float32 log-probs on the checked tokens too (see check_merged).
+
+    With ``reference_out`` the job first computes that reference itself, on the evaluation ``texts`` (``n_ctx``,
+    ``max_tokens``, ``batch``: loraforge.evaluation.compute_reference), after the inputs are validated: the adapter
+    through PEFT, unmerged, float32, which the check then reads and every artifact of the adapter is measured
+    against."""
     from ..checks import write_sidecar
 
+    if reference_out is not None:
+        from ..evaluation import compute_reference
+
+        base, _ = validate_inputs(base_dir, adapters)  # bad input is refused before the reference's pass
+        _check_out_dir(base, Path(out_dir))
+        compute_reference(base_dir, texts or {}, reference_out, n_ctx, max_tokens, batch, budget_mb, adapters)
+        reference = reference_out
     if not check:
         log.warning("merge check disabled in config: merged logits will not be compared with PEFT")
     checking = None

@@ -37,15 +37,24 @@ class JobInputs:
         PEFT, unmerged (the model the adapter defines; the merged model is measured against it like every form)."""
         return self.adapter_inputs(adapter)
 
+    @property
+    def reference_in_merge(self) -> bool:
+        """Whether an adapter's float32 reference is computed by its merge job, before the merge, which the merge
+        check then reads (evaluation on, and a merged form with its check): one job and one process fewer an adapter.
+        Else compute_reference computes it (a LoRA-only revision; a merge without its check)."""
+        return bool(self.evaluate and self.merge_check)
+
     def merge_check_inputs(self, adapter: str) -> dict:
-        """What the merge check reads besides the merged model: the adapter's evaluation reference (PEFT's float32
-        log-probs, so that PEFT does not run again), where evaluation computes it."""
-        return {"reference": paths.REFERENCE.format(adapter=adapter)} if self.evaluate and self.merge_check else {}
+        """What merge_adapter reads besides the base and the adapters: the evaluation texts, where it computes the
+        adapter's reference (:attr:`reference_in_merge`)."""
+        return {"texts": list(self.texts.values())} if self.reference_in_merge else {}
 
     def merge_outputs(self) -> dict:
         """merge_adapter's outputs besides the model and its sidecar: with the merge check on, the merged model's
-        float32 log-probs on the checked tokens, which the checks of its GGUFs compare with."""
-        return {"window": paths.MERGE_WINDOW} if self.merge_check else {}
+        float32 log-probs on the checked tokens, which the checks of its GGUFs compare with; the adapter's reference,
+        where the merge job computes it."""
+        out = {"window": paths.MERGE_WINDOW} if self.merge_check else {}
+        return {**out, "reference": paths.REFERENCE} if self.reference_in_merge else out
 
     @property
     def merge_check(self) -> bool:
@@ -266,12 +275,15 @@ class JobInputs:
             return int(estimate_mb)
         return int(min(estimate_mb, self.budget_mb + runtime_mb))
 
-    def merge_mem_mb(self, base_mb: float) -> int:
-        """Streaming: largest tensor + constant; the PEFT check (and method peft) holds the model twice."""
+    def merge_mem_mb(self, base_mb: float, inputs_mb: float = 0.0) -> int:
+        """Streaming: largest tensor + constant; the PEFT check (and method peft) holds the model twice; the
+        reference, where the merge job computes it, as compute_reference would (``inputs_mb``: all its inputs)."""
         merge = self.config["merge"]
         if merge["check"] and merge["method"] != "peft":
-            return self.bounded_mem_mb(1500 + 3 * base_mb)
-        return int(1500 + (3 if merge["method"] == "peft" else 0.2) * base_mb)
+            mb = self.bounded_mem_mb(1500 + 3 * base_mb)
+        else:
+            mb = int(1500 + (3 if merge["method"] == "peft" else 0.2) * base_mb)
+        return max(mb, self.bounded_mem_mb(2000 + 3 * inputs_mb)) if self.reference_in_merge else mb
 
     def evaluation_mem_mb(self, model: str, artifact: str, inputs_mb: float) -> int:
         """torch steps (HF, PEFT) stream within the budget; llama.cpp maps the GGUF whole; vLLM loads it whole
