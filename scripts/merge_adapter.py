@@ -26,8 +26,8 @@ if __name__ == "__main__":
         window_out=sm.output.get("window"),
         # the adapter's reference, where this job computes it first (loraforge.workflow's Plan.reference_in_merge)
         reference_out=sm.output.get("reference"),
-        texts=dict(zip(p.get("names") or [], sm.input.get("texts") or [], strict=True)),
-        n_ctx=p.get("n_ctx", 128),
-        max_tokens=p.get("max_tokens", 4096),
-        batch=p.get("batch", 8),
+        texts=dict(zip(p.names, sm.input.texts, strict=True)) if sm.output.get("reference") else None,
+        n_ctx=p.n_ctx,
+        max_tokens=p.max_tokens,
+        batch=p.batch,
     )

@@ -301,6 +301,18 @@ def test_bf16_base_to_f16_is_logged(workflow, tmp_path):
     assert all(v.dtype == torch.bfloat16 for v in merged.values())
 
 
+def test_a_merge_without_its_check_leaves_the_reference_to_its_own_job(workflow, models):
+    """With merge.check off nothing of the merge reads the adapter's reference, so the merge job does not compute it
+    (it does where the check is on: tests above) and compute_reference does, for the evaluations."""
+    wf = workflow(user_config(models, adapters={"alpha": str(models["alpha"])}, merge={"check": False}))
+    planned = {r for r, w in wf.planned("results/eval/alpha/reference.safetensors")}
+    assert planned == {"compute_reference"}
+    wf.run("results/merged/alpha", "results/eval/alpha/reference.safetensors")
+    merge = json.loads((wf.root / "results" / "checks" / "merge" / "alpha.json").read_text())
+    assert "check" not in merge and (wf.root / "results" / "merged" / "alpha" / "config.json").is_file()
+    assert (wf.root / "logs" / "compute_reference" / "alpha.log").is_file()
+
+
 def test_failing_quality_gate_names_artifact_metric_threshold_value(built_copy):
     wf, _m = built_copy
     cfg = wf.config()

@@ -106,11 +106,14 @@ def _publish(base_dir, adapters, out_dir, method: str, shard_size_mb: int, check
 
                 summary["check"] = check_merged(base, loaded, tmp, **check, shown_as=out_dir)
                 log.info("merge check passed: %s", summary["check"])
+            # each file hashed before the directory is renamed (the threads read it under its temporary name;
+            # without the check nothing else took the time)
+            hashed = {rel: digest.result() for rel, digest in digests.items()}
         published = True
         if pool:
             cache = HashCache(hash_cache)
-            for rel, digest in digests.items():
-                cache.remember(out_dir / rel, digest.result())
+            for rel, digest in hashed.items():
+                cache.remember(out_dir / rel, digest)
             cache.save()
     finally:
         if pool:
