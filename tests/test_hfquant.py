@@ -363,6 +363,7 @@ def test_vllm_scores_the_w8a8_schemes_and_says_which_lora_this_build_cannot_serv
         }
 
 
+@pytest.mark.slow  # the W8A8 checkpoints on a worker of its own: half a minute, outside make check's five
 def test_an_fp8_form_too_slow_for_this_machines_vllm_is_reported_not_scored_with_the_measured_rate(
     models, w8a8, references, tmp_path
 ):
