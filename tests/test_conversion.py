@@ -62,7 +62,7 @@ def test_check_against_the_stored_reference(models, tmp_path):
     agrees with it on its first window; an impossible bound fails it with the usual line, leaving nothing; a
     reference of another model is refused by name."""
     from loraforge import compute_reference
-    from loraforge.io.hashing import HashCache
+    from loraforge.io.hashing import HashCache, blake3_file
 
     ref = tmp_path / "reference.safetensors"
     compute_reference(models["base"], {"t": models["text"]}, ref, n_ctx=64, max_tokens=256)
@@ -74,7 +74,8 @@ def test_check_against_the_stored_reference(models, tmp_path):
     # the GGUF's hash is in the workflow's cache as the file is now: its evaluation and registration read it there
     st = out.stat()
     seeded = json.loads(cache.read_text())[str(out.resolve())]
-    assert seeded == {"stat": [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns], "sha256": s["sha256"]}
+    stamp = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
+    assert seeded == {"stat": stamp, "sha256": s["sha256"], "blake3": blake3_file(out)}
     assert HashCache(cache).sha256(out) == s["sha256"]
     # its quantization is checked against the same reference, without running the float GGUF again
     from loraforge.quantization import quantize_artifact

@@ -78,3 +78,50 @@ def test_a_file_hashed_meanwhile_gives_its_sha256_and_a_failing_block_stops_the_
         assert digest() == sha256_file(f) == hashlib.sha256(f.read_bytes()).hexdigest()
     with pytest.raises(ValueError, match="the check failed"), hashed_meanwhile(f):
         raise ValueError("the check failed")
+
+
+def test_a_touched_output_is_reverified_by_its_blake3_and_an_edit_in_place_is_still_caught(tmp_path):
+    """Snakemake touches each output after its job: the next job re-reads a GGUF only for its BLAKE3 (recorded
+    beside the sha256 by the job that wrote it) and keeps the sha256; the same size with other bytes is re-hashed
+    and gives their sha256, through the cache and through a background hash alike."""
+    import blake3
+
+    from loraforge.io.hashing import file_digests, hashed_meanwhile, remember_hash
+
+    f, cache_file = tmp_path / "model.gguf", tmp_path / "hashes.json"
+    data = os.urandom(3 << 20) * 4
+    f.write_bytes(data)
+    sha, fast = file_digests(f)
+    assert (sha, fast) == (hashlib.sha256(data).hexdigest(), blake3.blake3(data).hexdigest())
+    remember_hash(f, sha, cache_file, fast)
+    assert json.loads(cache_file.read_text())[str(f.resolve())]["blake3"] == fast
+    st = f.stat()
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # Snakemake's touch
+    cache = HashCache(cache_file)
+    assert cache.current(f) is None
+    assert cache.reverified(f) == (sha, None)  # the BLAKE3 matched: the cached sha256, no sha256 computed
+    with hashed_meanwhile(f, cache) as digests:
+        assert digests() == sha and digests.blake3() is None
+    assert cache.sha256(f) == sha
+    cache.save()
+    assert json.loads(cache_file.read_text())[str(f.resolve())]["blake3"] == fast  # kept for the next touch
+
+    edited = bytearray(data)
+    edited[len(data) // 2] ^= 1  # one bit, same size
+    f.write_bytes(bytes(edited))
+    cache = HashCache(cache_file)
+    new_sha = hashlib.sha256(bytes(edited)).hexdigest()
+    with hashed_meanwhile(f, cache) as digests:
+        assert digests() == new_sha != sha and digests.blake3() == blake3.blake3(bytes(edited)).hexdigest()
+    assert cache.sha256(f) == new_sha
+
+
+def test_an_input_hashed_by_the_cache_gets_no_blake3(tmp_path):
+    """What the cache hashes on its own (a base, an adapter) is an input, which Snakemake never touches: sha256
+    only, since BLAKE3 would add a sixth to the base's 16 GB."""
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"a" * 1000)
+    cache = HashCache(tmp_path / "cache.json")
+    assert cache.sha256(f) == hashlib.sha256(b"a" * 1000).hexdigest()
+    cache.save()
+    assert set(json.loads((tmp_path / "cache.json").read_text())[str(f.resolve())]) == {"stat", "sha256"}

@@ -15,7 +15,7 @@ import torch
 from conftest import make_adapter, user_config
 from safetensors.torch import load_file, save_file
 
-from loraforge.io.hashing import sha256_file, tree_files, tree_fingerprint
+from loraforge.io.hashing import blake3_file, sha256_file, tree_files, tree_fingerprint
 
 pytestmark = pytest.mark.slow
 
@@ -82,6 +82,7 @@ def test_full_run_outputs_and_sidecars(built):
             assert hashes[str(gguf.resolve())] == {
                 "stat": [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns],
                 "sha256": side["sha256"],
+                "blake3": blake3_file(gguf),  # its re-verification once Snakemake has touched it
             }
         assert 15.9 < conv["bits_per_weight"] < 16.1
         q = json.loads((res / "gguf" / a / f"{a}-Q8_0.gguf.json").read_text())

@@ -166,6 +166,6 @@ def convert_artifact(
             summary.update(info, sha256=digest())  # what was built: registration refuses other bytes
     if window:  # the evaluation's scores of the checked window: it scores the others only
         summary["evaluation_window"] = window
-    remember_hash(out_gguf, summary["sha256"], hash_cache)
+    remember_hash(out_gguf, summary["sha256"], hash_cache, digest.blake3())
     write_sidecar(check_json, summary)
     return summary

@@ -202,7 +202,7 @@ def lora_artifact(
     ``reference``, that model's stored log-probs: see check_lora), publish the GGUF and its sidecar (with the inputs'
     content fingerprints: a LoRA-only revision's lineage; ``hash_cache`` is seeded with the GGUF's hash)."""
     from ..checks import write_sidecar
-    from ..io.hashing import remember_hash, sha256_file
+    from ..io.hashing import file_digests, remember_hash
     from ..merging import input_lineage
 
     with atomic_file(out_gguf) as tmp:
@@ -215,8 +215,9 @@ def lora_artifact(
                 f"{out_gguf}: the base GGUF with this LoRA disagrees with the adapter applied through PEFT (mean KLD "
                 f"{res['mean_kld']:.3g}, max {max_kld:g}; top-1 agreement {res['top1_agreement']:.3f})"
             )
-        summary.update(size_bytes=tmp.stat().st_size, sha256=sha256_file(tmp))
-    remember_hash(out_gguf, summary["sha256"], hash_cache)
+        sha, fast = file_digests(tmp)
+        summary.update(size_bytes=tmp.stat().st_size, sha256=sha)
+    remember_hash(out_gguf, sha, hash_cache, fast)
     summary["inputs"] = input_lineage(base_dir, [{"path": adapter_dir, "weight": weight}], hash_cache)
     write_sidecar(check_json, summary)
     log.info("LoRA GGUF %s: %s", out_gguf, summary)

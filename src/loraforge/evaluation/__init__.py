@@ -342,8 +342,10 @@ def evaluate_artifact(
                 kwargs["checked"] = record["evaluation_window"]  # of these bytes: verified below, as the hash is
             if built and Path(kwargs[key]).is_file() and cache.current(kwargs[key]) is None:
                 # not hashed as it is now (Snakemake touches every output after its job): hashed by a background
-                # thread while it is scored, and refused before anything is written if it is not what was built
-                pending[key] = (meanwhile.enter_context(hashed_meanwhile(kwargs[key])), built, sidecar)
+                # thread while it is scored (only its BLAKE3 where the job that wrote it cached one: a fifth of
+                # sha256's time, on a core the scoring wants), and refused before anything is written if it is
+                # not what was built
+                pending[key] = (meanwhile.enter_context(hashed_meanwhile(kwargs[key], cache)), built, sidecar)
                 hashes[key] = built
             else:
                 hashes[key] = verify_built(kwargs[key], sidecar, cache)
@@ -352,7 +354,7 @@ def evaluate_artifact(
         for key, (digest, built, sidecar) in pending.items():
             if digest() != built:
                 raise PipelineError(changed_since_built(kwargs[key], sidecar))
-            cache.remember(kwargs[key], built)
+            cache.remember(kwargs[key], built, digest.blake3())
         cache.save()
     log.info("evaluation of %s: %s", label, json.dumps(result.to_json(), indent=1))
     failures = check_gates(result, gates, label)

@@ -117,6 +117,6 @@ def quantize_artifact(
         log.info("quantized %s: %s", out_gguf, summary)
         if window:  # the evaluation's scores of the checked window: it scores the others only
             summary["evaluation_window"] = window
-    remember_hash(out_gguf, summary["sha256"], hash_cache)
+    remember_hash(out_gguf, summary["sha256"], hash_cache, digest.blake3())
     write_sidecar(check_json, summary)
     return summary
