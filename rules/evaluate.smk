@@ -164,6 +164,9 @@ rule evaluate_base:
         paths.log("evaluate_base", "base"),
     benchmark:
         paths.benchmark("evaluate_base", "base")
+    # before the merges, which read the base too: it is still in memory for them (the fingerprint has just read
+    # it), and a merged model is still in memory for its conversion (an evaluation after the merge evicted it)
+    priority: 1
     conda:
         "../envs/loraforge.yaml"
     threads: plan.threads
