@@ -125,3 +125,40 @@ def test_an_input_hashed_by_the_cache_gets_no_blake3(tmp_path):
     assert cache.sha256(f) == hashlib.sha256(b"a" * 1000).hexdigest()
     cache.save()
     assert set(json.loads((tmp_path / "cache.json").read_text())[str(f.resolve())]) == {"stat", "sha256"}
+
+
+_WRITER = """
+import sys, time
+path, seek_back = sys.argv[1], sys.argv[2] == "1"
+with open(path, "wb") as f:
+    f.write(b"H" * 64)
+    for i in range(40):
+        f.write(bytes([i]) * (1 << 20))
+        f.flush()
+        time.sleep(0.01)
+    if seek_back:  # as llama-quantize does: its header written again at the end
+        f.seek(0)
+        f.write(b"h" * 64)
+"""
+
+
+@pytest.mark.parametrize("seek_back", [False, True], ids=["front-to-back", "header-rewritten"])
+def test_a_file_hashed_as_another_process_writes_it_gets_the_finished_files_digests(tmp_path, seek_back, caplog):
+    """The converter's GGUF is hashed while the converter writes it; the digests are the finished file's, also where
+    the writer went back and rewrote its start (then it is hashed again, with a warning); a failing block stops the
+    hashing."""
+    import blake3
+
+    from loraforge.io.hashing import hashed_as_written
+
+    f = tmp_path / "model.gguf"
+    f.write_bytes(b"")  # atomic_file's temporary exists before the writer opens it
+    with hashed_as_written(f) as digests:
+        subprocess.run([sys.executable, "-c", _WRITER, str(f), str(int(seek_back))], check=True)
+        digests.written()
+        data = f.read_bytes()
+        assert (digests(), digests.blake3()) == (hashlib.sha256(data).hexdigest(), blake3.blake3(data).hexdigest())
+    assert len(data) == 64 + 40 * (1 << 20)
+    assert ("changed behind the bytes hashed as it was written" in caplog.text) == seek_back
+    with pytest.raises(ValueError, match="the converter failed"), hashed_as_written(f):
+        raise ValueError("the converter failed")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..checks import CHECK_TEXT, check_token_ids, compare_logits, hf_logits, write_sidecar
 from ..errors import PipelineError
-from ..io.hashing import hashed_meanwhile, remember_hash
+from ..io.hashing import hashed_as_written, remember_hash
 from ..io.publish import atomic_file
 from ..llamacpp.library import FLOAT_TYPES, GGUFModel, gguf_info
 from ..llamacpp.toolchain import locate
@@ -131,9 +131,11 @@ def convert_artifact(
     out_gguf = Path(out_gguf)
     window = None
     with atomic_file(out_gguf) as tmp:
-        summary = _convert_to(model_dir, tmp, outtype, llama_cpp_dir, metadata)
-        # the hash reads the new GGUF while the checks run; llama-server maps it while the logits are compared
-        with hashed_meanwhile(tmp) as digest, contextlib.ExitStack() as stack:
+        # the hash reads the new GGUF as the converter writes it, on the core the converter leaves idle, then its
+        # BLAKE3 once more while the checks run; llama-server maps it while the logits are compared
+        with hashed_as_written(tmp) as digest, contextlib.ExitStack() as stack:
+            summary = _convert_to(model_dir, tmp, outtype, llama_cpp_dir, metadata)
+            digest.written()
             if check:
                 server = stack.enter_context(chat_server(tmp, llama_cpp_dir, threads))
                 texts = {"check": Path(check_text).read_text(encoding="utf-8") if check_text else CHECK_TEXT}

@@ -98,6 +98,59 @@ def hashed_meanwhile(path: str | os.PathLike, known: HashCache | None = None) ->
         pool.shutdown(wait=True)
 
 
+class Writing(Meanwhile):
+    """:func:`hashed_as_written`'s digests: call :meth:`written` once the writer has finished."""
+
+    def __init__(self, future, finished: threading.Event):
+        super().__init__(future)
+        self._finished = finished
+
+    def written(self) -> None:
+        self._finished.set()
+
+
+def _digests_as_written(path, finished: threading.Event, stop: threading.Event) -> tuple[str, str]:
+    sha, fast = hashlib.sha256(), blake3.blake3()
+    with open(path, "rb") as f:
+        while not stop.is_set():
+            done = finished.is_set()  # asked before the read: what the writer wrote before it finished is read
+            chunk = f.read(_CHUNK)
+            if chunk:
+                sha.update(chunk)
+                fast.update(chunk)
+            elif done:
+                break
+            else:
+                finished.wait(0.05)
+        else:
+            return "", ""
+    if blake3_file(path, stop) != fast.hexdigest():  # the finished file, read again at a fifth of sha256's cost
+        if stop.is_set():
+            return "", ""
+        log.warning("%s changed behind the bytes hashed as it was written: hashing it again", path)
+        return file_digests(path, stop)
+    return sha.hexdigest(), fast.hexdigest()
+
+
+@contextlib.contextmanager
+def hashed_as_written(path: str | os.PathLike) -> Iterator[Writing]:
+    """Hash ``path`` in a background thread while another process writes it, front to back, on the core that
+    writer leaves idle: llama.cpp's converter, one Python thread, whose gguf-py writes a GGUF in order (at 8B,
+    16 GB that the checks after it then need not share their cores with). Call :meth:`Writing.written` once the
+    writer has exited; the digests are then of the file as it is: its BLAKE3 is read again and must match the one
+    read as it was written, else the whole file is hashed again. A block that fails stops the hashing."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    stop, finished = threading.Event(), threading.Event()
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loraforge-hash")
+    digests = pool.submit(_digests_as_written, path, finished, stop)
+    try:
+        yield Writing(digests, finished)
+    finally:
+        stop.set()
+        pool.shutdown(wait=True)
+
+
 class HashCache:
     """sha256 per file, cached on disk keyed by the file's stat; safe to share between processes."""
 
