@@ -1,5 +1,5 @@
 # adapter(s) + base -> merged HF model directory, checked against PEFT: the adapter's float32 reference, which
-# this job computes first where evaluation is on (plan.reference_in_merge; else rule compute_reference).
+# this job computes beside the merge where evaluation is on (plan.reference_in_merge; else rule compute_reference).
 
 
 rule merge_adapter:

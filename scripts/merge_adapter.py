@@ -24,7 +24,7 @@ if __name__ == "__main__":
         budget_mb=p.budget_mb,
         reference=sm.input.get("reference"),
         window_out=sm.output.get("window"),
-        # the adapter's reference, where this job computes it first (loraforge.workflow's Plan.reference_in_merge)
+        # the adapter's reference, where this job computes it, beside the merge (Plan.reference_in_merge)
         reference_out=sm.output.get("reference"),
         texts=dict(zip(p.names, sm.input.texts, strict=True)) if sm.output.get("reference") else None,
         n_ctx=p.n_ctx,

@@ -7,6 +7,7 @@ The merge check (:mod:`.check`) compares the merged model with the adapters appl
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -50,12 +51,12 @@ def _write_config(base: BaseModel, loaded: list[tuple[AdapterSpec, Adapter]], ou
     (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
-def _merge_into(base: BaseModel, loaded, out: Path, method: str, shard_size_mb: int, on_shard=None) -> dict:
+def _merge_into(base: BaseModel, loaded, out: Path, method: str, shard_size_mb: int, on_shard=None, stop=None) -> dict:
     shard_bytes = int(shard_size_mb) * 1024 * 1024
     if method == "streaming":
         from .streaming import streaming_merge
 
-        stats = streaming_merge(base, loaded, out, shard_bytes, on_shard)
+        stats = streaming_merge(base, loaded, out, shard_bytes, on_shard, stop)
         _write_config(base, loaded, out)
     elif method == "peft":
         from .peft_reference import peft_merge
@@ -79,11 +80,40 @@ def _check_out_dir(base: BaseModel, out_dir: Path) -> None:
         raise PipelineError(f"{out_dir}: output must not be inside the base model directory")
 
 
-def _publish(base_dir, adapters, out_dir, method: str, shard_size_mb: int, check: dict | None, hash_cache=None) -> dict:
+def _merged_beside(meanwhile, merging):
+    """``merging(stop)`` (the streaming merge: one core's numpy) in a thread of its own while ``meanwhile()`` (the
+    adapter's float32 reference: torch, on the other cores) runs in this one; the merge's result. If ``meanwhile``
+    fails, the merge is stopped before its next tensor; if the merge fails, its error is raised once ``meanwhile``
+    is done (a torch pass cannot be stopped midway)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    stop = threading.Event()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="loraforge-merge") as pool:
+        merged = pool.submit(merging, stop)
+        try:
+            meanwhile()
+        except BaseException:
+            stop.set()
+            raise
+        return merged.result()
+
+
+def _publish(
+    base_dir,
+    adapters,
+    out_dir,
+    method: str,
+    shard_size_mb: int,
+    check: dict | None,
+    hash_cache=None,
+    meanwhile=None,
+) -> dict:
     """Validate, merge into a temporary dir, optionally check it, then rename it to ``out_dir``. With
     ``hash_cache`` every file is hashed by a background thread as soon as it is written (each shard while the
     next one merges, the rest while the check runs), and the cache learns them under ``out_dir``: registration
-    and the jobs after it need not read the merged model's gigabytes again to fingerprint it."""
+    and the jobs after it need not read the merged model's gigabytes again to fingerprint it. ``meanwhile``: a
+    function run beside the (streaming) merge, finished before the check (:func:`_merged_beside`)."""
     from concurrent.futures import ThreadPoolExecutor
 
     base, loaded = validate_inputs(base_dir, adapters)
@@ -95,7 +125,12 @@ def _publish(base_dir, adapters, out_dir, method: str, shard_size_mb: int, check
     try:
         with atomic_dir(out_dir) as tmp:
             on_shard = (lambda f: digests.setdefault(f.name, pool.submit(sha256_file, f))) if pool else None
-            summary = _merge_into(base, loaded, tmp, method, shard_size_mb, on_shard)
+            if meanwhile is None:
+                summary = _merge_into(base, loaded, tmp, method, shard_size_mb, on_shard)
+            else:
+                summary = _merged_beside(
+                    meanwhile, lambda stop: _merge_into(base, loaded, tmp, method, shard_size_mb, on_shard, stop)
+                )
             if pool:
                 for f in tree_files(tmp):
                     rel = f.relative_to(tmp).as_posix()
@@ -120,6 +155,18 @@ def _publish(base_dir, adapters, out_dir, method: str, shard_size_mb: int, check
             pool.shutdown(wait=True, cancel_futures=not published)
     log.info("merged %d adapter(s) into %s: %s", len(loaded), out_dir, summary)
     return summary
+
+
+def _on_threads(n: int, fn) -> None:
+    """``fn()`` with torch's intra-op threads at ``n``, then back to what they were."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        fn()
+    finally:
+        torch.set_num_threads(before)
 
 
 def merge(
@@ -168,23 +215,33 @@ def merge_artifact(
     n_ctx: int = 128,
     max_tokens: int = 4096,
     batch: int = 8,
+    threads: int = 1,
 ) -> dict:
     """The merge_adapter rule: merge, check against PEFT (its stored float32 ``reference`` where evaluation computes
     one), then publish the dir and its JSON sidecar (which records the inputs' content fingerprints); with
     ``window_out``, the merged model's float32 log-probs on the checked tokens too (see check_merged).
 
-    With ``reference_out`` the job first computes that reference itself, on the evaluation ``texts`` (``n_ctx``,
+    With ``reference_out`` the job also computes that reference itself, on the evaluation ``texts`` (``n_ctx``,
     ``max_tokens``, ``batch``: loraforge.evaluation.compute_reference), after the inputs are validated: the adapter
     through PEFT, unmerged, float32, which the check then reads and every artifact of the adapter is measured
-    against."""
+    against. With ``threads`` > 1 and the streaming merge, the reference's pass runs on ``threads`` - 1 of them
+    beside the merge, which is one core's numpy (at 8B: about 80 s in turn, 60 s side by side)."""
     from ..checks import write_sidecar
 
+    meanwhile = None
     if reference_out is not None:
         from ..evaluation import compute_reference
 
         base, _ = validate_inputs(base_dir, adapters)  # bad input is refused before the reference's pass
         _check_out_dir(base, Path(out_dir))
-        compute_reference(base_dir, texts or {}, reference_out, n_ctx, max_tokens, batch, budget_mb, adapters)
+
+        def reference_pass() -> None:
+            compute_reference(base_dir, texts or {}, reference_out, n_ctx, max_tokens, batch, budget_mb, adapters)
+
+        if method == "streaming" and threads > 1:
+            meanwhile = functools.partial(_on_threads, threads - 1, reference_pass)
+        else:
+            reference_pass()
         reference = reference_out
     if not check:
         log.warning("merge check disabled in config: merged logits will not be compared with PEFT")
@@ -192,7 +249,7 @@ def merge_artifact(
     if check:
         checking = {"text_file": check_text, "max_kld": max_kld, "budget_mb": budget_mb}
         checking.update(reference=reference, window_out=window_out)
-    summary = _publish(base_dir, adapters, out_dir, method, shard_size_mb, checking, WORKFLOW_HASH_CACHE)
+    summary = _publish(base_dir, adapters, out_dir, method, shard_size_mb, checking, WORKFLOW_HASH_CACHE, meanwhile)
     summary["inputs"] = input_lineage(base_dir, adapters)
     write_sidecar(check_json, summary)
     return summary

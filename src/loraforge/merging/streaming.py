@@ -34,6 +34,10 @@ BLOCK_ELEMS = 1 << 20  # rows of a merged tensor are processed in blocks of ~4 M
 Shapes = dict[str, tuple[str, tuple[int, ...]]]  # tensor name -> (safetensors dtype, shape)
 
 
+class Stopped(PipelineError):
+    """The merge was stopped from outside (what ran beside it failed)."""
+
+
 def _delta(reader: TensorReader, ad: Adapter, module: str, weight: float) -> LoraDelta:
     lm = ad.lora[module]
     mag = reader.float32(ad.tensors[lm.magnitude_key]) if lm.magnitude_key else None
@@ -99,10 +103,16 @@ def write_index(out: Path, tensors: Shapes, weight_map: dict[str, str]) -> None:
 
 
 def streaming_merge(
-    base: BaseModel, loaded: list[tuple[AdapterSpec, Adapter]], out: Path, shard_bytes: int, on_shard=None
+    base: BaseModel,
+    loaded: list[tuple[AdapterSpec, Adapter]],
+    out: Path,
+    shard_bytes: int,
+    on_shard=None,
+    stop=None,
 ) -> dict:
     """Write the merged weights as safetensors shards (+ index) into ``out``; returns counts. ``on_shard``: called
-    with each shard's path once it is written and closed."""
+    with each shard's path once it is written and closed. ``stop``: a threading.Event that, once set, ends the merge
+    before its next tensor (:class:`Stopped`; the caller discards ``out``)."""
     tensors = merged_shapes(base, loaded)
     touched: dict[str, list] = {}  # base tensor -> the (spec, adapter, module) deltas to add, in order
     for spec, ad in loaded:
@@ -116,8 +126,8 @@ def streaming_merge(
     stats = {"tensors_total": len(tensors), "tensors_merged": 0, "tensors_replaced": 0}
     total_bytes = sum(tensor_nbytes(d, s) for d, s in tensors.values())
     # numpy's BLAS on one thread: its products here (a block of rows x rank 16) are small, and a second BLAS thread
-    # spins between them, taking a whole core (at 8B: 70 s of CPU for a 42 s merge) from the hashing that runs beside
-    # the merge
+    # spins between them, taking a whole core (at 8B: 70 s of CPU for a 42 s merge) from the hashing and the
+    # reference that run beside the merge
     with (
         threadpool_limits(limits=1, user_api="blas"),
         TensorReader() as reader,
@@ -128,6 +138,8 @@ def streaming_merge(
             with open(out / fname, "wb", buffering=0) as f:  # unbuffered: copy_file_range appends to it
                 write_header(f, names, tensors)
                 for name in names:
+                    if stop is not None and stop.is_set():
+                        raise Stopped(f"merge into {out} stopped before {name}")
                     weight_map[name] = fname
                     info = base.tensors[name]
                     if name not in touched:

@@ -39,8 +39,9 @@ class JobInputs:
 
     @property
     def reference_in_merge(self) -> bool:
-        """Whether an adapter's float32 reference is computed by its merge job, before the merge, which the merge
-        check then reads (evaluation on, and a merged form with its check): one job and one process fewer an adapter.
+        """Whether an adapter's float32 reference is computed by its merge job, beside the merge (one core each:
+        loraforge.merging.merge_artifact), which the merge check then reads (evaluation on, and a merged form with
+        its check): one job and one process fewer an adapter.
         Else compute_reference computes it (a LoRA-only revision; a merge without its check)."""
         return bool(self.evaluate and self.merge_check)
 
@@ -277,7 +278,8 @@ class JobInputs:
 
     def merge_mem_mb(self, base_mb: float, inputs_mb: float = 0.0) -> int:
         """Streaming: largest tensor + constant; the PEFT check (and method peft) holds the model twice; the
-        reference, where the merge job computes it, as compute_reference would (``inputs_mb``: all its inputs)."""
+        reference, where the merge job computes it beside the merge, as compute_reference would (the streaming
+        merge beside it holds a few blocks of rows) (``inputs_mb``: all its inputs)."""
         merge = self.config["merge"]
         if merge["check"] and merge["method"] != "peft":
             mb = self.bounded_mem_mb(1500 + 3 * base_mb)
