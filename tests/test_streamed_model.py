@@ -92,6 +92,24 @@ def test_a_budget_below_one_layer_is_one_line(tiny):
         inference_model(base, "float32", budget_mb=5)
 
 
+def test_a_model_loaded_whole_that_cannot_fit_is_one_line(tiny, monkeypatch):
+    """Without a budget a model is loaded whole; where this machine has not the memory for that (here: made to say
+    10 MB), the load is refused in one line before anything is read, instead of the kernel killing it midway (an
+    8B reference from Python without budget_mb: 32 GB in float32). With a budget it streams."""
+    import collections
+
+    import psutil
+
+    base, _ = tiny[False]
+    memory = collections.namedtuple("svmem", "total available")
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: memory(10_000_000, 10_000_000))
+    with pytest.raises(
+        PipelineError, match=r"loading it whole takes \d+ MB at 4 bytes a weight, and 10 MB are available"
+    ):
+        inference_model(base, "float32")
+    assert inference_model(base, "float32", budget_mb=200).memory_plan["streamed"]
+
+
 REFERENCE = """
 import sys
 from loraforge.evaluation import compute_reference

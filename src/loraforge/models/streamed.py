@@ -324,7 +324,16 @@ def plan_memory(model_dir, itemsize: int, budget_mb: float | None, n_ctx: int = 
     if not, it streams, and the batch of windows one pass takes is what the budget leaves."""
     whole = parameter_bytes(model_dir, itemsize)
     per_window = _activation_bytes_per_window(model_dir, n_ctx)
-    if budget_mb is None:
+    if budget_mb is None:  # loaded whole: refused in one line where that cannot fit, rather than killed midway
+        import psutil
+
+        available = psutil.virtual_memory().available
+        if whole + 2 * per_window > available:
+            raise PipelineError(
+                f"{model_dir}: loading it whole takes {(whole + 2 * per_window) / 1e6:.0f} MB at {itemsize} bytes a "
+                f"weight, and {available / 1e6:.0f} MB are available: give a memory budget (memory.budget_mb; "
+                "budget_mb= from Python) to stream it layer by layer"
+            )
         return {"streamed": False, "weights_bytes": whole, "batch": None}
     budget = budget_mb * 1e6
     if whole + 2 * per_window <= budget:
