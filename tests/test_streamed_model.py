@@ -214,16 +214,17 @@ def test_the_merge_check_reads_the_adapters_reference_and_keeps_the_merged_model
     assert not (tmp_path / "x").exists() and not (tmp_path / "x.json").exists()
 
 
-def test_the_reference_is_computed_beside_the_merge(models, tmp_path):
-    """With two threads the merge job computes the adapter's reference on one of them while the streaming merge
-    (numpy) runs on the other: the same reference as alone (torch on one thread instead of two), the same merged
-    bytes as a plain merge, the check against it; torch's threads are given back. If the reference fails, the
-    merge is stopped and nothing of the job is published."""
+def test_the_reference_is_computed_beside_the_merge(models, tmp_path, caplog):
+    """With two threads and a reference that streams (a base over the budget), the merge job computes the adapter's
+    reference on one thread while the streaming merge (numpy) runs on the other: the same reference as alone
+    (torch on one thread instead of two), the same merged bytes as a plain merge, the check against it; torch's
+    threads are given back. If the reference fails, the merge is stopped and nothing of the job is published."""
     from loraforge.evaluation import compute_reference
     from loraforge.evaluation.reference import load_reference
     from loraforge.io.hashing import tree_fingerprint
     from loraforge.merging import merge, merge_artifact
 
+    caplog.set_level("INFO", logger="loraforge.merging")
     base, alpha = models["base"], [{"path": models["alpha"], "weight": 1.0}]
     texts = {"t": str(models["text"])}
     alone = tmp_path / "alone.safetensors"
@@ -232,8 +233,9 @@ def test_the_reference_is_computed_beside_the_merge(models, tmp_path):
     threads = torch.get_num_threads()
     s = merge_artifact(
         base, alpha, tmp_path / "m", tmp_path / "m.json", reference_out=ref, window_out=window, texts=texts,
-        n_ctx=64, max_tokens=256, threads=2,
+        n_ctx=64, max_tokens=256, threads=2, budget_mb=100,
     )  # fmt: skip
+    assert "merging beside the reference's pass" in caplog.text
     assert torch.get_num_threads() == threads
     assert str(ref) in s["check"]["reference"] and s["check"]["top1_agreement"] >= 0.98, s["check"]
     (_, t0, l0), (_, t1, l1) = load_reference(alone), load_reference(ref)
@@ -241,13 +243,19 @@ def test_the_reference_is_computed_beside_the_merge(models, tmp_path):
     np.testing.assert_allclose(l0["t"], l1["t"], atol=1e-4)
     merge(base, alpha, tmp_path / "plain")
     assert tree_fingerprint(tmp_path / "m") == tree_fingerprint(tmp_path / "plain")
+    caplog.clear()  # loaded whole (no budget), the reference runs first on both threads: the merge takes a moment
+    merge_artifact(
+        base, alpha, tmp_path / "w", tmp_path / "w.json", reference_out=tmp_path / "w.ref", texts=texts,
+        n_ctx=64, max_tokens=256, threads=2,
+    )  # fmt: skip
+    assert "merging beside" not in caplog.text and torch.get_num_threads() == threads
 
     short = tmp_path / "short.txt"
     short.write_text("too short")
     with pytest.raises(PipelineError, match="too short for one evaluation window"):
         merge_artifact(
             base, alpha, tmp_path / "x", tmp_path / "x.json", reference_out=tmp_path / "x.ref", texts={"t": short},
-            n_ctx=64, max_tokens=256, threads=2,
+            n_ctx=64, max_tokens=256, threads=2, budget_mb=100,
         )  # fmt: skip
     assert not any(tmp_path.glob("x*")) and not any(tmp_path.glob(".x*")), list(tmp_path.iterdir())
     assert torch.get_num_threads() == threads

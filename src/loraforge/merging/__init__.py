@@ -89,6 +89,7 @@ def _merged_beside(meanwhile, merging):
     from concurrent.futures import ThreadPoolExecutor
 
     stop = threading.Event()
+    log.info("merging beside the reference's pass (the merge on one thread, torch on the others)")
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="loraforge-merge") as pool:
         merged = pool.submit(merging, stop)
         try:
@@ -155,6 +156,13 @@ def _publish(
             pool.shutdown(wait=True, cancel_futures=not published)
     log.info("merged %d adapter(s) into %s: %s", len(loaded), out_dir, summary)
     return summary
+
+
+def _reference_streams(base_dir, budget_mb: float | None, n_ctx: int) -> bool:
+    """Whether the adapter's float32 reference streams the base layer by layer (loraforge.models.streamed)."""
+    from ..models.streamed import plan_for
+
+    return budget_mb is not None and plan_for(base_dir, "float32", budget_mb, n_ctx)["streamed"]
 
 
 def _on_threads(n: int, fn) -> None:
@@ -224,8 +232,11 @@ def merge_artifact(
     With ``reference_out`` the job also computes that reference itself, on the evaluation ``texts`` (``n_ctx``,
     ``max_tokens``, ``batch``: loraforge.evaluation.compute_reference), after the inputs are validated: the adapter
     through PEFT, unmerged, float32, which the check then reads and every artifact of the adapter is measured
-    against. With ``threads`` > 1 and the streaming merge, the reference's pass runs on ``threads`` - 1 of them
-    beside the merge, which is one core's numpy (at 8B: about 80 s in turn, 60 s side by side)."""
+    against. With ``threads`` > 1, the streaming merge and a reference that streams (a base over ``budget_mb`` in
+    float32), the reference's pass runs on ``threads`` - 1 of them beside the merge, which is one core's numpy: both
+    then read the whole base from disk, for tens of seconds each (at 8B: about 70 s in turn, 62 s side by side). A
+    smaller model's reference runs first, on every thread: its merge takes a second or so, and the reference would
+    spend the rest of its pass on one thread."""
     from ..checks import write_sidecar
 
     meanwhile = None
@@ -238,7 +249,7 @@ def merge_artifact(
         def reference_pass() -> None:
             compute_reference(base_dir, texts or {}, reference_out, n_ctx, max_tokens, batch, budget_mb, adapters)
 
-        if method == "streaming" and threads > 1:
+        if method == "streaming" and threads > 1 and _reference_streams(base_dir, budget_mb, n_ctx):
             meanwhile = functools.partial(_on_threads, threads - 1, reference_pass)
         else:
             reference_pass()
