@@ -14,13 +14,15 @@ llama.cpp ships the vocabularies of real models (``models/ggml-vocab-*.gguf``) w
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loraforge.llamacpp.toolchain import locate
+from loraforge.llamacpp.toolchain import cache_root, locate
 
 
 def models_dir() -> Path:
@@ -206,10 +208,21 @@ def _llama3_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=bos, eos_token="<|end_of_text|>")
 
 
-# each family's tokenizer files, built once per process (Llama 3's and Qwen2's take tens of seconds to convert
-# from llama.cpp's vocabularies) into a private directory and copied from there: the same bytes every time
+# each family's tokenizer files, built once per machine (Llama 3's took 34 s to convert from llama.cpp's vocabulary,
+# Qwen2's 15 s, in every process that needed them: each pytest worker, each benchmark) into loraforge's cache and
+# copied from there: the same bytes every time, for the same vocabulary, this file and the same tokenizer libraries
 _BUILT: dict[Family, Path] = {}
-_CACHE = tempfile.TemporaryDirectory(prefix="loraforge-tokenizers-")
+
+
+def tokenizer_cache(family: Family) -> Path:
+    """Where the family's built tokenizer is kept: named by everything that makes its bytes."""
+    from importlib.metadata import version
+
+    vocab = models_dir() / f"ggml-vocab-{family.vocab}.gguf"
+    what = [repr(family), str(vocab), vocab.stat().st_size, Path(__file__).read_text(encoding="utf-8")]
+    what += [version("transformers"), version("tokenizers")]
+    key = hashlib.sha256(json.dumps(what).encode()).hexdigest()[:16]
+    return cache_root() / "tokenizers" / f"{family.name}-{key}"
 
 
 def build_tokenizer(family: Family, out: Path):
@@ -217,8 +230,20 @@ def build_tokenizer(family: Family, out: Path):
     from transformers import AutoTokenizer
 
     if family not in _BUILT:
-        saved = Path(_CACHE.name) / str(len(_BUILT))
-        _save_tokenizer(family, saved)
+        saved = tokenizer_cache(family)
+        if not saved.is_dir():  # it appears whole or not at all: built aside, then renamed into place
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{saved.name}.", dir=saved.parent))
+            tmp.chmod(0o755)  # copied with the files: a model directory others may read, as save_pretrained makes it
+            try:
+                _save_tokenizer(family, tmp)
+                try:
+                    os.rename(tmp, saved)
+                except OSError:  # another process (a pytest worker) renamed its build first: the same bytes
+                    if not saved.is_dir():
+                        raise
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
         _BUILT[family] = saved
     shutil.copytree(_BUILT[family], out, dirs_exist_ok=True)
     return AutoTokenizer.from_pretrained(str(out))

@@ -8,6 +8,7 @@ vectors (the ids of the original HF tokenizer) wherever the HF tokenizer does.""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from conftest import make_adapter
@@ -91,3 +92,40 @@ def test_family_through_the_workflow(name, workflow, tmp_path):
             got = llama_cpp_ids(gguf, list(texts))
             differing = [i for i, (g, w) in enumerate(zip(got, want, strict=True)) if g != w]
             assert differing == [], (gguf.name, differing)
+
+
+def test_a_built_tokenizer_is_kept_for_every_later_process_and_a_racing_build_yields_to_the_first(
+    tmp_path, monkeypatch
+):
+    """Llama 3's tokenizer takes half a minute to build from llama.cpp's vocabulary: it is built once per machine
+    into loraforge's cache (each pytest worker and benchmark used to build its own). A process that finds it there
+    builds nothing; two that build at once both end with the first one's whole directory and leave no partial one."""
+    import bench.families as families
+
+    monkeypatch.setattr(families, "cache_root", lambda: tmp_path / "cache")  # llama.cpp stays where it is
+    monkeypatch.setattr(families, "_BUILT", {})
+    fam = FAMILIES["mistral"]
+    families.build_tokenizer(fam, tmp_path / "first")
+    kept = families.tokenizer_cache(fam)
+    assert sorted(p.name for p in kept.iterdir()) == sorted(p.name for p in (tmp_path / "first").iterdir())
+
+    def never(family, out):
+        raise AssertionError("built again")
+
+    monkeypatch.setattr(families, "_BUILT", {})  # a new process
+    monkeypatch.setattr(families, "_save_tokenizer", never)
+    families.build_tokenizer(fam, tmp_path / "second")
+    for p in kept.iterdir():
+        assert (tmp_path / "second" / p.name).read_bytes() == p.read_bytes()
+
+    other = FAMILIES["gpt2"]
+    first = families.tokenizer_cache(other)
+
+    def racing(family, out):  # another worker's whole build lands while this one writes its own
+        (out / "mine.txt").write_text("this process's")
+        shutil.copytree(kept, first)
+
+    monkeypatch.setattr(families, "_save_tokenizer", racing)
+    families.build_tokenizer(other, tmp_path / "third")
+    assert sorted(p.name for p in first.parent.iterdir()) == sorted([kept.name, first.name])  # no partial dir left
+    assert sorted(p.name for p in (tmp_path / "third").iterdir()) == sorted(p.name for p in kept.iterdir())
