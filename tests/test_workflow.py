@@ -454,16 +454,17 @@ def test_a_lora_only_revision_builds_checks_evaluates_and_registers_no_merged_fo
 
 
 def test_gpu_serving_checkpoints_are_built_checked_evaluated_registered_and_deployed(workflow, models, tmp_path):
-    """hf_quant through the workflow: GPTQ and AWQ checkpoints of alpha's merged model, and the base's for vLLM's
-    multi-LoRA form; each loads back with the log-probs its sidecar recorded, is evaluated against the float32
-    reference, registered whole and named in the deploy card with its vllm serve line. (The demo's own GPU forms,
-    of SmolLM2, build with `make demo-vllm`.)"""
+    """hf_quant through the workflow: a GPTQ checkpoint of alpha's merged model, and the base's for vLLM's multi-LoRA
+    form; each loads back with the log-probs its sidecar recorded, is evaluated against the float32 reference,
+    registered whole and named in the deploy card with its vllm serve line. One scheme: the workflow's rules take
+    any scheme alike, and each scheme's own build is tests/test_hfquant.py's (GPTQ and AWQ of the same base there;
+    the demo's GPU forms, of SmolLM2, build with `make demo-vllm`)."""
     from loraforge.hfquant import probe_logprobs
     from loraforge.models.hf import load_checkpoint
 
     calib = tmp_path / "calibration.txt"  # other text than the evaluation's (an overlap is refused)
     calib.write_text(Path(json.__file__).read_text(encoding="utf-8"), encoding="utf-8")
-    schemes = ["GPTQ-W4A16", "AWQ-W4A16"]
+    schemes = ["GPTQ-W4A16"]
     hfq = {"text": str(calib), "schemes": schemes, "models": ["alpha"], "samples": 2, "seq_len": 64}
     cfg = user_config(models, hf_quant=hfq, lora={"enabled": False})
     cfg["evaluation"]["skip"] = ["adapter", "merged", "base"]  # the torch forms are test_workflow's other tests'
@@ -488,7 +489,7 @@ def test_gpu_serving_checkpoints_are_built_checked_evaluated_registered_and_depl
         assert receipt["kind"] == "hf-quant" and receipt["stored_as"]
         assert json.loads((res / "registry" / "beta" / f"vllm-lora-{scheme}.json").read_text())["kind"] == "vllm-lora"
     dashboard = (res / "dashboard" / "index.html").read_text()
-    assert all(v in dashboard for v in ("GPTQ-W4A16", "AWQ-W4A16", "vllm-lora-AWQ-W4A16"))
+    assert all(v in dashboard for v in ("GPTQ-W4A16", "vllm-lora-GPTQ-W4A16"))
     card = (res / "deploy" / "alpha" / "README.md").read_text()
     assert "vllm serve results/hfq/alpha/alpha-GPTQ-W4A16" in card
     assert f"--enable-lora --max-lora-rank 64 --lora-modules alpha={models['alpha']}" in card
