@@ -42,6 +42,11 @@ SHARED_BUILDS = {
     "tiny_build": "tiny_build",
     "cluster": "tiny_build",
     "checkpoints": "hfq",
+    # the W8A8 checkpoints (two llm-compressor runs, 20 s each) and the float32 references of the vLLM tests: each
+    # was built on both workers, the W8A8 ones three times in one run (a module's fixture goes when the worker turns
+    # to another module's tests, and is built again when it comes back)
+    "w8a8": "hfq",
+    "references": "hfq",
     "history": "promotion",
     "llama3": "llama3_conversion",
     "smollm2": "smollm2",  # the generation checks' real chat model, and their reference answers (test_generation)
