@@ -40,3 +40,24 @@ def test_another_token_after_a_near_tie_stops_the_comparison_but_anywhere_else_f
 def test_another_prompt_is_refused():
     with pytest.raises(PipelineError, match="another prompt"):
         compare(REGISTERED, {**REGISTERED, "prompt": [1, 2]})
+
+
+def test_a_llama_server_started_here_spins_briefly_unless_the_user_set_openmp_waiting(f16_gguf, monkeypatch):
+    """loraforge.llamacpp.server: the server's OpenMP threads spin 1,000 times before they sleep, where the user set
+    neither GOMP_SPINCOUNT nor OMP_WAIT_POLICY; the user's setting is what the server gets otherwise."""
+    from pathlib import Path
+
+    from loraforge.llamacpp.server import llama_server
+
+    def environ(pid) -> dict[str, str]:
+        pairs = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        return dict(p.decode().split("=", 1) for p in pairs if b"=" in p)
+
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    with llama_server(f16_gguf, n_ctx=64, threads=1) as server:
+        assert environ(server.proc.pid)["GOMP_SPINCOUNT"] == "1000"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    with llama_server(f16_gguf, n_ctx=64, threads=1) as server:
+        env = environ(server.proc.pid)
+        assert env["OMP_WAIT_POLICY"] == "ACTIVE" and "GOMP_SPINCOUNT" not in env
