@@ -11,12 +11,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-# Under pytest-xdist two workers share the cores, so a job's OpenMP threads (torch's) are often descheduled, and
-# OpenMP's default is to spin while it waits for them: measured here, the demo's 65-second LoRA training took
-# 550 s of a busy core. Waiting threads sleep instead (inherited by every job the tests start), and each worker's
-# own torch work takes its share of the cores. Set before torch is imported.
+# Under pytest-xdist two workers share the cores, so a job's OpenMP threads (torch's, llama.cpp's) are often
+# descheduled, and OpenMP's default is to spin 300,000 times while it waits for them: measured here, the demo's
+# 65-second LoRA training took 550 s of a busy core. Waiting threads spin 1,000 times, then sleep (inherited by
+# every job the tests start). Not OMP_WAIT_POLICY=PASSIVE, which it was: two 2-thread trainings at once took 40 s
+# either way (49 s spinning), but llama.cpp's threads meet at an OpenMP barrier every operation, and passive
+# llama-server decoded the demo's Q4_K_M at 21-55 tokens/s against 57-88 (loraforge.llamacpp.server). Set before
+# torch is imported.
 if "PYTEST_XDIST_WORKER" in os.environ:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
