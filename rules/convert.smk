@@ -18,10 +18,8 @@ rule convert_to_gguf:
         "../envs/loraforge.yaml"
     threads: plan.threads
     resources:
-        # lazy converter + the HF model in float32 for the logit check
-        mem_mb=lambda w, input: plan.bounded_mem_mb(
-            1500 + 3 * inputs_mb(input.model_dir)
-        ),
+        # lazy converter + the HF model in float32 for the logit check (+ the merged model's scoring beside it)
+        mem_mb=lambda w, input: plan.convert_mem_mb(w.model, inputs_mb(input.model_dir)),
         runtime=60,
     params:
         outtype=config["convert"]["outtype"],
@@ -30,6 +28,9 @@ rule convert_to_gguf:
         max_abs_logit_diff=config["convert"]["max_abs_logit_diff"],
         check_text=config["checks"]["text"],
         budget_mb=plan.budget_mb,
+        # an adapter's merged model scored beside the converter (plan.merged_scored_in_conversion)
+        score_merged=plan.merged_scored_in_conversion,
+        batch=config["evaluation"]["batch"],
         llama_cpp_dir=config["llama_cpp_dir"],
         metadata=lambda w: plan.gguf_metadata(w.model),
         fingerprint=lambda w: fingerprint(plan.base) if w.model == "base" else None,

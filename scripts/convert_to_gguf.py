@@ -25,5 +25,7 @@ if __name__ == "__main__":
         budget_mb=p.budget_mb,
         reference=sm.input.get("reference"),
         evaluation_reference=sm.input.get("evaluation_reference"),
+        # an adapter's merged model, scored beside the converter for its evaluation (Plan.merged_scored_in_conversion)
+        score_merged={"label": f"{sm.wildcards.model}/merged", "batch": p.batch} if p.score_merged else None,
         hash_cache=WORKFLOW_HASH_CACHE,  # the evaluation and registration after it need not hash the GGUF again
     )

@@ -93,6 +93,25 @@ def test_full_run_outputs_and_sidecars(built):
     assert [f for f in leftovers if not f.endswith("/.snakemake_timestamp")] == []
 
 
+def test_the_merged_model_is_scored_beside_its_conversion_as_its_evaluation_would_score_it(built):
+    """Its conversion job scored it on the core llama.cpp's converter leaves idle; the evaluation took those
+    numbers, which are the ones a pass of its own gives."""
+    from loraforge.evaluation import evaluate
+
+    wf, *_ = built
+    r = wf.root / "results"
+    merged = json.loads((r / "eval" / "alpha" / "merged.json").read_text())
+    assert merged["scored_beside"] == "convert_to_gguf (results/gguf/alpha/alpha-F16.gguf.json)"
+    assert merged["label"] == "alpha/merged" and merged["kind"] == "hf" and merged["size_bytes"] > 0
+    again = evaluate("hf", r / "merged" / "alpha", r / "eval" / "alpha" / "reference.safetensors")
+    assert set(merged["texts"]) == set(again.texts)
+    for name, t in again.texts.items():
+        assert merged["texts"][name]["scored_tokens"] == t.scored_tokens
+        assert merged["texts"][name]["ppl"] == pytest.approx(t.ppl, rel=1e-5), name
+    assert merged["mean_kld"] == pytest.approx(again.mean_kld, rel=1e-3, abs=1e-8)
+    assert "scored_beside" not in json.loads((r / "eval" / "alpha" / "F16.json").read_text())
+
+
 def test_base_model_is_never_written(built):
     _wf, m, before, _ = built
     assert file_hashes(m["base"]) == before

@@ -326,6 +326,8 @@ def test_a_models_evaluations_run_in_turn_one_job_a_group():
         "base_4": p.base,  # the adapter through PEFT: the base and the adapter stack, read by it alone
         "adapters_4": p.adapter_inputs("alpha")["adapters"],
         "artifact_5": "results/merged/alpha",
+        # the merged model's numbers, from its float GGUF's conversion job (scored there beside the converter)
+        "scored_5": "results/gguf/alpha/alpha-F16.gguf.json",
     }
     each = p.in_turn_each("alpha", "adapter_lora")
     assert [(e["artifact"], e["kind"]) for e in each[4:]] == [("adapter", "peft"), ("merged", "hf")]
@@ -764,3 +766,23 @@ def test_hf_quant_vllm_scores_the_checkpoint_forms_and_needs_vllms_environment(
     monkeypatch.setenv("LORAFORGE_VLLM_PYTHON", str(tmp_path / "none"))
     with pytest.raises(ConfigError, match=r"config hf_quant.vllm: \$LORAFORGE_VLLM_PYTHON=.*none: no such Python"):
         plan(hf_quant={**HFQ, "vllm": True})
+
+
+def test_the_merged_model_is_scored_by_its_conversion_where_it_answers_no_prompts():
+    """Beside llama.cpp's converter (one Python thread) on the idle core, where the conversion reads the reference;
+    not where the merged model answers the chat prompts (the evaluation loads it for them anyway), nor without the
+    checks that give the conversion its reference."""
+    p = plan()
+    assert p.merged_scored_in_conversion
+    assert p.evaluation_inputs("alpha", "merged")["scored"] == p.gguf_check("alpha", "F16")
+    assert p.convert_mem_mb("alpha", 100) == 2 * p.convert_mem_mb("base", 100) + 500  # the pass's memory too
+    answering = plan(evaluation={"texts": {"general": "/t"}, "prompts": "/p.jsonl", "answer_forms": ["merged"]})
+    others = [
+        answering,
+        plan(merge={"check": False}),
+        plan(convert={"check": False}),
+        plan(evaluation={"texts": {"general": "/t"}, "skip": ["merged"]}),
+    ]
+    for q in others:
+        assert not q.merged_scored_in_conversion
+    assert "scored" not in answering.evaluation_inputs("alpha", "merged")

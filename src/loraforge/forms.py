@@ -103,7 +103,11 @@ class HFModel(Form):
         return artifact in self.STAGES
 
     def evaluation_inputs(self, plan, model, artifact):
-        return {"artifact": plan.stage_dir(model, artifact)}
+        inputs = {"artifact": plan.stage_dir(model, artifact)}
+        if artifact == "merged" and plan.merged_scored_in_conversion and model in plan.adapters:
+            # scored beside llama.cpp's converter: the numbers are in the float GGUF's sidecar
+            inputs["scored"] = plan.gguf_check(model, plan.float_type)
+        return inputs
 
     def build_steps(self, plan, name, artifact):
         steps = plan.model_steps(name)

@@ -22,9 +22,10 @@ def evaluate_one(
 ) -> Metrics:
     """One artifact's evaluation as a rule runs it (loraforge.evaluation.evaluate_artifact): ``inputs`` are the
     files its form reads (loraforge.forms: ``artifact``, ``check``, ``lora``, ``lora_check``, ``base``,
-    ``adapters``) with the ``reference`` and the reference ``answers``; ``weights`` the adapter stack's, for a form
-    that applies the adapters; with ``vllm`` (hf_quant's ``max_minutes`` for it: loraforge.vllm.scoring.fp8_refusal)
-    also scored (and, where its form answers through vLLM, answering) through vLLM."""
+    ``adapters``, ``scored``) with the ``reference`` and the reference ``answers``; ``weights`` the adapter
+    stack's, for a form that applies the adapters; with ``vllm`` (hf_quant's ``max_minutes`` for it:
+    loraforge.vllm.scoring.fp8_refusal) also scored (and, where its form answers through vLLM, answering) through
+    vLLM."""
     adapters = None
     if form(kind).takes_adapters:
         adapters = [{"path": a, "weight": w} for a, w in zip(inputs["adapters"], weights or [], strict=True)]
@@ -45,6 +46,7 @@ def evaluate_one(
         kind=kind,
         path=inputs.get("artifact"),
         check_json=inputs.get("check"),
+        scored_json=inputs.get("scored"),
         lora=inputs.get("lora"),
         lora_check_json=inputs.get("lora_check"),
         reference=inputs["reference"],

@@ -70,6 +70,28 @@ def _convert_to(model_dir, out: Path, outtype: str, llama_cpp_dir=None, metadata
     return {"source_dtype": model.dtype, "outtype": FLOAT_TYPES[outtype], "converter": lc.revision}
 
 
+def _score_beside(stack, model_dir, reference, threads: int, budget_mb, label: str, batch: int):
+    """The future of :func:`loraforge.evaluation.evaluate` of ``model_dir`` (kind hf) against ``reference``, run by
+    a thread of ``stack`` with torch on ``threads`` - 1 threads (the converter is a child process: one Python
+    thread), then the reference's sha256 beside its record."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ..io.hashing import sha256_file
+
+    def score() -> dict:
+        import torch
+
+        from ..evaluation import evaluate
+
+        torch.set_num_threads(max(1, threads - 1))  # this job's only torch: the checks after it are llama.cpp's
+        metrics = evaluate("hf", model_dir, reference, threads=1, batch=batch, budget_mb=budget_mb, label=label)
+        return {"reference_sha256": sha256_file(reference), "metrics": metrics.to_json()}
+
+    log.info("scoring %s beside llama.cpp's converter (torch on %d thread(s))", label, max(1, threads - 1))
+    pool = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="loraforge-score"))
+    return pool.submit(score)
+
+
 def convert(
     model_dir: str | os.PathLike,
     out_gguf: str | os.PathLike,
@@ -121,16 +143,24 @@ def convert_artifact(
     reference=None,
     hash_cache=None,
     evaluation_reference=None,
+    score_merged: dict | None = None,
 ) -> dict:
     """The convert_to_gguf rule: convert; check the GGUF's tokenizer and chat template against the HF tokenizer
     and its logits against the HF model (or, given ``reference``, against that model's stored float32 log-probs:
     see loraforge.evaluation.reference.gguf_against_reference); publish GGUF and sidecar. ``max_abs_logit_diff``
     bounds the log-probs' largest difference where a reference is compared. ``hash_cache``: where the workflow's
     jobs look up file hashes (None: nowhere), seeded with the GGUF's. ``evaluation_reference``: the reference its
-    evaluation uses, whose first window the check scores too (loraforge.evaluation.reference.window_scores)."""
+    evaluation uses, whose first window the check scores too (loraforge.evaluation.reference.window_scores).
+    ``score_merged`` (``label``, ``batch``), with ``evaluation_reference``: the HF model (an adapter's merged
+    model) is also scored against that reference, in its own dtype, on the cores the converter leaves idle (it is
+    one Python thread): the sidecar's ``merged_evaluation``, which the model's evaluation job reads instead of
+    running it again (loraforge.evaluation.evaluate_artifact's ``scored_json``)."""
     out_gguf = Path(out_gguf)
     window = None
-    with atomic_file(out_gguf) as tmp:
+    with contextlib.ExitStack() as beside, atomic_file(out_gguf) as tmp:
+        scoring = None
+        if score_merged is not None and evaluation_reference is not None:
+            scoring = _score_beside(beside, model_dir, evaluation_reference, threads, budget_mb, **score_merged)
         # the hash reads the new GGUF as the converter writes it, on the core the converter leaves idle, then its
         # BLAKE3 once more while the checks run; llama-server maps it while the logits are compared
         with hashed_as_written(tmp) as digest, contextlib.ExitStack() as stack:
@@ -166,6 +196,8 @@ def convert_artifact(
                 log.warning("conversion check disabled in config: GGUF logits were not compared with HF")
                 info = gguf_info(tmp)
             summary.update(info, sha256=digest())  # what was built: registration refuses other bytes
+        if scoring is not None:  # finished before the GGUF is published: a failed pass fails the job
+            summary["merged_evaluation"] = scoring.result()
     if window:  # the evaluation's scores of the checked window: it scores the others only
         summary["evaluation_window"] = window
     remember_hash(out_gguf, summary["sha256"], hash_cache, digest.blake3())

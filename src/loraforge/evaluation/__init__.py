@@ -312,6 +312,7 @@ def evaluate_artifact(
     gates: dict | None = None,
     check_json=None,
     lora_check_json=None,
+    scored_json=None,
     hash_cache=WORKFLOW_HASH_CACHE,
     served=None,
     lm_eval: dict | None = None,
@@ -330,7 +331,10 @@ def evaluate_artifact(
     or None where this machine's vLLM cannot answer (a gate on the answers then fails as not measured).
 
     With ``check_json`` (a GGUF's build sidecar; ``lora_check_json`` the LoRA GGUF's), the file must still be the
-    bytes that were built (hashed once per file state: ``hash_cache``, the workflow's, keyed by its stat)."""
+    bytes that were built (hashed once per file state: ``hash_cache``, the workflow's, keyed by its stat).
+    ``scored_json``: the sidecar of the float GGUF converted from this HF model, whose job scored the model beside
+    llama.cpp's converter (loraforge.conversion.convert_artifact's ``score_merged``): those numbers, where they
+    are of this reference, instead of a pass here (``scored_beside`` names the job)."""
     hashes, cache, pending = {}, HashCache(hash_cache), {}
     with contextlib.ExitStack() as meanwhile:
         for key, sidecar in (("path", check_json), ("lora", lora_check_json)):
@@ -350,6 +354,8 @@ def evaluate_artifact(
             else:
                 hashes[key] = verify_built(kwargs[key], sidecar, cache)
         cache.save()
+        if scored_json:
+            kwargs["scored"] = _scored_in(scored_json, kwargs)
         result = _measure(label, gates, hashes, served, lm_eval, answered, kwargs)
         for key, (digest, built, sidecar) in pending.items():
             if digest() != built:
@@ -364,6 +370,24 @@ def evaluate_artifact(
         raise PipelineError(failures[0] + (f" (+{len(failures) - 1} more)" if len(failures) > 1 else ""))
     write_text_atomic(out_json, json.dumps(result.to_json(), indent=2, sort_keys=True) + "\n")
     return result
+
+
+def _scored_in(scored_json, kwargs) -> Metrics | None:
+    """An HF model's numbers from its conversion job's sidecar (scored beside the converter), where they are of
+    this reference; else None (the model is scored here)."""
+    if form(kwargs["kind"]).kind is not Kind.HF or kwargs.get("answers") is not None:
+        raise PipelineError(f"{scored_json}: only an HF model that answers no prompts is scored by its conversion")
+    record = json.loads(Path(scored_json).read_text()).get("merged_evaluation")
+    if not record:
+        log.info("%s: the conversion did not score %s; scored here", scored_json, kwargs["path"])
+        return None
+    if record["reference_sha256"] != sha256_file(kwargs["reference"]):
+        log.info("%s: not the reference the conversion scored %s against; scored here", scored_json, kwargs["path"])
+        return None
+    metrics = record["metrics"]
+    if Path(metrics["artifact"]).resolve() != Path(kwargs["path"]).resolve():
+        raise PipelineError(f"{scored_json}: scored {metrics['artifact']}, not {kwargs['path']}")
+    return dataclasses.replace(Metrics.from_json(metrics), scored_beside=f"convert_to_gguf ({scored_json})")
 
 
 def _measure(label, gates, hashes, served, lm_eval, answered, kwargs) -> Metrics:
@@ -385,7 +409,9 @@ def _measure(label, gates, hashes, served, lm_eval, answered, kwargs) -> Metrics
                     lm_eval,
                 )
             )
-        result = dataclasses.replace(evaluate(label=label, _hashes=hashes, **kwargs), gates=gates or {})
+        scored = kwargs.pop("scored", None)
+        measured = scored if scored is not None else evaluate(label=label, _hashes=hashes, **kwargs)
+        result = dataclasses.replace(measured, label=label, gates=gates or {})
         if served is not None:
             vllm_numbers = dict(served(result))
             result = dataclasses.replace(result, served=vllm_numbers, probe=vllm_numbers.pop("probe", None))

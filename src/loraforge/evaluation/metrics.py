@@ -68,6 +68,9 @@ class Metrics:
     # a GGUF's windows its build check scored already, the same bytes against the same reference (their count, the
     # text, the sidecar): counted in, not scored twice (loraforge.evaluation.reference.window_scores)
     from_check: dict | None = None
+    # an HF model scored by the job that converted it to a GGUF, beside llama.cpp's converter (that job and its
+    # sidecar): the same pass, on a core the converter left idle (loraforge.conversion.convert_artifact)
+    scored_beside: str | None = None
     gates: dict = field(default_factory=dict)
 
     def ppl(self) -> dict[str, float]:
@@ -81,6 +84,7 @@ class Metrics:
             "generation",
             "lm_eval",
             "from_check",
+            "scored_beside",
         ):  # only the forms scored through a server (or answering, or checked at build) have them
             if out[key] is None:
                 del out[key]

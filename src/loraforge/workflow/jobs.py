@@ -67,6 +67,29 @@ class JobInputs:
         off); nothing where no reference is computed."""
         return {"reference": paths.REFERENCE.format(adapter=adapter)} if self.evaluate or not self.merged else {}
 
+    @property
+    def merged_scored_in_conversion(self) -> bool:
+        """Whether an adapter's merged model is scored by its float GGUF's conversion job, on the core llama.cpp's
+        converter (one Python thread) leaves idle, instead of by its evaluation job, which then reads those numbers
+        from the conversion's sidecar (loraforge.conversion.convert_artifact): the merged form evaluated against
+        the reference the conversion check reads, and answering no prompts (the generation checks need the model
+        loaded in the evaluation job anyway). At 8B the pass read the merged model from disk again in the
+        evaluation job, after the quantizations had taken the page cache."""
+        return bool(
+            self.reference_in_merge
+            and self.convert_check
+            and self.evaluated_form("merged")
+            and "merged" not in self.answering
+        )
+
+    def convert_mem_mb(self, model: str, model_mb: float) -> int:
+        """llama.cpp's (lazy) converter and the logit check; with the merged model scored beside the converter
+        (:attr:`merged_scored_in_conversion`), that pass's memory too."""
+        mb = self.bounded_mem_mb(1500 + 3 * model_mb)
+        if self.merged_scored_in_conversion and model in self.adapters:
+            mb += self.bounded_mem_mb(2000 + 3 * model_mb)
+        return mb
+
     def convert_inputs(self, model: str) -> dict:
         """The HF model a float GGUF is converted from; for an adapter's merged model with evaluation on, also its
         float32 reference, which the conversion check compares the GGUF with instead of running the HF model again."""
