@@ -117,3 +117,44 @@ def test_a_gguf_evaluation_counts_in_the_window_its_build_check_scored(f16_gguf,
     assert counted.texts["general"].ref_ppl == pytest.approx(full.texts["general"].ref_ppl, rel=1e-9)
     elsewhere = evaluate("gguf", f16_gguf, reference=reference, checked={**window, "reference_sha256": "0" * 64})
     assert elsewhere.from_check is None and elsewhere.mean_kld == pytest.approx(full.mean_kld, rel=1e-6)
+
+
+def test_an_hf_model_scored_beside_its_conversion_is_not_scored_again(models, reference, tmp_path):
+    """The conversion job scores the merged model on the core llama.cpp's converter leaves idle; its evaluation takes
+    those numbers, only where they are of its reference, and scores the model itself otherwise."""
+    from loraforge.conversion import convert_artifact
+
+    gguf, sidecar = tmp_path / "m-F16.gguf", tmp_path / "m-F16.gguf.json"
+    beside = {"label": "m/merged", "batch": 8}
+    convert_artifact(
+        models["base"], gguf, sidecar, reference=reference, evaluation_reference=reference, score_merged=beside
+    )
+    recorded = json.loads(sidecar.read_text())["merged_evaluation"]["metrics"]
+    fresh = evaluate("hf", models["base"], reference=reference)
+    assert recorded["mean_kld"] == pytest.approx(fresh.mean_kld, rel=1e-6, abs=1e-12)
+    assert recorded["texts"]["general"]["ppl"] == pytest.approx(fresh.texts["general"].ppl, rel=1e-9)
+    taken = evaluate_artifact(
+        tmp_path / "merged.json", "m/merged", kind="hf", path=models["base"], reference=reference, scored_json=sidecar
+    )
+    assert taken.scored_beside == f"convert_to_gguf ({sidecar})" and taken.label == "m/merged"
+    assert {k: v for k, v in taken.to_json().items() if k != "scored_beside"} == recorded  # as recorded
+    # a sidecar scored against another reference: the evaluation scores the model itself
+    other = json.loads(sidecar.read_text())
+    other["merged_evaluation"]["reference_sha256"] = "0" * 64
+    (elsewhere := tmp_path / "other.json").write_text(json.dumps(other))
+    again = evaluate_artifact(
+        tmp_path / "m2.json", "m/merged", kind="hf", path=models["base"], reference=reference, scored_json=elsewhere
+    )
+    assert again.scored_beside is None and again.mean_kld == pytest.approx(fresh.mean_kld, rel=1e-6, abs=1e-12)
+    assert "scored_beside" not in json.loads((tmp_path / "m2.json").read_text())
+    # a model that answers prompts is scored where it answers them, never from a conversion
+    with pytest.raises(PipelineError, match="only an HF model that answers no prompts"):
+        evaluate_artifact(
+            tmp_path / "m3.json",
+            "m/merged",
+            kind="hf",
+            path=models["base"],
+            reference=reference,
+            scored_json=sidecar,
+            answers=tmp_path / "answers.json",
+        )
