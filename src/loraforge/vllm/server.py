@@ -20,7 +20,7 @@ from pathlib import Path
 from ..errors import PipelineError
 from ..serving import free_port, local_server, post_json
 from .environment import tool_python
-from .scoring import max_lora_rank
+from .scoring import kernel_refusal, max_lora_rank
 
 STARTUP_TIMEOUT = 300  # seconds: an 8B model's load on a CPU; a tiny one is up in ~20 s
 
@@ -61,7 +61,11 @@ def vllm_server(
     startup_timeout: float = STARTUP_TIMEOUT,
 ) -> Iterator[VLLMServer]:
     """Serve ``model`` (an HF model or a compressed-tensors checkpoint) as ``name`` on 127.0.0.1, with each of
-    ``lora_modules`` (name -> adapter directory) as a LoRA module; stop it by its PID on exit."""
+    ``lora_modules`` (name -> adapter directory) as a LoRA module; stop it by its PID on exit. A checkpoint this
+    machine's vLLM has no kernel for is refused in one line before the server starts (it would load, then answer
+    every request with an HTTP 500)."""
+    if why := kernel_refusal(model):
+        raise PipelineError(f"{model}: vLLM cannot serve it on this machine: {why}")
     port = free_port()
     name = name or Path(model).name
     cmd = [
