@@ -511,6 +511,32 @@ def test_an_fp8_form_too_slow_for_this_machines_vllm_is_reported_not_scored_with
     assert vllm_answers(fp8, alpha, answers, label="alpha/vllm-lora-FP8-DYNAMIC", max_minutes=0) is None
 
 
+def answers_with_its_adapters(server, base_name: str, models) -> None:
+    """The `openai` client's chat completions from a running vLLM server: the base and adapter alpha (a
+    --lora-modules LoRA) answer differently, and alpha loaded again at run time (/v1/load_lora_adapter, as beta
+    is) answers exactly as the one given at start."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=server.url + "/v1", api_key="none")
+
+    def chat(model):
+        r = client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": "Name a river."}],
+            max_tokens=8,
+            temperature=0,
+            logprobs=True,
+        )
+        c = r.choices[0]
+        return c.message.content, c.finish_reason, [t.logprob for t in c.logprobs.content]
+
+    base, at_start = chat(base_name), chat("alpha")
+    assert base[0] and at_start[0] and base[1] in ("stop", "length") and base[0] != at_start[0]
+    server.load_lora_adapter("alpha-at-run-time", models["alpha"])
+    server.load_lora_adapter("beta", models["beta"])
+    assert chat("alpha-at-run-time") == at_start
+
+
 @pytest.mark.slow  # a vLLM server started twice: a minute, outside make check's five
 def test_vllm_serves_the_checkpoint_and_its_adapters_to_the_openai_client_and_verify_served_tells_them_apart(
     models, checkpoints, references, tmp_path
@@ -520,8 +546,6 @@ def test_vllm_serves_the_checkpoint_and_its_adapters_to_the_openai_client_and_ve
     (/v1/load_lora_adapter) answers exactly as the one given at start. alpha's vLLM form, evaluated (its probe and
     the --enable-lora base check recorded) and registered, is what `verify-served` finds behind alpha's names, and
     not behind beta's or the bare checkpoint's."""
-    from openai import OpenAI
-
     from loraforge.evaluation import evaluate_artifact
     from loraforge.registry import Registry
     from loraforge.registry.register import register_checkpoint
@@ -531,10 +555,15 @@ def test_vllm_serves_the_checkpoint_and_its_adapters_to_the_openai_client_and_ve
     ck, _ = checkpoints["AWQ-W4A16"]
     alpha = [{"path": str(models["alpha"]), "weight": 1.0}]
     label = "alpha/vllm-lora-AWQ-W4A16"
-    if not vllm_here()["w4a16"]:  # an AVX2-only CPU: its vLLM cannot serve a W4A16 checkpoint, and says so at once
+    if not vllm_here()["w4a16"]:
+        # an AVX2-only CPU: its vLLM cannot serve a W4A16 checkpoint, and says so at once; the client and the LoRA
+        # modules are checked on the base model as vLLM serves it unquantized (verify-served on that CPU: against
+        # llama-server, tests/test_workflow.py)
         with pytest.raises(PipelineError, match=r"vLLM cannot serve it on this machine: this CPU's vLLM build has no"):
             with vllm_server(ck, name="base-awq", lora_modules={"alpha": models["alpha"]}):
                 pass
+        with vllm_server(models["base"], name="base", lora_modules={"alpha": models["alpha"]}, runtime_lora=True) as s:
+            answers_with_its_adapters(s, "base", models)
         return
     ev = evaluate_artifact(
         tmp_path / "ev.json",
@@ -565,24 +594,7 @@ def test_vllm_serves_the_checkpoint_and_its_adapters_to_the_openai_client_and_ve
     )
     reg = Registry(tmp_path / "reg.db")
     with vllm_server(ck, name="base-awq", lora_modules={"alpha": models["alpha"]}, runtime_lora=True) as server:
-        client = OpenAI(base_url=server.url + "/v1", api_key="none")
-
-        def chat(model):
-            r = client.chat.completions.create(
-                model=model,
-                messages=[{"role": "user", "content": "Name a river."}],
-                max_tokens=8,
-                temperature=0,
-                logprobs=True,
-            )
-            c = r.choices[0]
-            return c.message.content, c.finish_reason, [t.logprob for t in c.logprobs.content]
-
-        base, at_start = chat("base-awq"), chat("alpha")
-        assert base[0] and at_start[0] and base[1] in ("stop", "length") and base[0] != at_start[0]
-        server.load_lora_adapter("alpha-at-run-time", models["alpha"])
-        server.load_lora_adapter("beta", models["beta"])
-        assert chat("alpha-at-run-time") == at_start
+        answers_with_its_adapters(server, "base-awq", models)
         for name in ("alpha", "alpha-at-run-time"):
             got = reg.verify_served(server.url, "alpha", model=name)
             assert got["ok"] and got["serves"] == "vllm-lora-AWQ-W4A16" and got["server"] == "vLLM", got
